@@ -1,0 +1,67 @@
+"""The one exception hierarchy of docstokg.
+
+Every error a user can meet derives from :class:`DocstokgError`, so a caller
+(and the CLI) can catch the whole family in one place.  Each message names the
+offending value and says what to do about it; the CLI prints it verbatim.
+"""
+
+from __future__ import annotations
+
+
+class DocstokgError(Exception):
+    """Base class of every error docstokg raises on purpose."""
+
+
+class ConfigurationError(DocstokgError, ValueError):
+    """A setting, URL or argument is malformed or unsupported."""
+
+
+class KeyInputError(DocstokgError, TypeError):
+    """A value given to ``job_key``/``op_key`` cannot be hashed canonically."""
+
+
+class LedgerError(DocstokgError):
+    """Something is wrong with the ledger database itself."""
+
+
+class DatabaseUnavailable(LedgerError):
+    """The database cannot be opened: missing file, not a database, server down."""
+
+
+class SchemaError(LedgerError):
+    """The database schema is not one this code can work with."""
+
+
+class UnknownRevision(SchemaError):
+    """The database is stamped with an Alembic revision this code does not know.
+
+    Usually the database was upgraded by a newer docstokg; nothing is changed.
+    """
+
+    def __init__(self, revision: str, known_head: str) -> None:
+        self.revision = revision
+        super().__init__(
+            f"the database is stamped with Alembic revision {revision!r}, which this "
+            f"version of docstokg does not know (its newest is {known_head!r}); it was "
+            "probably upgraded by a newer docstokg. The database was left unchanged: "
+            "upgrade docstokg, or restore a backup made before that upgrade."
+        )
+
+
+class SchemaMismatch(SchemaError):
+    """Tables with the ledger's names exist but have another shape."""
+
+
+class SchemaNotCurrent(SchemaError):
+    """The database has no ledger schema yet, or an older one than this code needs."""
+
+
+class JobNotFound(LedgerError, LookupError):
+    """A job id that no row in ``artifact_jobs`` carries."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"no job with job_id {job_id!r} in the ledger; plan it first "
+            "(plan_job_if_absent) or check the id with `docstokg job status`"
+        )

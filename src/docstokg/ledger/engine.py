@@ -1,0 +1,116 @@
+"""Engines for the two supported backends, configured for many concurrent workers.
+
+SQLite (the embedded default) gets WAL, ``synchronous=NORMAL``, foreign keys,
+a busy timeout, and transactions that start with ``BEGIN IMMEDIATE``: a unit of
+work that reads and then writes takes the write lock up front, so it can never
+fail half-way with SQLITE_BUSY while upgrading from reader to writer.  Units of
+work that only read start a plain deferred ``BEGIN`` and so never block writers.
+
+PostgreSQL is reached through psycopg 3.  This module is the one place where
+the two dialects are told apart at connection level.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from docstokg.errors import ConfigurationError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "docstokg_read_only"
+
+SUPPORTED_URLS = "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse and validate a ledger URL; ``postgresql://`` is taken to mean psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"cannot parse the database URL {url!r}; expected {SUPPORTED_URLS}"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or (parsed.query.get("mode") == "memory"):
+            raise ConfigurationError(
+                f"the database URL {parsed.render_as_string()!r} names an in-memory "
+                "database; the ledger must survive crashes, so give a file: sqlite:///PATH"
+            )
+        return parsed
+    if backend == "postgresql":
+        driver = parsed.get_driver_name()
+        if driver in ("psycopg2", "postgresql"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        elif driver != "psycopg":
+            raise ConfigurationError(
+                f"the PostgreSQL driver {driver!r} in "
+                f"{parsed.render_as_string(hide_password=True)!r} is not supported; "
+                "use postgresql+psycopg://"
+            )
+        return parsed
+    raise ConfigurationError(
+        f"the database URL {parsed.render_as_string(hide_password=True)!r} uses the "
+        f"unsupported backend {backend!r}; use {SUPPORTED_URLS}"
+    )
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: URL) -> Path:
+    """The file a sqlite URL points at (``file:`` URIs included)."""
+    database = url.database or ""
+    if database.startswith("file:"):
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def create_ledger_engine(
+    url: str | URL, *, foreign_keys: bool = True, **engine_options: Any
+) -> Engine:
+    """Build the engine for ``url`` with the settings the ledger's guarantees rely on.
+
+    ``foreign_keys=False`` exists for migrations only: SQLite batch mode copies
+    tables, and enforcing foreign keys during the copy would cascade deletes.
+    """
+    parsed = parse_url(url)
+    if not is_sqlite(parsed):
+        engine_options.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, **engine_options)
+
+    connect_args = dict(engine_options.pop("connect_args", {}))
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    engine = create_engine(parsed, connect_args=connect_args, **engine_options)
+    _install_sqlite_pragmas(engine, foreign_keys=foreign_keys)
+    return engine
+
+
+def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _entry: ConnectionPoolEntry) -> None:
+        # Hand transaction control to the "begin" hook below: pysqlite would
+        # otherwise send no BEGIN before a SELECT, and the read would not be
+        # isolated from the write that follows it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -1,0 +1,100 @@
+"""Declarative models of the ledger tables.
+
+These classes are the single declaration of the schema: Alembic revisions are
+written to match them and ``alembic check`` proves they do.  The v3 columns and
+index names are kept exactly as the hand-rolled ledger created them, so an old
+database can be adopted in place.  Code outside ``docstokg.ledger`` never sees
+these classes: repositories hand out immutable records instead.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    REAL,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Index,
+    MetaData,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+from docstokg.states import JobState
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Epoch seconds.  SQLite stores them as REAL, as v3 did; on PostgreSQL that name
+# would mean a 4-byte float (about 2 minutes of precision today), so it is a double.
+EpochSeconds: TypeEngine[float] = Double().with_variant(REAL(), "sqlite")
+
+JOB_STATES_SQL = ", ".join(f"'{state.value}'" for state in JobState)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Meta(Base):
+    """Key/value facts about the ledger itself, notably ``schema_version``."""
+
+    __tablename__ = "_meta"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ArtifactJob(Base):
+    """One artifact to fetch: identity, state and lease."""
+
+    __tablename__ = "artifact_jobs"
+    __table_args__ = (
+        UniqueConstraint("work_id", "artifact_id", "canonical_url"),
+        UniqueConstraint("idempotency_key"),
+        CheckConstraint(f"state IN ({JOB_STATES_SQL})", name="state"),
+        Index("idx_artifact_jobs_state", "state"),
+        Index("idx_artifact_jobs_lease", "lease_until"),
+    )
+
+    job_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    work_id: Mapped[str] = mapped_column(Text, nullable=False)
+    artifact_id: Mapped[str] = mapped_column(Text, nullable=False)
+    canonical_url: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(
+        Text, nullable=False, default=JobState.PLANNED.value, server_default=JobState.PLANNED.value
+    )
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[float | None] = mapped_column(EpochSeconds)
+    created_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+    updated_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+    idempotency_key: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ArtifactOp(Base):
+    """One effect of one job, keyed by its op_key, with its recorded result."""
+
+    __tablename__ = "artifact_ops"
+    __table_args__ = (Index("idx_artifact_ops_job", "job_id"),)
+
+    op_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("artifact_jobs.job_id", ondelete="CASCADE"), nullable=False
+    )
+    op_type: Mapped[str] = mapped_column(Text, nullable=False)
+    started_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+    finished_at: Mapped[float | None] = mapped_column(EpochSeconds)
+    result_code: Mapped[str | None] = mapped_column(Text)
+    result_json: Mapped[str | None] = mapped_column(Text)
+
+
+jobs_table = ArtifactJob.__table__
+ops_table = ArtifactOp.__table__
+meta_table = Meta.__table__

@@ -1,0 +1,213 @@
+"""All the SQL of docstokg.
+
+Repositories add and query; they never commit (the unit of work owns the
+transaction).  They run SQLAlchemy Core statements on the unit of work's
+connection, so a hot path costs one round trip per statement and no ORM
+bookkeeping, and every result leaves as an immutable record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import fields
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Row, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from docstokg.errors import JobNotFound
+from docstokg.keys import job_key
+from docstokg.ledger.models import jobs_table, meta_table, ops_table
+from docstokg.ledger.records import JobRecord, JobSpec, OpRecord, PlannedJob
+from docstokg.states import JobState
+
+PLAN_BATCH_SIZE = 2_000
+
+# Selected in the records' field order, so a row maps onto a record positionally.
+_JOB_COLUMNS = tuple(jobs_table.c[field.name] for field in fields(JobRecord))
+_OP_COLUMNS = tuple(ops_table.c[field.name] for field in fields(OpRecord))
+
+
+def dialect_insert(connection: Connection) -> Callable[[Table], Insert]:
+    """The dialect's INSERT, the one that knows ``ON CONFLICT DO NOTHING``."""
+    name = connection.dialect.name
+    if name == "sqlite":
+        return sqlite.insert
+    if name == "postgresql":
+        return postgresql.insert
+    raise NotImplementedError(f"no ledger support for the {name!r} dialect")
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _job(row: Row[Any]) -> JobRecord:
+    values = row._tuple()
+    return JobRecord(*values[:4], JobState(values[4]), *values[5:])  # type: ignore[arg-type]
+
+
+def _op(row: Row[Any]) -> OpRecord:
+    return OpRecord(*row._tuple())
+
+
+def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class JobRepository:
+    """Rows of ``artifact_jobs``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        insert = dialect_insert(connection)
+        self._plan_statement = (
+            insert(jobs_table).on_conflict_do_nothing().returning(jobs_table.c.job_id)
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._connection.execute(
+            select(*_JOB_COLUMNS).where(jobs_table.c.job_id == job_id)
+        ).first()
+        return None if row is None else _job(row)
+
+    def get_by_key(self, idempotency_key: str) -> JobRecord | None:
+        row = self._connection.execute(
+            select(*_JOB_COLUMNS).where(jobs_table.c.idempotency_key == idempotency_key)
+        ).first()
+        return None if row is None else _job(row)
+
+    def plan(self, spec: JobSpec, *, now: float) -> PlannedJob:
+        """Insert the job unless its (work_id, artifact_id, canonical_url) exists.
+
+        Exactly one row per triple however many processes race: the database's
+        unique constraint decides, and the loser reads the winner's job_id.
+        """
+        inserted = self._connection.execute(self._plan_statement, _plan_params(spec, now)).first()
+        if inserted is not None:
+            return PlannedJob(job_id=inserted.job_id, created=True)
+        # Looked up by the triple, not the key: a database adopted from v3 may
+        # hold keys that an older key format computed.
+        existing = self._connection.execute(
+            select(jobs_table.c.job_id).where(
+                jobs_table.c.work_id == spec.work_id,
+                jobs_table.c.artifact_id == spec.artifact_id,
+                jobs_table.c.canonical_url == spec.canonical_url,
+            )
+        ).scalar_one()
+        return PlannedJob(job_id=existing, created=False)
+
+    def plan_many(
+        self, specs: Iterable[JobSpec], *, now: float, batch_size: int = PLAN_BATCH_SIZE
+    ) -> int:
+        """Plan every spec not yet planned; returns how many rows were new."""
+        created = 0
+        for batch in _batches(specs, batch_size):
+            result = self._connection.execute(
+                self._plan_statement, [_plan_params(spec, now) for spec in batch]
+            )
+            created += len(result.all())
+        return created
+
+    def count_by_state(self) -> dict[JobState, int]:
+        """Jobs per state, with every state present (zero where none)."""
+        counts = dict.fromkeys(JobState, 0)
+        rows = self._connection.execute(
+            select(jobs_table.c.state, func.count()).group_by(jobs_table.c.state)
+        )
+        for state, count in rows:
+            counts[JobState(state)] = count
+        return counts
+
+    def list_by_state(
+        self, state: JobState, *, limit: int = 100, offset: int = 0
+    ) -> list[JobRecord]:
+        """Jobs in ``state``, oldest first."""
+        rows = self._connection.execute(
+            select(*_JOB_COLUMNS)
+            .where(jobs_table.c.state == state.value)
+            .order_by(jobs_table.c.created_at, jobs_table.c.job_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_job(row) for row in rows]
+
+
+def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
+    return {
+        "job_id": new_job_id(),
+        "work_id": spec.work_id,
+        "artifact_id": spec.artifact_id,
+        "canonical_url": spec.canonical_url,
+        "state": JobState.PLANNED.value,
+        "created_at": now,
+        "updated_at": now,
+        "idempotency_key": job_key(spec.work_id, spec.artifact_id, spec.canonical_url),
+    }
+
+
+class OpRepository:
+    """Rows of ``artifact_ops``: one per effect of a job, keyed by op_key."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        insert = dialect_insert(connection)
+        self._add_statement = (
+            insert(ops_table).on_conflict_do_nothing().returning(ops_table.c.op_key)
+        )
+
+    def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
+        """Record that an op started; False if ``op_key`` is already recorded."""
+        try:
+            inserted = self._connection.execute(
+                self._add_statement,
+                {"op_key": op_key, "job_id": job_id, "op_type": op_type, "started_at": now},
+            ).first()
+        except IntegrityError as exc:
+            # The only constraint ON CONFLICT does not absorb is the foreign key.
+            raise JobNotFound(job_id) from exc
+        return inserted is not None
+
+    def get(self, op_key: str) -> OpRecord | None:
+        row = self._connection.execute(
+            select(*_OP_COLUMNS).where(ops_table.c.op_key == op_key)
+        ).first()
+        return None if row is None else _op(row)
+
+    def finish(
+        self, op_key: str, *, result_code: str, result_json: str | None, now: float
+    ) -> bool:
+        """Record an op's result once; False if it is unknown or already finished."""
+        finished = self._connection.execute(
+            update(ops_table)
+            .where(ops_table.c.op_key == op_key, ops_table.c.finished_at.is_(None))
+            .values(finished_at=now, result_code=result_code, result_json=result_json)
+            .returning(ops_table.c.op_key)
+        ).first()
+        return finished is not None
+
+    def list_for_job(self, job_id: str) -> Sequence[OpRecord]:
+        rows = self._connection.execute(
+            select(*_OP_COLUMNS)
+            .where(ops_table.c.job_id == job_id)
+            .order_by(ops_table.c.started_at, ops_table.c.op_key)
+        )
+        return [_op(row) for row in rows]
+
+
+class MetaRepository:
+    """The ``_meta`` key/value facts, such as ``schema_version``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def get(self, key: str) -> str | None:
+        value: str | None = self._connection.execute(
+            select(meta_table.c.value).where(meta_table.c.key == key)
+        ).scalar_one_or_none()
+        return value
