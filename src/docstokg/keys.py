@@ -56,11 +56,14 @@ def op_key(kind: str, job_id: str, **context: JsonValue) -> str:
                     "context": context})
 
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(document: Mapping[str, JsonValue]) -> bytes:
     """The exact bytes that are hashed: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _ENCODER.encode(document).encode("utf-8")
 
 
 def _digest(document: Mapping[str, JsonValue]) -> str:

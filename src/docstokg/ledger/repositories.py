@@ -8,7 +8,6 @@ bookkeeping, and every result leaves as an immutable record.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import fields
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
@@ -41,17 +40,24 @@ def dialect_insert(connection: Connection) -> Callable[[Table], Insert]:
     raise NotImplementedError(f"no ledger support for the {name!r} dialect")
 
 
-def new_job_id() -> str:
-    return str(uuid.uuid4())
+def job_id_for(idempotency_key: str) -> str:
+    """The job_id of a new job: the first 128 bits of its key, spelled as a UUID.
+
+    Derived rather than random so that the same job has the same id in every
+    ledger it is planned into (a SQLite trial and the PostgreSQL production
+    run, a ledger rebuilt from its manifest).  Jobs adopted from v3 keep theirs.
+    """
+    k = idempotency_key
+    return f"{k[:8]}-{k[8:12]}-{k[12:16]}-{k[16:20]}-{k[20:32]}"
 
 
 def _job(row: Row[Any]) -> JobRecord:
-    values = row._tuple()
-    return JobRecord(*values[:4], JobState(values[4]), *values[5:])  # type: ignore[arg-type]
+    values = tuple(row)
+    return JobRecord(*values[:4], JobState(values[4]), *values[5:])
 
 
 def _op(row: Row[Any]) -> OpRecord:
-    return OpRecord(*row._tuple())
+    return OpRecord(*row)
 
 
 def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
@@ -139,15 +145,16 @@ class JobRepository:
 
 
 def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
+    key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
     return {
-        "job_id": new_job_id(),
+        "job_id": job_id_for(key),
         "work_id": spec.work_id,
         "artifact_id": spec.artifact_id,
         "canonical_url": spec.canonical_url,
         "state": JobState.PLANNED.value,
         "created_at": now,
         "updated_at": now,
-        "idempotency_key": job_key(spec.work_id, spec.artifact_id, spec.canonical_url),
+        "idempotency_key": key,
     }
 
 

@@ -1,0 +1,88 @@
+"""Fixtures shared by every test: real databases on both backends, and a clock.
+
+Backend-agnostic tests take ``backend`` (directly or through ``db_url`` /
+``ledger``) and so run twice: on a SQLite file and on a real PostgreSQL 15 that
+this session starts itself and stops at the end.  Set
+``DOCSTOKG_TEST_BACKENDS=sqlite`` to run SQLite only on a machine without
+PostgreSQL; CI runs both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from docstokg import Ledger
+from tests.pgcluster import ThrowawayPostgres
+
+BACKENDS = tuple(
+    name.strip()
+    for name in os.environ.get("DOCSTOKG_TEST_BACKENDS", "sqlite,postgresql").split(",")
+    if name.strip()
+)
+_database_numbers = itertools.count()
+
+
+class ManualClock:
+    """A clock that moves only when a test says so (epoch seconds)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    if "postgresql" not in BACKENDS:
+        pytest.fail("a PostgreSQL test ran although DOCSTOKG_TEST_BACKENDS excludes it")
+    with ThrowawayPostgres() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def empty_db_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of a new, empty database on ``backend``."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        return
+    server: ThrowawayPostgres = request.getfixturevalue("postgres")
+    name = f"test_{next(_database_numbers)}"
+    url = server.create_database(name)
+    yield url
+    server.drop_database(name)
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """The URL of a new database on ``backend``, upgraded to head."""
+    with Ledger.connect(empty_db_url) as ledger:
+        ledger.upgrade()
+    return empty_db_url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def ledger(db_url: str, clock: ManualClock) -> Iterator[Ledger]:
+    with Ledger.connect(db_url, clock=clock) as opened:
+        yield opened

@@ -1,0 +1,422 @@
+"""The ``docstokg`` command line as a user runs it: real subprocesses, real databases.
+
+Every command runs in its own process, through ``python -m docstokg`` or the
+``docstokg`` console script installed next to the test interpreter, with an
+environment the test controls (``DOCSTOKG_DB_URL`` only where a test sets it).
+Tests that touch a database run on a SQLite file and on the throwaway
+PostgreSQL of ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+
+from docstokg.ledger.migrate import head_revision
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(sys.executable).parent / "docstokg"
+LAUNCHERS = {
+    "python-m": [sys.executable, "-m", "docstokg"],
+    "script": [str(SCRIPT)],
+}
+HEAD = head_revision()
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    """The test process's environment without docstokg's and rich's own settings."""
+    env = dict(os.environ)
+    for name in ("DOCSTOKG_DB_URL", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    env.update(overrides)
+    return env
+
+
+def run(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    launcher: str = "python-m",
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LAUNCHERS[launcher], *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=cli_env() if env is None else env,
+        check=False,
+    )
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def run_json(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = run(*args, "--json", cwd=cwd, env=env)
+    assert result.returncode == 0, explain(result)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
+    assert result.returncode == exit_code, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, explain(result)
+    assert lines[0].startswith("error: "), explain(result)
+    return lines[0]
+
+
+def sqlite_file(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+def sql(empty_db_url: str) -> Iterator[Any]:
+    """Run SQL against the test database from the test process (setup and checks only)."""
+    engine = create_engine(empty_db_url, poolclass=NullPool)
+
+    def execute(statement: str) -> list[tuple[Any, ...]]:
+        with engine.begin() as connection:
+            result = connection.execute(text(statement))
+            return [tuple(row) for row in result] if result.returns_rows else []
+
+    try:
+        yield execute
+    finally:
+        engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+
+
+# --- db upgrade / db current -------------------------------------------------------------
+
+
+def test_upgrade_creates_the_schema_and_current_reports_head(
+    empty_db_url: str, backend: str, tmp_path: Path
+) -> None:
+    first = run("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
+    assert first.returncode == 0, explain(first)
+    assert "Upgraded from an empty database" in first.stdout
+    assert HEAD in first.stdout
+    assert "schema_version: 3" in first.stdout
+
+    current = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
+    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "3"}
+    assert {"_meta", "artifact_jobs", "artifact_ops", "alembic_version"} <= table_names(
+        empty_db_url
+    )
+
+    again = run("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
+    assert again.returncode == 0, explain(again)
+    assert "nothing to do" in again.stdout
+    assert f"Already at revision {HEAD}" in again.stdout
+
+    again_json = run_json("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
+    assert again_json["from_revision"] == again_json["to_revision"] == HEAD
+    assert again_json["adopted"] is False
+
+    still = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
+    assert still == current
+    if backend == "postgresql":  # the short form means psycopg 3
+        short = empty_db_url.replace("postgresql+psycopg://", "postgresql://")
+        assert short != empty_db_url
+        assert run_json("db", "current", "--db", short, cwd=tmp_path) == current
+
+
+def test_upgrade_json_output_shape(empty_db_url: str, tmp_path: Path) -> None:
+    result = run("db", "upgrade", "--db", empty_db_url, "--json", cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    document = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert document == {
+        "from_revision": None,
+        "to_revision": HEAD,
+        "schema_version": "3",
+        "adopted": False,
+    }
+
+
+def test_upgrade_of_an_already_current_database_changes_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    before = run_json("db", "current", "--db", db_url, cwd=tmp_path)
+    assert before["is_current"] is True
+    document = run_json("db", "upgrade", "--db", db_url, cwd=tmp_path)
+    assert document == {
+        "from_revision": HEAD,
+        "to_revision": HEAD,
+        "schema_version": "3",
+        "adopted": False,
+    }
+    assert run_json("db", "current", "--db", db_url, cwd=tmp_path) == before
+
+
+def test_current_human_output_of_a_current_database(db_url: str, tmp_path: Path) -> None:
+    result = run("db", "current", "--db", db_url, cwd=tmp_path, launcher="script")
+    assert result.returncode == 0, explain(result)
+    rows = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines() if line}
+    assert rows["revision"] == HEAD
+    assert rows["head"] == HEAD
+    assert rows["up"] == "yes"
+    assert rows["schema_version"] == "3"
+
+
+def test_current_of_an_empty_database_reports_not_current_and_changes_nothing(
+    empty_db_url: str, backend: str, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        sqlite3.connect(sqlite_file(empty_db_url)).close()  # an existing, empty database file
+    document = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
+    assert document == {"revision": None, "head": HEAD, "is_current": False, "schema_version": None}
+
+    human = run("db", "current", "--db", empty_db_url, cwd=tmp_path)
+    assert human.returncode == 0, explain(human)
+    assert "run `docstokg db upgrade`" in human.stdout
+    assert table_names(empty_db_url) == set()
+
+
+def test_upgrade_adopts_a_pre_alembic_v3_ledger_keeping_its_rows(
+    empty_db_url: str, sql: Any, tmp_path: Path
+) -> None:
+    made = run("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
+    assert made.returncode == 0, explain(made)
+    # What the hand-rolled v3 ledger left behind: the same tables, no alembic_version.
+    sql("DROP TABLE alembic_version")
+    sql(
+        "INSERT INTO artifact_jobs (job_id, work_id, artifact_id, canonical_url, state, "
+        "created_at, updated_at, idempotency_key) VALUES ('job-1', 'W001', 'A1', "
+        "'https://example.org/1/1.pdf', 'FINALIZED', 1.0, 2.0, 'key-1')"
+    )
+    before = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
+    assert before["revision"] is None
+    assert before["schema_version"] == "3"
+
+    document = run_json("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
+    assert document == {
+        "from_revision": None,
+        "to_revision": HEAD,
+        "schema_version": "3",
+        "adopted": True,
+    }
+    assert sql("SELECT job_id, state FROM artifact_jobs") == [("job-1", "FINALIZED")]
+    assert run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)["is_current"] is True
+
+
+def test_upgrade_refuses_an_unknown_revision_and_changes_nothing(
+    db_url: str, sql: Any, tmp_path: Path
+) -> None:
+    sql("UPDATE alembic_version SET version_num = '9999_from_a_newer_docstokg'")
+    result = run("db", "upgrade", "--db", db_url, cwd=tmp_path)
+    line = assert_one_line_error(result, 1)
+    assert "'9999_from_a_newer_docstokg'" in line
+    assert "left unchanged" in line
+    assert sql("SELECT version_num FROM alembic_version") == [("9999_from_a_newer_docstokg",)]
+
+
+def test_upgrade_refuses_foreign_tables_of_the_ledgers_names(
+    empty_db_url: str, backend: str, sql: Any, tmp_path: Path
+) -> None:
+    sql("CREATE TABLE artifact_jobs (id INTEGER PRIMARY KEY, payload TEXT)")
+    sql("INSERT INTO artifact_jobs (id, payload) VALUES (1, 'not ours')")
+    before = sqlite_file(empty_db_url).read_bytes() if backend == "sqlite" else b""
+
+    result = run("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
+    line = assert_one_line_error(result, 1)
+    assert "artifact_jobs" in line
+    assert "left unchanged" in line
+    assert table_names(empty_db_url) == {"artifact_jobs"}
+    assert sql("SELECT id, payload FROM artifact_jobs") == [(1, "not ours")]
+    if backend == "sqlite":
+        assert sqlite_file(empty_db_url).read_bytes() == before
+
+
+# --- errors a user meets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_current_on_a_missing_sqlite_file_fails_and_creates_nothing(
+    launcher: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "ledger.sqlite3"
+    result = run("db", "current", "--db", f"sqlite:///{missing}", cwd=tmp_path, launcher=launcher)
+    line = assert_one_line_error(result, 1)
+    assert str(missing) in line
+    assert "docstokg db upgrade" in line
+    assert result.stdout == ""
+    assert not missing.exists()
+    assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize("command", ["upgrade", "current"])
+def test_a_file_that_is_not_sqlite_is_refused_byte_for_byte_unchanged(
+    command: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    impostor = folder / "ledger.sqlite3"
+    content = b"%PDF-1.7\n" + bytes(range(256)) * 32 + b"\n%%EOF\n"
+    impostor.write_bytes(content)
+
+    # A narrow terminal: the error must still be one line.
+    env = cli_env(COLUMNS="40")
+    result = run("db", command, "--db", f"sqlite:///{impostor}", cwd=tmp_path, env=env)
+    line = assert_one_line_error(result, 1)
+    assert str(impostor) in line
+    assert "not a SQLite database" in line
+    assert impostor.read_bytes() == content
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite3"]  # no -wal, -journal
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("mysql://u@h/db", ["'mysql://u@h/db'", "'mysql'"]),
+        ("postgresql+asyncpg://u@h/db", ["'asyncpg'", "postgresql+psycopg://"]),
+        ("sqlite://", ["in-memory", "sqlite:///PATH"]),
+        ("not a database url", ["'not a database url'"]),
+    ],
+)
+def test_an_unsupported_url_is_a_usage_error(url: str, named: list[str], tmp_path: Path) -> None:
+    for command in ("upgrade", "current"):
+        result = run("db", command, "--db", url, cwd=tmp_path)
+        line = assert_one_line_error(result, 2)
+        for fragment in named:
+            assert fragment in line, explain(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unsupported_url_does_not_print_its_password(tmp_path: Path) -> None:
+    result = run("db", "upgrade", "--db", "mysql://user:hunter2@h/db", cwd=tmp_path)
+    line = assert_one_line_error(result, 2)
+    assert "mysql://user:***@h/db" in line
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_an_unreachable_postgresql_server_is_a_clean_error(tmp_path: Path) -> None:
+    # A port that is bound but not listening: connecting is refused at once.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        url = f"postgresql+psycopg://ledger:s3cret-pw@127.0.0.1:{port}/ledger"
+        for command in ("upgrade", "current"):
+            result = run("db", command, "--db", url, cwd=tmp_path)
+            assert result.returncode == 1, explain(result)
+            assert "Traceback" not in result.stderr, explain(result)
+            assert result.stderr.startswith("error: cannot use the ledger database "), explain(
+                result
+            )
+            assert f"ledger:***@127.0.0.1:{port}/ledger" in result.stderr
+            assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+# --- where the URL comes from --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["upgrade", "current"])
+def test_db_omitted_and_no_environment_variable_is_a_usage_error(
+    command: str, tmp_path: Path
+) -> None:
+    result = run("db", command, cwd=tmp_path)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr
+    assert "--db" in result.stderr
+    assert "DOCSTOKG_DB_URL" in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_db_url_from_the_environment(empty_db_url: str, tmp_path: Path) -> None:
+    env = cli_env(DOCSTOKG_DB_URL=empty_db_url)
+    upgraded = run_json("db", "upgrade", cwd=tmp_path, env=env)
+    assert upgraded["from_revision"] is None
+    assert upgraded["to_revision"] == HEAD
+
+    from_env = run_json("db", "current", cwd=tmp_path, env=env)
+    assert from_env["revision"] == HEAD
+    assert from_env["is_current"] is True
+    # The environment variable really named that database: --db agrees with it.
+    assert run_json("db", "current", "--db", empty_db_url, cwd=tmp_path) == from_env
+
+
+def test_db_option_wins_over_the_environment(db_url: str, tmp_path: Path) -> None:
+    env = cli_env(DOCSTOKG_DB_URL="mysql://u@h/db")
+    assert run("db", "current", cwd=tmp_path, env=env).returncode == 2
+    document = run_json("db", "current", "--db", db_url, cwd=tmp_path, env=env)
+    assert document["revision"] == HEAD
+
+
+# --- demo and help -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_demo_plans_idempotently(launcher: str, tmp_path: Path) -> None:
+    demo_dir = tmp_path / "demo"
+    result = run("demo", "--dir", str(demo_dir), cwd=tmp_path, launcher=launcher)
+    assert result.returncode == 0, explain(result)
+    assert "first time: 10 new jobs" in result.stdout
+    assert "second time: 0 new jobs" in result.stdout
+    ledger_file = demo_dir / "manifest.sqlite3"
+    assert ledger_file.is_file()
+
+    current = run_json("db", "current", "--db", f"sqlite:///{ledger_file}", cwd=tmp_path)
+    assert current["is_current"] is True
+    assert current["schema_version"] == "3"
+
+    # A second demo on the same ledger plans nothing new, not even the first time.
+    rerun = run("demo", "--dir", str(demo_dir), cwd=tmp_path, launcher=launcher)
+    assert rerun.returncode == 0, explain(rerun)
+    assert "first time: 0 new jobs" in rerun.stdout
+    assert "second time: 0 new jobs" in rerun.stdout
+
+
+def test_demo_default_directory_is_relative_to_the_working_directory(tmp_path: Path) -> None:
+    result = run("demo", cwd=tmp_path, launcher="script")
+    assert result.returncode == 0, explain(result)
+    assert (tmp_path / "demo-output" / "manifest.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_top_level_help(launcher: str, tmp_path: Path) -> None:
+    result = run("--help", cwd=tmp_path, launcher=launcher)
+    assert result.returncode == 0, explain(result)
+    assert "Usage:" in result.stdout
+    for command in ("db", "demo"):
+        assert any(line.split()[1:2] == [command] for line in result.stdout.splitlines()), (
+            f"{command!r} not listed:\n{result.stdout}"
+        )
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+@pytest.mark.parametrize("command", ["upgrade", "current"])
+def test_db_command_help_mentions_the_db_option(
+    command: str, launcher: str, tmp_path: Path
+) -> None:
+    result = run("db", command, "--help", cwd=tmp_path, launcher=launcher)
+    assert result.returncode == 0, explain(result)
+    assert "--db" in result.stdout
+    assert "DOCSTOKG_DB_URL" in result.stdout
+    assert "--json" in result.stdout
+    assert list(tmp_path.iterdir()) == []

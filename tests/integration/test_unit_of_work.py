@@ -1,0 +1,125 @@
+"""The unit of work: one transaction, explicit commit, rollback otherwise."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from docstokg import JobSpec, Ledger
+from docstokg.errors import DatabaseUnavailable, LedgerError
+
+SPEC = JobSpec("W1", "pdf", "https://example.org/1")
+
+
+def _job_count(ledger: Ledger) -> int:
+    with ledger.unit_of_work(read_only=True) as uow:
+        return sum(uow.jobs.count_by_state().values())
+
+
+def test_commit_persists(ledger: Ledger) -> None:
+    with ledger.unit_of_work() as uow:
+        uow.jobs.plan(SPEC, now=uow.now())
+        uow.commit()
+    assert _job_count(ledger) == 1
+
+
+def test_leaving_without_commit_rolls_back(ledger: Ledger) -> None:
+    with ledger.unit_of_work() as uow:
+        uow.jobs.plan(SPEC, now=uow.now())
+    assert _job_count(ledger) == 0
+
+
+def test_an_exception_rolls_back_and_propagates(ledger: Ledger) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), ledger.unit_of_work() as uow:
+        uow.jobs.plan(SPEC, now=uow.now())
+        raise Boom
+    assert _job_count(ledger) == 0
+
+
+def test_explicit_rollback_discards(ledger: Ledger) -> None:
+    with ledger.unit_of_work() as uow:
+        uow.jobs.plan(SPEC, now=uow.now())
+        uow.rollback()
+    assert _job_count(ledger) == 0
+
+
+def test_a_finished_unit_of_work_cannot_be_used(ledger: Ledger) -> None:
+    with ledger.unit_of_work() as uow:
+        uow.commit()
+        with pytest.raises(LedgerError, match="not active"):
+            uow.jobs.get("x")
+        with pytest.raises(LedgerError, match="not active"):
+            uow.commit()
+
+
+def test_records_are_immutable(ledger: Ledger) -> None:
+    with ledger.unit_of_work() as uow:
+        job = uow.jobs.get(uow.jobs.plan(SPEC, now=uow.now()).job_id)
+        uow.commit()
+    assert job is not None
+    with pytest.raises(AttributeError):
+        job.state = "FAILED"  # type: ignore[misc]
+
+
+def test_sqlite_connections_use_the_documented_pragmas(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    with Ledger.connect(url) as ledger:
+        ledger.upgrade()
+        with ledger.unit_of_work(read_only=True) as uow:
+            pragmas = {
+                name: uow.session.execute(text(f"PRAGMA {name}")).scalar_one()
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            }
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 1,  # NORMAL
+        "foreign_keys": 1,
+        "busy_timeout": 30_000,
+    }
+
+
+def _try_write_lock(path: Path) -> bool:
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        return False
+    else:
+        other.execute("ROLLBACK")
+        return True
+    finally:
+        other.close()
+
+
+def test_sqlite_write_units_hold_the_write_lock_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    url = f"sqlite:///{path}"
+    with Ledger.connect(url) as ledger:
+        ledger.upgrade()
+        with ledger.unit_of_work(read_only=True):
+            assert _try_write_lock(path), "a read-only unit of work must not block writers"
+        with ledger.unit_of_work():
+            # BEGIN IMMEDIATE: locked before the first statement, so a read
+            # followed by a write can never fail half-way with SQLITE_BUSY.
+            assert not _try_write_lock(path)
+        assert _try_write_lock(path)
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    with Ledger.connect("postgresql+psycopg://nobody@127.0.0.1:1/none") as ledger:
+        with pytest.raises(DatabaseUnavailable, match=r"127\.0\.0\.1"), ledger.unit_of_work():
+            pass
+
+
+def test_not_a_database_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not the tables you are looking for\n" * 20)
+    with Ledger.connect(f"sqlite:///{path}") as ledger:
+        with pytest.raises(DatabaseUnavailable, match="notes.txt"), ledger.unit_of_work():
+            pass
