@@ -55,9 +55,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def empty_db_url(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def empty_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """The URL of a new, empty database on ``backend``."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"

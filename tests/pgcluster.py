@@ -74,8 +74,17 @@ class ThrowawayPostgres:
         if self._as_root:
             shutil.chown(self.root, user="postgres", group="postgres")
         self._run(
-            "initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
-            "-E", "UTF8", "--locale=C", "--no-sync",
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
         )
         options = " ".join(
             [
@@ -89,8 +98,17 @@ class ThrowawayPostgres:
             ]
         )
         self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
-            "-o", options, "-w", "-t", "60", "start",
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
         self._started = True
         return self

@@ -15,14 +15,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from docstokg.errors import ConfigurationError, DocstokgError
-from docstokg.ledger import JobSpec, Ledger
-from docstokg.ledger import migrate
+from docstokg.ledger import JobSpec, Ledger, migrate
 
 app = typer.Typer(
     help="Fetch every artifact of a manifest exactly once, and see where every job stands.",
+    epilog=(
+        "Commands that open a ledger take --db URL (sqlite:///PATH or "
+        "postgresql+psycopg://USER@HOST/DB), or read it from DOCSTOKG_DB_URL."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -124,13 +128,17 @@ def demo(
     ]
     with Ledger.connect(url) as ledger:
         upgraded = ledger.upgrade()
-        out.print(f"Ledger {url} at revision {upgraded.to_revision} "
-                  f"(schema_version {upgraded.schema_version}).")
+        out.print(
+            f"Ledger {escape(url)} at revision {upgraded.to_revision} "
+            f"(schema_version {upgraded.schema_version})."
+        )
         for attempt in ("first", "second"):
             with ledger.unit_of_work() as uow:
                 created = uow.jobs.plan_many(specs, now=uow.now())
                 uow.commit()
-            out.print(f"Planned the {len(specs)}-row manifest a {attempt} time: {created} new jobs.")
+            out.print(
+                f"Planned the {len(specs)}-row manifest a {attempt} time: {created} new jobs."
+            )
         with ledger.unit_of_work(read_only=True) as uow:
             counts = uow.jobs.count_by_state()
     table = Table(title="Jobs by state")
@@ -147,5 +155,5 @@ def main() -> None:
     try:
         app()
     except DocstokgError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, ConfigurationError) else 1)

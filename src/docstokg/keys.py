@@ -41,7 +41,7 @@ def job_key(work_id: str, artifact_id: str, canonical_url: str) -> str:
     )
 
 
-def op_key(kind: str, job_id: str, **context: JsonValue) -> str:
+def op_key(kind: str, job_id: str, /, **context: JsonValue) -> str:
     """The key of one effect (``kind``) of one job, refined by ``context``.
 
     ``context`` separates effects of the same kind that must run separately
@@ -52,8 +52,9 @@ def op_key(kind: str, job_id: str, **context: JsonValue) -> str:
     if not isinstance(job_id, str) or not job_id:
         raise KeyInputError(f"op_key needs a non-empty string job_id, got {job_id!r}")
     _check_json(context, "context")
-    return _digest({"v": KEY_FORMAT_VERSION, "type": "op", "kind": kind, "job_id": job_id,
-                    "context": context})
+    return _digest(
+        {"v": KEY_FORMAT_VERSION, "type": "op", "kind": kind, "job_id": job_id, "context": context}
+    )
 
 
 _ENCODER = json.JSONEncoder(

@@ -36,9 +36,13 @@ def test_an_exception_rolls_back_and_propagates(ledger: Ledger) -> None:
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), ledger.unit_of_work() as uow:
-        uow.jobs.plan(SPEC, now=uow.now())
-        raise Boom
+    def plan_then_fail() -> None:
+        with ledger.unit_of_work() as uow:
+            uow.jobs.plan(SPEC, now=uow.now())
+            raise Boom
+
+    with pytest.raises(Boom):
+        plan_then_fail()
     assert _job_count(ledger) == 0
 
 
@@ -121,5 +125,5 @@ def test_not_a_database_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("these are not the tables you are looking for\n" * 20)
     with Ledger.connect(f"sqlite:///{path}") as ledger:
-        with pytest.raises(DatabaseUnavailable, match="notes.txt"), ledger.unit_of_work():
+        with pytest.raises(DatabaseUnavailable, match=r"notes\.txt"), ledger.unit_of_work():
             pass

@@ -68,18 +68,28 @@ def _make_v3_ledger(path: Path) -> None:
             leased = rng.random() < 0.3
             jobs.append(
                 (
-                    job_id, f"W{n // 3}", f"A{n % 3}", f"https://example.org/{n}.pdf",
-                    rng.choice(states), "worker-1" if leased else None,
+                    job_id,
+                    f"W{n // 3}",
+                    f"A{n % 3}",
+                    f"https://example.org/{n}.pdf",
+                    rng.choice(states),
+                    "worker-1" if leased else None,
                     1_700_000_100.5 + n if leased else None,
-                    1_700_000_000.25 + n, 1_700_000_050.75 + n, f"legacy-key-{n}",
+                    1_700_000_000.25 + n,
+                    1_700_000_050.75 + n,
+                    f"legacy-key-{n}",
                 )
             )
             for step, kind in enumerate(("HEAD", "STREAM", "FINALIZE")[:OPS_PER_JOB]):
                 ops.append(
                     (
-                        f"{job_id}:{kind}", job_id, kind, 1_700_000_001.0 + n + step / 4,
+                        f"{job_id}:{kind}",
+                        job_id,
+                        kind,
+                        1_700_000_001.0 + n + step / 4,
                         1_700_000_002.0 + n if rng.random() < 0.8 else None,
-                        "OK", '{"status": 200, "note": "caf\u00e9"}',
+                        "OK",
+                        '{"status": 200, "note": "caf\u00e9"}',
                     )
                 )
         connection.executemany(f"INSERT INTO artifact_jobs VALUES ({','.join('?' * 10)})", jobs)

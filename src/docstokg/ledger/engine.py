@@ -49,10 +49,10 @@ def parse_url(url: str | URL) -> URL:
             )
         return parsed
     if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # no driver named: the one docstokg ships
+            return parsed.set(drivername="postgresql+psycopg")
         driver = parsed.get_driver_name()
-        if driver in ("psycopg2", "postgresql"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        elif driver != "psycopg":
+        if driver != "psycopg":
             raise ConfigurationError(
                 f"the PostgreSQL driver {driver!r} in "
                 f"{parsed.render_as_string(hide_password=True)!r} is not supported; "

@@ -14,7 +14,7 @@ from typing import Any, Self
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from docstokg.ledger import migrate
 from docstokg.ledger.engine import create_ledger_engine, parse_url

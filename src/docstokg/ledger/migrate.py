@@ -49,13 +49,26 @@ V3_COLUMNS: dict[str, frozenset[str]] = {
     "_meta": frozenset({"key", "value"}),
     "artifact_jobs": frozenset(
         {
-            "job_id", "work_id", "artifact_id", "canonical_url", "state", "lease_owner",
-            "lease_until", "created_at", "updated_at", "idempotency_key",
+            "job_id",
+            "work_id",
+            "artifact_id",
+            "canonical_url",
+            "state",
+            "lease_owner",
+            "lease_until",
+            "created_at",
+            "updated_at",
+            "idempotency_key",
         }
     ),
     "artifact_ops": frozenset(
         {
-            "op_key", "job_id", "op_type", "started_at", "finished_at", "result_code",
+            "op_key",
+            "job_id",
+            "op_type",
+            "started_at",
+            "finished_at",
+            "result_code",
             "result_json",
         }
     ),
@@ -113,8 +126,10 @@ def require_current(url: str | URL) -> SchemaStatus:
     if status.revision is not None:
         _check_known(status.revision)
     if not status.is_current:
-        found = "no ledger tables" if not status.has_ledger_tables else (
-            f"revision {status.revision!r} (schema_version {status.schema_version})"
+        found = (
+            "no ledger tables"
+            if not status.has_ledger_tables
+            else (f"revision {status.revision!r} (schema_version {status.schema_version})")
         )
         raise SchemaNotCurrent(
             f"the ledger database has {found}, this docstokg needs revision "
@@ -132,7 +147,13 @@ def upgrade(url: str | URL, revision: str = "head") -> UpgradeResult:
             with _inspection_connection(parsed) as connection:
                 _plan(connection)  # refuse before the migration engine touches the file
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot create the folder {path.parent} for the SQLite ledger: "
+                    f"{exc.strerror or exc}"
+                ) from exc
 
     engine = create_ledger_engine(parsed, foreign_keys=False, poolclass=NullPool)
     try:
@@ -253,14 +274,20 @@ def _translate_connect_errors(url: URL) -> Iterator[None]:
         where = (
             f"the SQLite file {sqlite_path(url)}"
             if is_sqlite(url)
-            else url.render_as_string(hide_password=True)
+            else f"the ledger database {url.render_as_string(hide_password=True)}"
         )
         if is_sqlite(url) and _is_not_sqlite(url):
             raise DatabaseUnavailable(
                 f"{where} is not a SQLite database (its header is wrong); point --db at a "
                 "ledger database or at a path where a new one may be created"
             ) from exc
-        raise DatabaseUnavailable(f"cannot use the ledger database {where}: {exc.orig}") from exc
+        if is_sqlite(url) and sqlite_path(url).is_dir():
+            raise DatabaseUnavailable(
+                f"{where} is a directory; point --db at a file inside it, e.g. "
+                f"sqlite:///{sqlite_path(url) / 'manifest.sqlite3'}"
+            ) from exc
+        reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
+        raise DatabaseUnavailable(f"cannot use {where}: {reason}") from exc
 
 
 def _is_not_sqlite(url: URL) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     MetaData,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -95,6 +96,13 @@ class ArtifactOp(Base):
     result_json: Mapped[str | None] = mapped_column(Text)
 
 
-jobs_table = ArtifactJob.__table__
-ops_table = ArtifactOp.__table__
-meta_table = Meta.__table__
+def _table_of(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+# The Core tables, for repositories that run statements without ORM bookkeeping.
+jobs_table = _table_of(ArtifactJob)
+ops_table = _table_of(ArtifactOp)
+meta_table = _table_of(Meta)

@@ -8,12 +8,12 @@ bookkeeping, and every result leaves as an immutable record.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import fields
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Row, Table, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -30,7 +30,10 @@ _JOB_COLUMNS = tuple(jobs_table.c[field.name] for field in fields(JobRecord))
 _OP_COLUMNS = tuple(ops_table.c[field.name] for field in fields(OpRecord))
 
 
-def dialect_insert(connection: Connection) -> Callable[[Table], Insert]:
+DialectInsert = sqlite.Insert | postgresql.Insert
+
+
+def dialect_insert(connection: Connection) -> Callable[[Table], DialectInsert]:
     """The dialect's INSERT, the one that knows ``ON CONFLICT DO NOTHING``."""
     name = connection.dialect.name
     if name == "sqlite":
@@ -51,13 +54,18 @@ def job_id_for(idempotency_key: str) -> str:
     return f"{k[:8]}-{k[8:12]}-{k[12:16]}-{k[16:20]}-{k[20:32]}"
 
 
-def _job(row: Row[Any]) -> JobRecord:
-    values = tuple(row)
-    return JobRecord(*values[:4], JobState(values[4]), *values[5:])
+def _job(row: Sequence[Any]) -> JobRecord:
+    (job_id, work_id, artifact_id, canonical_url, state, lease_owner, lease_until,
+     created_at, updated_at, idempotency_key) = row  # fmt: skip
+    return JobRecord(
+        job_id, work_id, artifact_id, canonical_url, JobState(state), lease_owner,
+        lease_until, created_at, updated_at, idempotency_key,
+    )  # fmt: skip
 
 
-def _op(row: Row[Any]) -> OpRecord:
-    return OpRecord(*row)
+def _op(row: Sequence[Any]) -> OpRecord:
+    op_key, job_id, op_type, started_at, finished_at, result_code, result_json = row
+    return OpRecord(op_key, job_id, op_type, started_at, finished_at, result_code, result_json)
 
 
 def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
@@ -74,6 +82,11 @@ class JobRepository:
         insert = dialect_insert(connection)
         self._plan_statement = (
             insert(jobs_table).on_conflict_do_nothing().returning(jobs_table.c.job_id)
+        )
+        self._plan_batch = (
+            self._plan_batch_postgresql
+            if connection.dialect.name == "postgresql"
+            else self._plan_batch_sqlite
         )
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -112,13 +125,23 @@ class JobRepository:
         self, specs: Iterable[JobSpec], *, now: float, batch_size: int = PLAN_BATCH_SIZE
     ) -> int:
         """Plan every spec not yet planned; returns how many rows were new."""
-        created = 0
-        for batch in _batches(specs, batch_size):
-            result = self._connection.execute(
-                self._plan_statement, [_plan_params(spec, now) for spec in batch]
-            )
-            created += len(result.all())
-        return created
+        return sum(
+            self._plan_batch([_plan_params(spec, now) for spec in batch])
+            for batch in _batches(specs, batch_size)
+        )
+
+    def _plan_batch_sqlite(self, rows: list[dict[str, object]]) -> int:
+        # One prepared statement run by the driver's executemany loop; SQLite
+        # counts the rows it really inserted, conflicts excluded.
+        result = self._connection.execute(_SQLITE_PLAN_MANY, rows)
+        return result.rowcount
+
+    def _plan_batch_postgresql(self, rows: list[dict[str, object]]) -> int:
+        # One statement per batch: the columns travel as arrays and unnest()
+        # turns them back into rows, an order of magnitude fewer round trips
+        # than a row-by-row executemany.
+        arrays = {f"{name}_values": [row[name] for row in rows] for name in _PLAN_COLUMNS}
+        return len(self._connection.execute(_POSTGRESQL_PLAN_MANY, arrays).all())
 
     def count_by_state(self) -> dict[JobState, int]:
         """Jobs per state, with every state present (zero where none)."""
@@ -142,6 +165,35 @@ class JobRepository:
             .offset(offset)
         )
         return [_job(row) for row in rows]
+
+
+_PLAN_COLUMNS = (
+    "job_id",
+    "work_id",
+    "artifact_id",
+    "canonical_url",
+    "state",
+    "created_at",
+    "updated_at",
+    "idempotency_key",
+)
+_SQLITE_PLAN_MANY = sqlite.insert(jobs_table).on_conflict_do_nothing()
+_unnested = (
+    func.unnest(
+        *(
+            bindparam(f"{name}_values", type_=postgresql.ARRAY(jobs_table.c[name].type))
+            for name in _PLAN_COLUMNS
+        )
+    )
+    .table_valued(*_PLAN_COLUMNS)
+    .render_derived()
+)
+_POSTGRESQL_PLAN_MANY = (
+    postgresql.insert(jobs_table)
+    .from_select(_PLAN_COLUMNS, select(*(_unnested.c[name] for name in _PLAN_COLUMNS)))
+    .on_conflict_do_nothing()
+    .returning(jobs_table.c.job_id)
+)
 
 
 def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
@@ -186,9 +238,7 @@ class OpRepository:
         ).first()
         return None if row is None else _op(row)
 
-    def finish(
-        self, op_key: str, *, result_code: str, result_json: str | None, now: float
-    ) -> bool:
+    def finish(self, op_key: str, *, result_code: str, result_json: str | None, now: float) -> bool:
         """Record an op's result once; False if it is unknown or already finished."""
         finished = self._connection.execute(
             update(ops_table)

@@ -57,8 +57,9 @@ class UnitOfWork:
             connection = session.connection(execution_options={READ_ONLY_OPTION: self._read_only})
         except DBAPIError as exc:
             session.close()
+            reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
             raise DatabaseUnavailable(
-                f"cannot open the ledger database {self._database}: {exc.orig}. "
+                f"cannot open the ledger database {self._database}: {reason}. "
                 "Check that the URL is right, that a SQLite file is a ledger database "
                 "(or a path where one may be created), and that a PostgreSQL server is up."
             ) from exc

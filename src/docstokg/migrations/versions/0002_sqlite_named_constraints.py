@@ -28,8 +28,16 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 V3_STATES = (
-    "PLANNED", "LEASED", "HEAD_DONE", "RESUME_OK", "STREAMING",
-    "FINALIZED", "INDEXED", "DEDUPED", "FAILED", "SKIPPED_DUPLICATE",
+    "PLANNED",
+    "LEASED",
+    "HEAD_DONE",
+    "RESUME_OK",
+    "STREAMING",
+    "FINALIZED",
+    "INDEXED",
+    "DEDUPED",
+    "FAILED",
+    "SKIPPED_DUPLICATE",
 )
 
 
