@@ -9,21 +9,21 @@ PostgreSQL of ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.pool import NullPool
 
 from docstokg.ledger.migrate import head_revision
+from tests.dbtools import execute_sql, table_names
 
 pytestmark = pytest.mark.slow
 
@@ -88,28 +88,9 @@ def sqlite_file(url: str) -> Path:
 
 
 @pytest.fixture
-def sql(empty_db_url: str) -> Iterator[Any]:
+def sql(empty_db_url: str) -> Callable[[str], list[tuple[Any, ...]]]:
     """Run SQL against the test database from the test process (setup and checks only)."""
-    engine = create_engine(empty_db_url, poolclass=NullPool)
-
-    def execute(statement: str) -> list[tuple[Any, ...]]:
-        with engine.begin() as connection:
-            result = connection.execute(text(statement))
-            return [tuple(row) for row in result] if result.returns_rows else []
-
-    try:
-        yield execute
-    finally:
-        engine.dispose()
-
-
-def table_names(url: str) -> set[str]:
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            return set(inspect(connection).get_table_names())
-    finally:
-        engine.dispose()
+    return functools.partial(execute_sql, empty_db_url)
 
 
 # --- db upgrade / db current -------------------------------------------------------------

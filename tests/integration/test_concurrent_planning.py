@@ -6,6 +6,7 @@ import multiprocessing
 from multiprocessing.synchronize import Barrier
 
 from docstokg import JobSpec, Ledger
+from tests.dbtools import run_in_processes
 
 JOBS = 200
 PROCESSES = 2
@@ -30,19 +31,8 @@ def _plan_all(url: str, start: Barrier, results: multiprocessing.Queue) -> None:
 
 
 def test_two_processes_planning_the_same_jobs_make_one_row_each(ledger: Ledger) -> None:
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(PROCESSES)
-    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
     url = ledger.url.render_as_string(hide_password=False)
-    workers = [
-        context.Process(target=_plan_all, args=(url, start, results)) for _ in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    outcomes = run_in_processes(_plan_all, (url,), PROCESSES)
 
     ids_seen_by_each = [[job_id for job_id, _ in outcome] for outcome in outcomes]
     assert ids_seen_by_each[0] == ids_seen_by_each[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from docstokg import JobSpec, Ledger
+from docstokg import JobSpec, JobState, Ledger
 from docstokg.errors import DatabaseUnavailable, LedgerError
 
 SPEC = JobSpec("W1", "pdf", "https://example.org/1")
@@ -68,7 +68,7 @@ def test_records_are_immutable(ledger: Ledger) -> None:
         uow.commit()
     assert job is not None
     with pytest.raises(AttributeError):
-        job.state = "FAILED"  # type: ignore[misc]
+        job.state = JobState.FAILED  # type: ignore[misc]
 
 
 def test_sqlite_connections_use_the_documented_pragmas(tmp_path: Path) -> None:

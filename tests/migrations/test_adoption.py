@@ -8,13 +8,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from docstokg import JobSpec, JobState, Ledger
 from docstokg.errors import DatabaseUnavailable, SchemaMismatch, UnknownRevision
 from docstokg.ledger import migrate
+from tests.dbtools import alembic_check, execute_sql
 
 # The hand-rolled ledger's DDL, as its apply_migration script ran it.
 V3_DDL = """
@@ -159,14 +157,7 @@ def test_adopted_ledger_keeps_working_and_matches_the_models(v3_file: Path) -> N
         assert fresh.created is True
         second = ledger.upgrade()
     assert second.adopted is False
-    config = migrate.alembic_config()
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            config.attributes["connection"] = connection
-            command.check(config)
-    finally:
-        engine.dispose()
+    alembic_check(url)
 
 
 def test_unknown_revision_is_refused_and_the_file_is_unchanged(v3_file: Path) -> None:
@@ -187,12 +178,7 @@ def test_unknown_revision_is_refused_and_the_file_is_unchanged(v3_file: Path) ->
 
 
 def test_unknown_revision_is_refused_on_both_backends(db_url: str) -> None:
-    engine = create_engine(db_url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("UPDATE alembic_version SET version_num = 'abc123future'"))
-    finally:
-        engine.dispose()
+    execute_sql(db_url, "UPDATE alembic_version SET version_num = 'abc123future'")
     with Ledger.connect(db_url) as ledger, pytest.raises(UnknownRevision, match="abc123future"):
         ledger.upgrade()
     assert migrate.describe(db_url).revision == "abc123future"
