@@ -38,20 +38,35 @@ ensure_venv() {
     fi
 }
 
+pg_bindir() {
+    # Where the PostgreSQL 15 server binaries are, as tests/pgcluster.py looks.
+    local dir
+    for dir in "${DOCSTOKG_PG_BINDIR:-}" /usr/lib/postgresql/15/bin \
+        "$(command -v pg_config >/dev/null 2>&1 && pg_config --bindir)"; do
+        if [ -n "$dir" ] && [ -x "$dir/initdb" ] && "$dir/initdb" --version | grep -q ' 15\.'; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
 ensure_postgres() {
     # The tests start their own cluster from the server binaries; install them
     # if this machine lacks them and we may (root with apt, as in CI).
-    if [ -n "${DOCSTOKG_PG_BINDIR:-}" ] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
-        command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
-        return
+    if ! pg_bindir >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "run.sh: installing the PostgreSQL 15 server binaries" >&2
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+        fi
     fi
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "run.sh: installing the PostgreSQL 15 server binaries" >&2
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
-    else
-        echo "run.sh: PostgreSQL server binaries not found; install postgresql-15 or set DOCSTOKG_PG_BINDIR" >&2
+    if ! DOCSTOKG_PG_BINDIR=$(pg_bindir); then
+        echo "run.sh: PostgreSQL 15 server binaries not found; install postgresql-15" \
+            "or set DOCSTOKG_PG_BINDIR, or run DOCSTOKG_TEST_BACKENDS=sqlite ./run.sh test" >&2
         exit 2
     fi
+    export DOCSTOKG_PG_BINDIR
 }
 
 case "${1:-}" in

@@ -10,7 +10,6 @@ transaction that the code under test reads::
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from docstokg.keys import job_key, op_key
 from docstokg.ledger.models import ArtifactJob, ArtifactOp
+from docstokg.ledger.repositories import job_id_for
 from docstokg.states import JobState
 
 _session: ContextVar[Session] = ContextVar("factory_session")
@@ -48,7 +48,7 @@ class JobFactory(SQLAlchemyModelFactory):  # type: ignore[misc]
         sqlalchemy_session_factory = _current_session
         sqlalchemy_session_persistence = "flush"
 
-    job_id = factory.LazyFunction(lambda: str(uuid.uuid4()))
+    job_id = factory.LazyAttribute(lambda job: job_id_for(job.idempotency_key))
     work_id = factory.Sequence(lambda n: f"W{n:06d}")
     artifact_id = "pdf"
     canonical_url = factory.LazyAttribute(

@@ -28,6 +28,10 @@ class DatabaseUnavailable(LedgerError):
     """The database cannot be opened: missing file, not a database, server down."""
 
 
+class LedgerBusy(DatabaseUnavailable):
+    """SQLite stayed locked by other writers for longer than the busy timeout."""
+
+
 class SchemaError(LedgerError):
     """The database schema is not one this code can work with."""
 
@@ -52,6 +56,10 @@ class SchemaMismatch(SchemaError):
     """Tables with the ledger's names exist but have another shape."""
 
 
+class MigrationFailed(SchemaError):
+    """An upgrade failed part-way and was rolled back."""
+
+
 class SchemaNotCurrent(SchemaError):
     """The database has no ledger schema yet, or an older one than this code needs."""
 
@@ -62,6 +70,6 @@ class JobNotFound(LedgerError, LookupError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(
-            f"no job with job_id {job_id!r} in the ledger; plan it first "
-            "(plan_job_if_absent) or check the id with `docstokg job status`"
+            f"no job with job_id {job_id!r} in the ledger; plan the job first, or check "
+            "that the id was copied whole"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from docstokg import JobSpec, JobState, Ledger, job_key
+from docstokg.ledger.repositories import job_id_for
 from tests.conftest import ManualClock
 from tests.factories import JobFactory, bound_to
 
@@ -98,6 +99,9 @@ def test_plan_many_and_plan_agree_on_job_ids(ledger: Ledger) -> None:
     with ledger.unit_of_work() as uow:
         ids = [uow.jobs.plan(spec, now=uow.now()) for spec in specs]
     assert all(not planned.created for planned in ids)
+    assert [planned.job_id for planned in ids] == [
+        job_id_for(job_key(spec.work_id, spec.artifact_id, spec.canonical_url)) for spec in specs
+    ]
     with ledger.unit_of_work(read_only=True) as uow:
         listed = uow.jobs.list_by_state(JobState.PLANNED)
     assert {job.job_id for job in listed} == {planned.job_id for planned in ids}

@@ -127,3 +127,23 @@ def test_not_a_database_file_is_a_clear_error(tmp_path: Path) -> None:
     with Ledger.connect(f"sqlite:///{path}") as ledger:
         with pytest.raises(DatabaseUnavailable, match=r"notes\.txt"), ledger.unit_of_work():
             pass
+
+
+def test_a_database_without_the_schema_names_the_upgrade_command(empty_db_url: str) -> None:
+    from docstokg.errors import SchemaNotCurrent
+
+    with Ledger.connect(empty_db_url) as ledger:
+        if ledger.dialect == "sqlite":
+            ledger.upgrade("0001_v3_baseline")  # an older schema than this code's
+        with pytest.raises(SchemaNotCurrent, match="docstokg db upgrade"), ledger.unit_of_work():
+            pass
+
+
+def test_a_database_from_a_newer_docstokg_is_not_written(db_url: str) -> None:
+    from docstokg.errors import UnknownRevision
+    from tests.dbtools import execute_sql
+
+    execute_sql(db_url, "UPDATE alembic_version SET version_num = 'f00d_from_the_future'")
+    with Ledger.connect(db_url) as ledger:
+        with pytest.raises(UnknownRevision, match="f00d_from_the_future"), ledger.unit_of_work():
+            pass

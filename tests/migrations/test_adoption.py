@@ -230,3 +230,38 @@ def test_upgrade_creates_missing_parent_directories(tmp_path: Path) -> None:
     with Ledger.connect(f"sqlite:///{path}") as ledger:
         assert ledger.upgrade().to_revision == migrate.head_revision()
     assert path.exists()
+
+
+def test_a_wal_ledger_with_unknown_revision_keeps_its_main_file_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    url = f"sqlite:///{path}"
+    with Ledger.connect(url) as ledger:
+        ledger.upgrade()
+    # A newer docstokg's stamp, left in the WAL by a writer that is still open.
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("UPDATE alembic_version SET version_num = '9999_newer'")
+    wal = path.with_name(path.name + "-wal")
+    digests = (_sha256(path), _sha256(wal))
+    try:
+        with Ledger.connect(url) as ledger, pytest.raises(UnknownRevision, match="9999_newer"):
+            ledger.upgrade()
+        assert (_sha256(path), _sha256(wal)) == digests
+    finally:
+        writer.close()
+
+
+def test_v3_rows_without_a_primary_key_are_refused_before_anything_changes(
+    v3_file: Path,
+) -> None:
+    connection = sqlite3.connect(v3_file)
+    connection.execute(
+        "INSERT INTO artifact_jobs VALUES (NULL, 'W', 'A', 'u', 'PLANNED', NULL, NULL, 1, 1, 'k')"
+    )
+    connection.commit()
+    connection.close()
+    digest = _sha256(v3_file)
+    with Ledger.connect(f"sqlite:///{v3_file}") as ledger:
+        with pytest.raises(SchemaMismatch, match="1 row\\(s\\) of artifact_jobs have no job_id"):
+            ledger.upgrade()
+    assert _sha256(v3_file) == digest

@@ -107,3 +107,28 @@ def test_require_current_names_the_fix(empty_db_url: str) -> None:
     with Ledger.connect(empty_db_url) as ledger:
         ledger.upgrade()
     assert migrate.require_current(empty_db_url).is_current
+
+
+def test_sqlite_migrations_refuse_a_connection_that_enforces_foreign_keys(
+    tmp_path: Path,
+) -> None:
+    from docstokg.errors import ConfigurationError
+    from docstokg.ledger.engine import create_ledger_engine
+
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    config = migrate.alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            with pytest.raises(ConfigurationError, match="foreign keys off"):
+                command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+def test_a_revision_prefix_is_not_a_known_revision(db_url: str) -> None:
+    from docstokg.errors import UnknownRevision
+
+    execute_sql(db_url, "UPDATE alembic_version SET version_num = '0001'")
+    with pytest.raises(UnknownRevision, match="'0001'"):
+        migrate.upgrade(db_url)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
-from docstokg.errors import ConfigurationError
+from docstokg.errors import ConfigurationError, DatabaseUnavailable, LedgerBusy
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Page cache per connection, in KiB (negative = KiB for SQLite).  The default
@@ -90,11 +91,72 @@ def create_ledger_engine(
         engine_options.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **engine_options)
 
-    connect_args = dict(engine_options.pop("connect_args", {}))
-    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
-    engine = create_engine(parsed, connect_args=connect_args, **engine_options)
+    engine = create_engine(parsed, **engine_options)
     _install_sqlite_pragmas(engine, foreign_keys=foreign_keys)
     return engine
+
+
+def create_inspection_engine(url: str | URL, **engine_options: Any) -> Engine:
+    """An engine that reads without changing anything.
+
+    SQLite files are opened read-only (``mode=ro``): no journal-mode switch,
+    no checkpoint of a WAL file on close, no file created.  A refused database
+    thus stays byte for byte as it was, WAL frames included.
+    """
+    parsed = parse_url(url)
+    engine_options.setdefault("poolclass", NullPool)
+    if not is_sqlite(parsed):
+        return create_engine(parsed, **engine_options)
+    uri = f"file:{quote(str(sqlite_path(parsed).resolve()))}?mode=ro"
+    return create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+        **engine_options,
+    )
+
+
+def driver_reason(exc: DBAPIError) -> str:
+    """The driver's own explanation, on one line (psycopg's span several)."""
+    return " ".join(str(exc.orig).split())
+
+
+def connect_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
+    """Why the database at ``url`` could not be opened, in words a user can act on."""
+    if not is_sqlite(url):
+        where = url.render_as_string(hide_password=True)
+        return DatabaseUnavailable(f"cannot use the ledger database {where}: {driver_reason(exc)}")
+    path = sqlite_path(url)
+    if _is_busy(exc):
+        return LedgerBusy(
+            f"the SQLite ledger {path} stayed locked by other writers for "
+            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; too many writers share one file (see "
+            "'database is locked' in AGENTS.md), or a process hangs inside a transaction"
+        )
+    if path.is_dir():
+        return DatabaseUnavailable(
+            f"the SQLite file {path} is a directory; point --db at a file inside it, e.g. "
+            f"sqlite:///{path / 'manifest.sqlite3'}"
+        )
+    if _is_not_sqlite(path):
+        return DatabaseUnavailable(
+            f"the SQLite file {path} is not a SQLite database (its header is wrong); point "
+            "--db at a ledger database or at a path where a new one may be created"
+        )
+    return DatabaseUnavailable(f"cannot use the SQLite file {path}: {driver_reason(exc)}")
+
+
+def _is_busy(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _is_not_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(16)
+    except OSError:
+        return False
+    return bool(header) and header != b"SQLite format 3\x00"
 
 
 def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
@@ -107,7 +169,13 @@ def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            (journal_mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            if journal_mode != "wal":
+                raise DatabaseUnavailable(
+                    f"SQLite refused WAL mode for {engine.url.database} (it stays in "
+                    f"{journal_mode!r} mode), so concurrent workers would block each other; "
+                    "put the ledger on a local file system"
+                )
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")

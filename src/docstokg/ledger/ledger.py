@@ -1,34 +1,43 @@
 """``Ledger``: the handle on one ledger database.
 
-It owns the engine and the session factory for one URL; everything else
+It owns the engine (and so the connection pool) for one URL; everything else
 (services, runner, CLI) asks it for units of work.  Build one per process with
 :meth:`Ledger.connect` and share it between threads: each unit of work gets its
-own session and connection.
+own connection.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.exc import DBAPIError
 
 from docstokg.ledger import migrate
-from docstokg.ledger.engine import create_ledger_engine, parse_url
+from docstokg.ledger.engine import (
+    READ_ONLY_OPTION,
+    connect_error,
+    create_ledger_engine,
+    parse_url,
+)
 from docstokg.ledger.unit_of_work import Clock, UnitOfWork
 
 
 class Ledger:
     """The entry point to one ledger database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, url: URL, engine: Engine, clock: Clock) -> None:
+    def __init__(
+        self, url: URL, engine: Engine, clock: Clock, engine_options: dict[str, Any]
+    ) -> None:
         self._url = url
         self._engine = engine
         self._clock = clock
-        self._sessions = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+        self._engine_options = engine_options
+        self._schema_checked = threading.Event()
 
     @classmethod
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
@@ -36,10 +45,11 @@ class Ledger:
 
         ``clock`` returns the current time in epoch seconds (default
         ``time.time``); tests inject one to move time.  ``engine_options`` go
-        to :func:`sqlalchemy.create_engine` (``pool_size``, ``echo``...).
+        to :func:`sqlalchemy.create_engine` (``pool_size``, ``connect_args``...).
         """
         parsed = parse_url(url)
-        return cls(parsed, create_ledger_engine(parsed, **engine_options), clock or time.time)
+        engine = create_ledger_engine(parsed, **engine_options)
+        return cls(parsed, engine, clock or time.time, engine_options)
 
     @property
     def url(self) -> URL:
@@ -54,27 +64,38 @@ class Ledger:
         return self._clock()
 
     def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
-        """A new unit of work; ``read_only`` ones never take SQLite's write lock."""
-        return UnitOfWork(
-            self._sessions,
-            clock=self._clock,
-            database=self._url.render_as_string(hide_password=True),
-            read_only=read_only,
-        )
+        """A new unit of work; ``read_only`` ones never take SQLite's write lock.
+
+        The first one checks that the schema is this code's (once per Ledger),
+        so an old or foreign database fails with advice, not "no such table".
+        """
+        if not self._schema_checked.is_set():
+            self._check_schema()
+        return UnitOfWork(self._engine, self._url, clock=self._clock, read_only=read_only)
 
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:
         """Create, adopt or upgrade the schema to ``revision`` through Alembic."""
-        result = migrate.upgrade(self._url, revision)
-        # Connections opened before the upgrade may have cached the old schema.
+        result = migrate.upgrade(self._url, revision, **self._engine_options)
+        # Pooled connections opened before the upgrade may have cached the old schema.
         self._engine.dispose()
+        self._schema_checked.clear()
         return result
 
     def schema_status(self) -> migrate.SchemaStatus:
         """The Alembic revision and ``_meta.schema_version``; creates nothing."""
-        return migrate.describe(self._url)
+        return migrate.describe(self._url, **self._engine_options)
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def _check_schema(self) -> None:
+        try:
+            with self._engine.connect() as connection:
+                connection.execution_options(**{READ_ONLY_OPTION: True})
+                migrate.check_current(connection)
+        except DBAPIError as exc:
+            raise connect_error(self._url, exc) from exc
+        self._schema_checked.set()
 
     def __enter__(self) -> Self:
         return self

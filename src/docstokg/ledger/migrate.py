@@ -19,26 +19,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
-from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, create_engine, inspect, select, text
+from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from docstokg.errors import (
     DatabaseUnavailable,
+    MigrationFailed,
+    SchemaError,
     SchemaMismatch,
     SchemaNotCurrent,
     UnknownRevision,
 )
-from docstokg.ledger.engine import create_ledger_engine, is_sqlite, parse_url, sqlite_path
+from docstokg.ledger.engine import (
+    connect_error,
+    create_inspection_engine,
+    create_ledger_engine,
+    driver_reason,
+    is_sqlite,
+    parse_url,
+    sqlite_path,
+)
 from docstokg.ledger.models import meta_table
 
 BASELINE_REVISION = "0001_v3_baseline"
@@ -108,28 +118,40 @@ def alembic_config() -> Config:
     return config
 
 
+@cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+@cache
+def known_revisions() -> frozenset[str]:
+    """Every revision id this code ships (exact ids: Alembic would also take prefixes)."""
+    return frozenset(script.revision for script in _script().walk_revisions())
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None, "the package ships no Alembic revisions"
+    head = _script().get_current_head()
+    if head is None:
+        raise SchemaError("this docstokg ships no Alembic revisions; reinstall it")
     return head
 
 
-def describe(url: str | URL) -> SchemaStatus:
+def describe(url: str | URL, **engine_options: Any) -> SchemaStatus:
     """The schema status of the database at ``url``, changing nothing (not even creating it)."""
-    with _inspection_connection(parse_url(url)) as connection:
+    with _inspection_connection(parse_url(url), engine_options) as connection:
         return _describe(connection)
 
 
-def require_current(url: str | URL) -> SchemaStatus:
-    """Raise :class:`SchemaNotCurrent` unless the database is at this code's head."""
-    status = describe(url)
+def check_current(connection: Connection) -> SchemaStatus:
+    """Raise unless the database behind ``connection`` is at this code's head."""
+    status = _describe(connection)
     if status.revision is not None:
         _check_known(status.revision)
     if not status.is_current:
         found = (
             "no ledger tables"
             if not status.has_ledger_tables
-            else (f"revision {status.revision!r} (schema_version {status.schema_version})")
+            else f"revision {status.revision!r} (schema_version {status.schema_version})"
         )
         raise SchemaNotCurrent(
             f"the ledger database has {found}, this docstokg needs revision "
@@ -138,13 +160,23 @@ def require_current(url: str | URL) -> SchemaStatus:
     return status
 
 
-def upgrade(url: str | URL, revision: str = "head") -> UpgradeResult:
-    """Bring the database to ``revision``, creating or adopting it as needed."""
+def require_current(url: str | URL, **engine_options: Any) -> SchemaStatus:
+    """:func:`check_current` for a URL, read-only."""
+    with _inspection_connection(parse_url(url), engine_options) as connection:
+        return check_current(connection)
+
+
+def upgrade(url: str | URL, revision: str = "head", **engine_options: Any) -> UpgradeResult:
+    """Bring the database to ``revision``, creating or adopting it as needed.
+
+    Everything happens in one transaction: an upgrade that fails half-way
+    (say, a row the new schema rejects) leaves the database as it was.
+    """
     parsed = parse_url(url)
     if is_sqlite(parsed):
         path = sqlite_path(parsed)
         if path.exists():
-            with _inspection_connection(parsed) as connection:
+            with _inspection_connection(parsed, engine_options) as connection:
                 _plan(connection)  # refuse before the migration engine touches the file
         else:
             try:
@@ -155,22 +187,31 @@ def upgrade(url: str | URL, revision: str = "head") -> UpgradeResult:
                     f"{exc.strerror or exc}"
                 ) from exc
 
-    engine = create_ledger_engine(parsed, foreign_keys=False, poolclass=NullPool)
+    engine_options["poolclass"] = NullPool
+    engine = create_ledger_engine(parsed, foreign_keys=False, **engine_options)
     try:
-        with _translate_connect_errors(parsed), engine.begin() as connection:
+        with _connected(engine, parsed) as connection, connection.begin():
             if connection.dialect.name == "postgresql":
                 connection.execute(select(text(f"pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")))
             before = _describe(connection)
             adopt = _plan(connection)
             config = alembic_config()
             config.attributes["connection"] = connection
-            if adopt:
-                command.stamp(config, BASELINE_REVISION)
-            command.upgrade(config, revision)
+            try:
+                if adopt:
+                    command.stamp(config, BASELINE_REVISION)
+                command.upgrade(config, revision)
+            except DBAPIError as exc:
+                raise MigrationFailed(
+                    f"upgrading the ledger from revision {before.revision or '(none)'} to "
+                    f"{revision} failed: {driver_reason(exc)}. The upgrade was rolled back; "
+                    "the database is as it was."
+                ) from exc
             after = _describe(connection)
     finally:
         engine.dispose()
-    assert after.revision is not None
+    if after.revision is None:
+        raise MigrationFailed(f"the upgrade to {revision} left no alembic_version behind")
     return UpgradeResult(
         from_revision=before.revision,
         to_revision=after.revision,
@@ -211,13 +252,8 @@ def _describe(connection: Connection) -> SchemaStatus:
 
 
 def _check_known(revision: str) -> None:
-    script = ScriptDirectory.from_config(alembic_config())
     for rev in revision.split(","):
-        try:
-            known = script.get_revision(rev)
-        except CommandError:
-            known = None
-        if known is None:
+        if rev not in known_revisions():
             raise UnknownRevision(rev, head_revision())
 
 
@@ -248,53 +284,55 @@ def _check_v3_shape(connection: Connection) -> None:
             f"shape, so it was left unchanged: {'; '.join(problems)}. Point --db at a "
             "new database, or rename the other application's tables."
         )
+    _check_v3_rows(connection)
+
+
+def _check_v3_rows(connection: Connection) -> None:
+    """Refuse rows the baseline's NOT NULL columns cannot take, before copying anything.
+
+    v3 declared the same NOT NULL columns, but SQLite lets a ``TEXT PRIMARY KEY``
+    hold NULL; such a row would make the adoption fail half-way.
+    """
+    problems = []
+    for table, key in (("artifact_jobs", "job_id"), ("artifact_ops", "op_key"), ("_meta", "key")):
+        count = connection.execute(
+            text(f'SELECT count(*) FROM "{table}" WHERE "{key}" IS NULL')
+        ).scalar_one()
+        if count:
+            problems.append(f"{count} row(s) of {table} have no {key}")
+    if problems:
+        raise SchemaMismatch(
+            f"the v3 ledger cannot be adopted as it is: {'; '.join(problems)}. Delete or "
+            "repair those rows (they can never be leased or replayed), then run the upgrade "
+            "again; nothing was changed."
+        )
 
 
 @contextmanager
-def _inspection_connection(url: URL) -> Iterator[Connection]:
+def _inspection_connection(url: URL, engine_options: dict[str, Any]) -> Iterator[Connection]:
     """A connection that reads without changing anything, not even SQLite's journal mode."""
     if is_sqlite(url) and not sqlite_path(url).exists():
         raise DatabaseUnavailable(
             f"the ledger database file {sqlite_path(url)} does not exist; create it with "
             f"`docstokg db upgrade --db {url.render_as_string()}`"
         )
-    engine = create_engine(url, poolclass=NullPool)
+    engine = create_inspection_engine(url, **engine_options)
     try:
-        with _translate_connect_errors(url), engine.connect() as connection:
+        with _connected(engine, url) as connection:
             yield connection
     finally:
         engine.dispose()
 
 
 @contextmanager
-def _translate_connect_errors(url: URL) -> Iterator[None]:
+def _connected(engine: Engine, url: URL) -> Iterator[Connection]:
+    """Connect, and say clearly why when that fails; later errors pass through untouched."""
     try:
-        yield
+        connection = engine.connect()
+        if is_sqlite(url):  # SQLite reads the file header lazily: make it read now
+            connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").all()
+            connection.rollback()
     except DBAPIError as exc:
-        where = (
-            f"the SQLite file {sqlite_path(url)}"
-            if is_sqlite(url)
-            else f"the ledger database {url.render_as_string(hide_password=True)}"
-        )
-        if is_sqlite(url) and _is_not_sqlite(url):
-            raise DatabaseUnavailable(
-                f"{where} is not a SQLite database (its header is wrong); point --db at a "
-                "ledger database or at a path where a new one may be created"
-            ) from exc
-        if is_sqlite(url) and sqlite_path(url).is_dir():
-            raise DatabaseUnavailable(
-                f"{where} is a directory; point --db at a file inside it, e.g. "
-                f"sqlite:///{sqlite_path(url) / 'manifest.sqlite3'}"
-            ) from exc
-        reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
-        raise DatabaseUnavailable(f"cannot use {where}: {reason}") from exc
-
-
-def _is_not_sqlite(url: URL) -> bool:
-    path = sqlite_path(url)
-    try:
-        with Path(path).open("rb") as handle:
-            header = handle.read(16)
-    except OSError:
-        return False
-    return bool(header) and header != b"SQLite format 3\x00"
+        raise connect_error(url, exc) from exc
+    with connection:
+        yield connection

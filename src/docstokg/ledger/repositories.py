@@ -1,25 +1,27 @@
 """All the SQL of docstokg.
 
 Repositories add and query; they never commit (the unit of work owns the
-transaction).  They run SQLAlchemy Core statements on the unit of work's
-connection, so a hot path costs one round trip per statement and no ORM
-bookkeeping, and every result leaves as an immutable record.
+transaction).  They run SQLAlchemy Core statements, built once at import and
+compiled once per dialect by SQLAlchemy's cache, on the unit of work's
+connection: a hot path costs one round trip per statement and no ORM
+bookkeeping, and every result leaves as an immutable record.  The few places
+where SQLite and PostgreSQL need different SQL are chosen here, once per
+repository, from the connection's dialect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
-from docstokg.errors import JobNotFound
+from docstokg.errors import JobNotFound, LedgerError
 from docstokg.keys import job_key
-from docstokg.ledger.models import jobs_table, meta_table, ops_table
+from docstokg.ledger.models import jobs_table, ops_table
 from docstokg.ledger.records import JobRecord, JobSpec, OpRecord, PlannedJob
 from docstokg.states import JobState
 
@@ -28,19 +30,15 @@ PLAN_BATCH_SIZE = 2_000
 # Selected in the records' field order, so a row maps onto a record positionally.
 _JOB_COLUMNS = tuple(jobs_table.c[field.name] for field in fields(JobRecord))
 _OP_COLUMNS = tuple(ops_table.c[field.name] for field in fields(OpRecord))
-
-
-DialectInsert = sqlite.Insert | postgresql.Insert
-
-
-def dialect_insert(connection: Connection) -> Callable[[Table], DialectInsert]:
-    """The dialect's INSERT, the one that knows ``ON CONFLICT DO NOTHING``."""
-    name = connection.dialect.name
-    if name == "sqlite":
-        return sqlite.insert
-    if name == "postgresql":
-        return postgresql.insert
-    raise NotImplementedError(f"no ledger support for the {name!r} dialect")
+_JOB_TRIPLE = ("work_id", "artifact_id", "canonical_url")
+_PLAN_COLUMNS = (
+    "job_id",
+    *_JOB_TRIPLE,
+    "state",
+    "created_at",
+    "updated_at",
+    "idempotency_key",
+)
 
 
 def job_id_for(idempotency_key: str) -> str:
@@ -52,6 +50,20 @@ def job_id_for(idempotency_key: str) -> str:
     """
     k = idempotency_key
     return f"{k[:8]}-{k[8:12]}-{k[12:16]}-{k[16:20]}-{k[20:32]}"
+
+
+def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
+    key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
+    return {
+        "job_id": job_id_for(key),
+        "work_id": spec.work_id,
+        "artifact_id": spec.artifact_id,
+        "canonical_url": spec.canonical_url,
+        "state": JobState.PLANNED.value,
+        "created_at": now,
+        "updated_at": now,
+        "idempotency_key": key,
+    }
 
 
 def _job(row: Sequence[Any]) -> JobRecord:
@@ -74,20 +86,63 @@ def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
         yield batch
 
 
+# --- statements -------------------------------------------------------------------------
+
+# No conflict target: job_id, idempotency_key and the triple all identify the
+# same job, and two planners racing on it may collide on any of the three
+# first (PostgreSQL raises for a violation outside a named arbiter).  A
+# conflict that is not a repeat of the triple is caught by plan()'s lookup.
+_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
+_PLAN_ONE = {
+    name: dialect.insert(jobs_table).on_conflict_do_nothing().returning(jobs_table.c.job_id)
+    for name, dialect in _DIALECTS.items()
+}
+_SQLITE_PLAN_MANY = sqlite.insert(jobs_table).on_conflict_do_nothing()
+_unnested = (
+    func.unnest(
+        *(
+            bindparam(f"{name}_values", type_=postgresql.ARRAY(jobs_table.c[name].type))
+            for name in _PLAN_COLUMNS
+        )
+    )
+    .table_valued(*_PLAN_COLUMNS)
+    .render_derived()
+)
+_POSTGRESQL_PLAN_MANY = (
+    postgresql.insert(jobs_table)
+    .from_select(_PLAN_COLUMNS, select(*(_unnested.c[name] for name in _PLAN_COLUMNS)))
+    .on_conflict_do_nothing()
+    .returning(jobs_table.c.job_id)
+)
+_FIND_BY_TRIPLE = select(jobs_table.c.job_id).where(
+    *(jobs_table.c[name] == bindparam(name) for name in _JOB_TRIPLE)
+)
+# The op row is written only if its job exists: no foreign-key error to decode.
+_ADD_OP = {
+    name: dialect.insert(ops_table)
+    .from_select(
+        ["op_key", "job_id", "op_type", "started_at"],
+        select(
+            bindparam("op_key"),
+            jobs_table.c.job_id,
+            bindparam("op_type"),
+            bindparam("started_at", type_=ops_table.c.started_at.type),
+        ).where(jobs_table.c.job_id == bindparam("job_id")),
+    )
+    .on_conflict_do_nothing(index_elements=["op_key"])
+    .returning(ops_table.c.op_key)
+    for name, dialect in _DIALECTS.items()
+}
+_JOB_EXISTS = select(literal(1)).where(jobs_table.c.job_id == bindparam("job_id"))
+
+
 class JobRepository:
     """Rows of ``artifact_jobs``."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        insert = dialect_insert(connection)
-        self._plan_statement = (
-            insert(jobs_table).on_conflict_do_nothing().returning(jobs_table.c.job_id)
-        )
-        self._plan_batch = (
-            self._plan_batch_postgresql
-            if connection.dialect.name == "postgresql"
-            else self._plan_batch_sqlite
-        )
+        self._dialect = connection.dialect.name
+        self._plan_one = _PLAN_ONE[self._dialect]
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._connection.execute(
@@ -107,26 +162,36 @@ class JobRepository:
         Exactly one row per triple however many processes race: the database's
         unique constraint decides, and the loser reads the winner's job_id.
         """
-        inserted = self._connection.execute(self._plan_statement, _plan_params(spec, now)).first()
+        inserted = self._connection.execute(self._plan_one, _plan_params(spec, now)).first()
         if inserted is not None:
             return PlannedJob(job_id=inserted.job_id, created=True)
         # Looked up by the triple, not the key: a database adopted from v3 may
         # hold keys that an older key format computed.
         existing = self._connection.execute(
-            select(jobs_table.c.job_id).where(
-                jobs_table.c.work_id == spec.work_id,
-                jobs_table.c.artifact_id == spec.artifact_id,
-                jobs_table.c.canonical_url == spec.canonical_url,
+            _FIND_BY_TRIPLE,
+            {"work_id": spec.work_id, "artifact_id": spec.artifact_id,
+             "canonical_url": spec.canonical_url},
+        ).scalar_one_or_none()  # fmt: skip
+        if existing is None:
+            key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
+            raise LedgerError(
+                f"cannot plan {spec}: another job already holds its idempotency key or "
+                "job_id, so the ledger was edited by hand or is corrupt; look for the row "
+                f"with idempotency_key = '{key}' or job_id = '{job_id_for(key)}'"
             )
-        ).scalar_one()
         return PlannedJob(job_id=existing, created=False)
 
     def plan_many(
         self, specs: Iterable[JobSpec], *, now: float, batch_size: int = PLAN_BATCH_SIZE
     ) -> int:
         """Plan every spec not yet planned; returns how many rows were new."""
+        plan_batch = (
+            self._plan_batch_postgresql
+            if self._dialect == "postgresql"
+            else self._plan_batch_sqlite
+        )
         return sum(
-            self._plan_batch([_plan_params(spec, now) for spec in batch])
+            plan_batch([_plan_params(spec, now) for spec in batch])
             for batch in _batches(specs, batch_size)
         )
 
@@ -167,70 +232,26 @@ class JobRepository:
         return [_job(row) for row in rows]
 
 
-_PLAN_COLUMNS = (
-    "job_id",
-    "work_id",
-    "artifact_id",
-    "canonical_url",
-    "state",
-    "created_at",
-    "updated_at",
-    "idempotency_key",
-)
-_SQLITE_PLAN_MANY = sqlite.insert(jobs_table).on_conflict_do_nothing()
-_unnested = (
-    func.unnest(
-        *(
-            bindparam(f"{name}_values", type_=postgresql.ARRAY(jobs_table.c[name].type))
-            for name in _PLAN_COLUMNS
-        )
-    )
-    .table_valued(*_PLAN_COLUMNS)
-    .render_derived()
-)
-_POSTGRESQL_PLAN_MANY = (
-    postgresql.insert(jobs_table)
-    .from_select(_PLAN_COLUMNS, select(*(_unnested.c[name] for name in _PLAN_COLUMNS)))
-    .on_conflict_do_nothing()
-    .returning(jobs_table.c.job_id)
-)
-
-
-def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
-    key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
-    return {
-        "job_id": job_id_for(key),
-        "work_id": spec.work_id,
-        "artifact_id": spec.artifact_id,
-        "canonical_url": spec.canonical_url,
-        "state": JobState.PLANNED.value,
-        "created_at": now,
-        "updated_at": now,
-        "idempotency_key": key,
-    }
-
-
 class OpRepository:
     """Rows of ``artifact_ops``: one per effect of a job, keyed by op_key."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        insert = dialect_insert(connection)
-        self._add_statement = (
-            insert(ops_table).on_conflict_do_nothing().returning(ops_table.c.op_key)
-        )
+        self._add = _ADD_OP[connection.dialect.name]
 
     def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
-        """Record that an op started; False if ``op_key`` is already recorded."""
-        try:
-            inserted = self._connection.execute(
-                self._add_statement,
-                {"op_key": op_key, "job_id": job_id, "op_type": op_type, "started_at": now},
-            ).first()
-        except IntegrityError as exc:
-            # The only constraint ON CONFLICT does not absorb is the foreign key.
-            raise JobNotFound(job_id) from exc
-        return inserted is not None
+        """Record that an op started; False if ``op_key`` is already recorded.
+
+        Raises :class:`JobNotFound` if there is no such job.
+        """
+        inserted = self._connection.execute(
+            self._add, {"op_key": op_key, "job_id": job_id, "op_type": op_type, "started_at": now}
+        ).first()
+        if inserted is not None:
+            return True
+        if self._connection.execute(_JOB_EXISTS, {"job_id": job_id}).first() is None:
+            raise JobNotFound(job_id)
+        return False
 
     def get(self, op_key: str) -> OpRecord | None:
         row = self._connection.execute(
@@ -255,16 +276,3 @@ class OpRepository:
             .order_by(ops_table.c.started_at, ops_table.c.op_key)
         )
         return [_op(row) for row in rows]
-
-
-class MetaRepository:
-    """The ``_meta`` key/value facts, such as ``schema_version``."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    def get(self, key: str) -> str | None:
-        value: str | None = self._connection.execute(
-            select(meta_table.c.value).where(meta_table.c.key == key)
-        ).scalar_one_or_none()
-        return value

@@ -46,6 +46,15 @@ def _include_object(
 
 
 def _configure(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        (foreign_keys,) = connection.exec_driver_sql("PRAGMA foreign_keys").one()
+        if foreign_keys:
+            # Batch mode drops and re-creates tables: with foreign keys enforced
+            # that DROP cascades and deletes every op row.
+            raise ConfigurationError(
+                "SQLite migrations must run with foreign keys off; use `docstokg db "
+                "upgrade` or an engine from create_ledger_engine(url, foreign_keys=False)"
+            )
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
