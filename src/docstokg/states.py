@@ -1,7 +1,14 @@
-"""Job states as the v3 ledger names them.
+"""Job states and the table of moves between them.
 
-The transition table and the terminal/success sets grow here with the job
-lifecycle; the ledger only needs the full list of names for its CHECK constraint.
+A job walks one path::
+
+    PLANNED → LEASED → HEAD_DONE → [RESUME_OK] → STREAMING → FINALIZED → INDEXED
+            → DEDUPED | SKIPPED_DUPLICATE
+
+FAILED can be entered from any state that is not terminal, and a FAILED job
+with attempts left goes back to LEASED when a worker is granted it.  DEDUPED
+and SKIPPED_DUPLICATE are terminal successes; a FAILED job whose attempts are
+exhausted is terminal too, but that depends on its counters, not its state.
 """
 
 from __future__ import annotations
@@ -22,3 +29,64 @@ class JobState(StrEnum):
     DEDUPED = "DEDUPED"
     FAILED = "FAILED"
     SKIPPED_DUPLICATE = "SKIPPED_DUPLICATE"
+
+
+SUCCESS_STATES = frozenset({JobState.DEDUPED, JobState.SKIPPED_DUPLICATE})
+"""Terminal states in which the artifact is stored (by this job or another)."""
+
+# Position on the path, for "is the job already at or past this state?".
+# The two terminal successes share the last rank: they are alternatives.
+PATH_RANK: dict[JobState, int] = {
+    JobState.PLANNED: 0,
+    JobState.LEASED: 1,
+    JobState.HEAD_DONE: 2,
+    JobState.RESUME_OK: 3,
+    JobState.STREAMING: 4,
+    JobState.FINALIZED: 5,
+    JobState.INDEXED: 6,
+    JobState.DEDUPED: 7,
+    JobState.SKIPPED_DUPLICATE: 7,
+}
+
+_FORWARD: dict[JobState, frozenset[JobState]] = {
+    JobState.PLANNED: frozenset({JobState.LEASED}),
+    JobState.LEASED: frozenset({JobState.HEAD_DONE}),
+    JobState.HEAD_DONE: frozenset({JobState.RESUME_OK, JobState.STREAMING}),
+    JobState.RESUME_OK: frozenset({JobState.STREAMING}),
+    JobState.STREAMING: frozenset({JobState.FINALIZED}),
+    JobState.FINALIZED: frozenset({JobState.INDEXED}),
+    JobState.INDEXED: frozenset(SUCCESS_STATES),
+    JobState.FAILED: frozenset({JobState.LEASED}),
+}
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    state: (
+        _FORWARD.get(state, frozenset())
+        | (
+            frozenset({JobState.FAILED})
+            if state not in SUCCESS_STATES | {JobState.FAILED}
+            else frozenset()
+        )
+    )
+    for state in JobState
+}
+"""Every allowed move: ``to in TRANSITIONS[frm]``."""
+
+# States a grant turns into LEASED; every other claimable state is kept, so the
+# new holder resumes where the last one stopped.
+RESTART_ON_GRANT = frozenset({JobState.PLANNED, JobState.FAILED})
+
+
+def is_allowed(frm: JobState, to: JobState) -> bool:
+    return to in TRANSITIONS[frm]
+
+
+def is_at_or_past(current: JobState, target: JobState) -> bool:
+    """True when a job in ``current`` has already reached ``target`` (a replayed move)."""
+    if current == target:
+        return True
+    if current not in PATH_RANK or target not in PATH_RANK:
+        return False
+    if target in SUCCESS_STATES:  # the other terminal success is not "past" this one
+        return False
+    return PATH_RANK[current] > PATH_RANK[target]

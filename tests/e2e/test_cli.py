@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from docstokg.ledger.migrate import head_revision
+from docstokg.ledger.migrate import head_revision, upgrade
 from tests.dbtools import execute_sql, table_names
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ def test_upgrade_creates_the_schema_and_current_reports_head(
     assert "schema_version: 3" in first.stdout
 
     current = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
-    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "3"}
+    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "4"}
     assert {"_meta", "artifact_jobs", "artifact_ops", "alembic_version"} <= table_names(
         empty_db_url
     )
@@ -135,7 +135,7 @@ def test_upgrade_json_output_shape(empty_db_url: str, tmp_path: Path) -> None:
     assert document == {
         "from_revision": None,
         "to_revision": HEAD,
-        "schema_version": "3",
+        "schema_version": "4",
         "adopted": False,
     }
 
@@ -149,7 +149,7 @@ def test_upgrade_of_an_already_current_database_changes_nothing(
     assert document == {
         "from_revision": HEAD,
         "to_revision": HEAD,
-        "schema_version": "3",
+        "schema_version": "4",
         "adopted": False,
     }
     assert run_json("db", "current", "--db", db_url, cwd=tmp_path) == before
@@ -162,7 +162,7 @@ def test_current_human_output_of_a_current_database(db_url: str, tmp_path: Path)
     assert rows["revision"] == HEAD
     assert rows["head"] == HEAD
     assert rows["up"] == "yes"
-    assert rows["schema_version"] == "3"
+    assert rows["schema_version"] == "4"
 
 
 def test_current_of_an_empty_database_reports_not_current_and_changes_nothing(
@@ -182,9 +182,8 @@ def test_current_of_an_empty_database_reports_not_current_and_changes_nothing(
 def test_upgrade_adopts_a_pre_alembic_v3_ledger_keeping_its_rows(
     empty_db_url: str, sql: Any, tmp_path: Path
 ) -> None:
-    made = run("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
-    assert made.returncode == 0, explain(made)
-    # What the hand-rolled v3 ledger left behind: the same tables, no alembic_version.
+    # What the hand-rolled v3 ledger left behind: the baseline's tables, no alembic_version.
+    upgrade(empty_db_url, "0001_v3_baseline")
     sql("DROP TABLE alembic_version")
     sql(
         "INSERT INTO artifact_jobs (job_id, work_id, artifact_id, canonical_url, state, "
@@ -199,7 +198,7 @@ def test_upgrade_adopts_a_pre_alembic_v3_ledger_keeping_its_rows(
     assert document == {
         "from_revision": None,
         "to_revision": HEAD,
-        "schema_version": "3",
+        "schema_version": "4",
         "adopted": True,
     }
     assert sql("SELECT job_id, state FROM artifact_jobs") == [("job-1", "FINALIZED")]
@@ -364,7 +363,7 @@ def test_demo_plans_idempotently(launcher: str, tmp_path: Path) -> None:
 
     current = run_json("db", "current", "--db", f"sqlite:///{ledger_file}", cwd=tmp_path)
     assert current["is_current"] is True
-    assert current["schema_version"] == "3"
+    assert current["schema_version"] == "4"
 
     # A second demo on the same ledger plans nothing new, not even the first time.
     rerun = run("demo", "--dir", str(demo_dir), cwd=tmp_path, launcher=launcher)

@@ -101,7 +101,9 @@ def _dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     connection = sqlite3.connect(path)
     try:
         return {
-            table: connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            table: connection.execute(
+                f"SELECT {', '.join(sorted(migrate.V3_COLUMNS[table]))} FROM {table} ORDER BY 1"
+            ).fetchall()
             for table in ("artifact_jobs", "artifact_ops")
         }
     finally:
@@ -265,3 +267,45 @@ def test_v3_rows_without_a_primary_key_are_refused_before_anything_changes(
         with pytest.raises(SchemaMismatch, match="1 row\\(s\\) of artifact_jobs have no job_id"):
             ledger.upgrade()
     assert _sha256(v3_file) == digest
+
+
+def test_v3_ops_get_the_status_they_really_had(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(V3_DDL)
+    connection.execute(
+        "INSERT INTO artifact_jobs VALUES ('j', 'W', 'A', 'u', 'STREAMING', NULL, NULL, 1, 1, 'k')"
+    )
+    cut_result = '{"data": "' + "x" * 19_990  # cut at 20,000 characters: invalid JSON
+    whole_result = '{"data": "' + "x" * 20_000 + '"}'
+    rows = [
+        ("done", 2.0, "OK", '{"status": 200}'),
+        ("died", None, None, None),  # the holder died after writing the row
+        ("retry", 2.0, "RETRYABLE", '{"error": "timeout"}'),
+        ("cut", 2.0, "OK", cut_result),
+        ("long", 2.0, "OK", whole_result),
+    ]
+    connection.executemany("INSERT INTO artifact_ops VALUES (?, 'j', 'STREAM', 1.0, ?, ?, ?)", rows)
+    connection.commit()
+    connection.close()
+
+    with Ledger.connect(f"sqlite:///{path}") as ledger:
+        ledger.upgrade()
+        with ledger.unit_of_work(read_only=True) as uow:
+            ops = {op.op_key: op for op in uow.ops.list_for_job("j")}
+            job = uow.jobs.get("j")
+
+    assert {key: op.status for key, op in ops.items()} == {
+        "done": "SUCCEEDED",
+        "died": "IN_PROGRESS",
+        "retry": "FAILED",
+        "cut": "FAILED",
+        "long": "SUCCEEDED",
+    }
+    assert ops["died"].lease_epoch == 0  # older than any grant: the next holder takes it over
+    assert ops["cut"].error is not None
+    assert "invalid JSON" in ops["cut"].error
+    assert ops["long"].result_json == whole_result
+    assert job is not None
+    assert (job.lease_epoch, job.attempts, job.max_attempts) == (0, 0, 5)
+    assert migrate.describe(f"sqlite:///{path}").schema_version == "4"

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from sqlalchemy import (
     REAL,
+    BigInteger,
     CheckConstraint,
     Double,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -38,6 +41,18 @@ NAMING_CONVENTION = {
 EpochSeconds: TypeEngine[float] = Double().with_variant(REAL(), "sqlite")
 
 JOB_STATES_SQL = ", ".join(f"'{state.value}'" for state in JobState)
+
+OP_IN_PROGRESS = "IN_PROGRESS"
+OP_SUCCEEDED = "SUCCEEDED"
+OP_FAILED = "FAILED"
+OP_ABANDONED = "ABANDONED"
+OP_STATUSES = (OP_IN_PROGRESS, OP_SUCCEEDED, OP_FAILED, OP_ABANDONED)
+
+# The predicate of the partial index the claim query walks.  It is spelled
+# with literals, here and in the query, because a partial index only serves a
+# query whose WHERE visibly implies the index's (SQLite compares the text).
+NOT_FINISHED_SQL = "state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE')"
+IN_PROGRESS_SQL = "status = 'IN_PROGRESS'"
 
 
 class Base(DeclarativeBase):
@@ -63,6 +78,13 @@ class ArtifactJob(Base):
         CheckConstraint(f"state IN ({JOB_STATES_SQL})", name="state"),
         Index("idx_artifact_jobs_state", "state"),
         Index("idx_artifact_jobs_lease", "lease_until"),
+        Index(
+            "ix_artifact_jobs_claim",
+            "created_at",
+            "job_id",
+            sqlite_where=text(NOT_FINISHED_SQL),
+            postgresql_where=text(NOT_FINISHED_SQL),
+        ),
     )
 
     job_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -77,13 +99,34 @@ class ArtifactJob(Base):
     created_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
     updated_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
     idempotency_key: Mapped[str] = mapped_column(Text, nullable=False)
+    # Fencing token: grows on every grant; every write a holder makes names it.
+    lease_epoch: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="5")
+    next_attempt_at: Mapped[float | None] = mapped_column(EpochSeconds)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(Text)
+    final_path: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ArtifactOp(Base):
     """One effect of one job, keyed by its op_key, with its recorded result."""
 
     __tablename__ = "artifact_ops"
-    __table_args__ = (Index("idx_artifact_ops_job", "job_id"),)
+    __table_args__ = (
+        Index("idx_artifact_ops_job", "job_id"),
+        Index(
+            "ix_artifact_ops_in_progress",
+            "started_at",
+            sqlite_where=text(IN_PROGRESS_SQL),
+            postgresql_where=text(IN_PROGRESS_SQL),
+        ),
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{status}'" for status in OP_STATUSES)),
+            name="status",
+        ),
+    )
 
     op_key: Mapped[str] = mapped_column(Text, primary_key=True)
     job_id: Mapped[str] = mapped_column(
@@ -94,6 +137,10 @@ class ArtifactOp(Base):
     finished_at: Mapped[float | None] = mapped_column(EpochSeconds)
     result_code: Mapped[str | None] = mapped_column(Text)
     result_json: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=OP_IN_PROGRESS)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    lease_epoch: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 def _table_of(model: type[Base]) -> Table:

@@ -32,6 +32,19 @@ class JobRecord:
     created_at: float
     updated_at: float
     idempotency_key: str
+    lease_epoch: int
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    sha256: str | None
+    final_path: str | None
+    size_bytes: int | None
+
+    @property
+    def exhausted(self) -> bool:
+        """A FAILED job with no attempt left: terminal until an operator retries it."""
+        return self.state is JobState.FAILED and self.attempts >= self.max_attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +64,25 @@ class OpRecord:
     finished_at: float | None
     result_code: str | None
     result_json: str | None
+    status: str
+    attempt: int
+    lease_epoch: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on one job, and the fencing token every write must show.
+
+    ``epoch`` grows with every grant of the job: a write naming an older epoch
+    comes from a holder that lost the job, and is refused.
+    """
+
+    job_id: str
+    owner: str
+    epoch: int
+    lease_until: float
+    work_id: str
+    artifact_id: str
+    canonical_url: str
+    state: JobState

@@ -66,18 +66,17 @@ def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
     }
 
 
+_STATE_AT = [field.name for field in fields(JobRecord)].index("state")
+
+
 def _job(row: Sequence[Any]) -> JobRecord:
-    (job_id, work_id, artifact_id, canonical_url, state, lease_owner, lease_until,
-     created_at, updated_at, idempotency_key) = row  # fmt: skip
-    return JobRecord(
-        job_id, work_id, artifact_id, canonical_url, JobState(state), lease_owner,
-        lease_until, created_at, updated_at, idempotency_key,
-    )  # fmt: skip
+    values = list(row)
+    values[_STATE_AT] = JobState(values[_STATE_AT])
+    return JobRecord(*values)
 
 
 def _op(row: Sequence[Any]) -> OpRecord:
-    op_key, job_id, op_type, started_at, finished_at, result_code, result_json = row
-    return OpRecord(op_key, job_id, op_type, started_at, finished_at, result_code, result_json)
+    return OpRecord(*row)
 
 
 def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
