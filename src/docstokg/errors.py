@@ -73,3 +73,39 @@ class JobNotFound(LedgerError, LookupError):
             f"no job with job_id {job_id!r} in the ledger; plan the job first, or check "
             "that the id was copied whole"
         )
+
+
+class LeaseLost(DocstokgError):
+    """A worker wrote with a lease that is no longer the job's current one.
+
+    Its lease expired and another worker was granted the job, a cleanup cleared
+    it, or the epoch it names is stale.  The worker must stop working on the
+    job: whatever it does next is fenced out.
+    """
+
+    def __init__(self, job_id: str, owner: str, epoch: int, doing: str) -> None:
+        self.job_id = job_id
+        self.owner = owner
+        self.epoch = epoch
+        super().__init__(
+            f"{doing} refused: the lease of {owner!r} on job {job_id} (epoch {epoch}) is "
+            "no longer current; it expired, or another worker was granted the job. Stop "
+            "working on this job (raise lease_ttl_s if leases expire while work goes on)."
+        )
+
+
+class InvalidTransition(DocstokgError, RuntimeError):
+    """A move the transition table does not allow (and that is not a replay)."""
+
+
+class EffectResultTooLarge(DocstokgError, ValueError):
+    """An effect returned more JSON than the ledger stores for one op."""
+
+    def __init__(self, kind: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the {kind} effect returned {size:,} bytes of JSON, more than the "
+            f"{limit:,}-byte limit per op; store large data in a file and return its path "
+            "and checksum, or raise max_result_bytes"
+        )

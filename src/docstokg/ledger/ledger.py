@@ -9,7 +9,6 @@ own connection.
 from __future__ import annotations
 
 import threading
-import time
 from types import TracebackType
 from typing import Any, Self
 
@@ -31,7 +30,7 @@ class Ledger:
     """The entry point to one ledger database (SQLite file or PostgreSQL)."""
 
     def __init__(
-        self, url: URL, engine: Engine, clock: Clock, engine_options: dict[str, Any]
+        self, url: URL, engine: Engine, clock: Clock | None, engine_options: dict[str, Any]
     ) -> None:
         self._url = url
         self._engine = engine
@@ -43,13 +42,14 @@ class Ledger:
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
         """Open the ledger at ``url``; nothing touches the database until it is used.
 
-        ``clock`` returns the current time in epoch seconds (default
-        ``time.time``); tests inject one to move time.  ``engine_options`` go
+        ``clock`` returns the current time in epoch seconds; tests inject one
+        to move time.  Without it, lease times come from PostgreSQL's clock
+        (so workers on drifting machines agree), or this host's for SQLite.  ``engine_options`` go
         to :func:`sqlalchemy.create_engine` (``pool_size``, ``connect_args``...).
         """
         parsed = parse_url(url)
         engine = create_ledger_engine(parsed, **engine_options)
-        return cls(parsed, engine, clock or time.time, engine_options)
+        return cls(parsed, engine, clock, engine_options)
 
     @property
     def url(self) -> URL:
@@ -61,7 +61,11 @@ class Ledger:
         return self._engine.dialect.name
 
     def now(self) -> float:
-        return self._clock()
+        """The ledger's time (see :meth:`connect`), for code outside a unit of work."""
+        if self._clock is not None:
+            return self._clock()
+        with self.unit_of_work(read_only=True) as uow:
+            return uow.now()
 
     def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
         """A new unit of work; ``read_only`` ones never take SQLite's write lock.

@@ -1,44 +1,30 @@
-"""All the SQL of docstokg.
+"""Repositories: the only code that runs SQL.
 
 Repositories add and query; they never commit (the unit of work owns the
-transaction).  They run SQLAlchemy Core statements, built once at import and
-compiled once per dialect by SQLAlchemy's cache, on the unit of work's
-connection: a hot path costs one round trip per statement and no ORM
-bookkeeping, and every result leaves as an immutable record.  The few places
-where SQLite and PostgreSQL need different SQL are chosen here, once per
-repository, from the connection's dialect.
+transaction).  They execute the prebuilt Core statements of
+:mod:`docstokg.ledger.statements` on the unit of work's connection: a call
+costs one round trip and no ORM bookkeeping, and every result leaves as an
+immutable record.  Writes made on behalf of a lease holder are fenced: they
+name the holder's (job_id, owner, epoch) and report whether they took effect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import fields
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, func, select, update
 
 from docstokg.errors import JobNotFound, LedgerError
 from docstokg.keys import job_key
+from docstokg.ledger import statements as sql
 from docstokg.ledger.models import jobs_table, ops_table
-from docstokg.ledger.records import JobRecord, JobSpec, OpRecord, PlannedJob
+from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, PlannedJob
 from docstokg.states import JobState
 
 PLAN_BATCH_SIZE = 2_000
-
-# Selected in the records' field order, so a row maps onto a record positionally.
-_JOB_COLUMNS = tuple(jobs_table.c[field.name] for field in fields(JobRecord))
-_OP_COLUMNS = tuple(ops_table.c[field.name] for field in fields(OpRecord))
-_JOB_TRIPLE = ("work_id", "artifact_id", "canonical_url")
-_PLAN_COLUMNS = (
-    "job_id",
-    *_JOB_TRIPLE,
-    "state",
-    "created_at",
-    "updated_at",
-    "idempotency_key",
-)
 
 
 def job_id_for(idempotency_key: str) -> str:
@@ -79,60 +65,14 @@ def _op(row: Sequence[Any]) -> OpRecord:
     return OpRecord(*row)
 
 
+def _fence(lease: Lease, now: float) -> dict[str, object]:
+    return {"b_job_id": lease.job_id, "owner": lease.owner, "epoch": lease.epoch, "now": now}
+
+
 def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
-
-
-# --- statements -------------------------------------------------------------------------
-
-# No conflict target: job_id, idempotency_key and the triple all identify the
-# same job, and two planners racing on it may collide on any of the three
-# first (PostgreSQL raises for a violation outside a named arbiter).  A
-# conflict that is not a repeat of the triple is caught by plan()'s lookup.
-_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
-_PLAN_ONE = {
-    name: dialect.insert(jobs_table).on_conflict_do_nothing().returning(jobs_table.c.job_id)
-    for name, dialect in _DIALECTS.items()
-}
-_SQLITE_PLAN_MANY = sqlite.insert(jobs_table).on_conflict_do_nothing()
-_unnested = (
-    func.unnest(
-        *(
-            bindparam(f"{name}_values", type_=postgresql.ARRAY(jobs_table.c[name].type))
-            for name in _PLAN_COLUMNS
-        )
-    )
-    .table_valued(*_PLAN_COLUMNS)
-    .render_derived()
-)
-_POSTGRESQL_PLAN_MANY = (
-    postgresql.insert(jobs_table)
-    .from_select(_PLAN_COLUMNS, select(*(_unnested.c[name] for name in _PLAN_COLUMNS)))
-    .on_conflict_do_nothing()
-    .returning(jobs_table.c.job_id)
-)
-_FIND_BY_TRIPLE = select(jobs_table.c.job_id).where(
-    *(jobs_table.c[name] == bindparam(name) for name in _JOB_TRIPLE)
-)
-# The op row is written only if its job exists: no foreign-key error to decode.
-_ADD_OP = {
-    name: dialect.insert(ops_table)
-    .from_select(
-        ["op_key", "job_id", "op_type", "started_at"],
-        select(
-            bindparam("op_key"),
-            jobs_table.c.job_id,
-            bindparam("op_type"),
-            bindparam("started_at", type_=ops_table.c.started_at.type),
-        ).where(jobs_table.c.job_id == bindparam("job_id")),
-    )
-    .on_conflict_do_nothing(index_elements=["op_key"])
-    .returning(ops_table.c.op_key)
-    for name, dialect in _DIALECTS.items()
-}
-_JOB_EXISTS = select(literal(1)).where(jobs_table.c.job_id == bindparam("job_id"))
 
 
 class JobRepository:
@@ -141,71 +81,20 @@ class JobRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._dialect = connection.dialect.name
-        self._plan_one = _PLAN_ONE[self._dialect]
+        self._plan_one = sql.PLAN_ONE[self._dialect]
+        self._claim = sql.CLAIM[self._dialect]
+
+    # --- reading --------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._connection.execute(
-            select(*_JOB_COLUMNS).where(jobs_table.c.job_id == job_id)
-        ).first()
+        row = self._connection.execute(sql.GET_JOB, {"b_job_id": job_id}).first()
         return None if row is None else _job(row)
 
     def get_by_key(self, idempotency_key: str) -> JobRecord | None:
         row = self._connection.execute(
-            select(*_JOB_COLUMNS).where(jobs_table.c.idempotency_key == idempotency_key)
+            select(*sql.JOB_COLUMNS).where(jobs_table.c.idempotency_key == idempotency_key)
         ).first()
         return None if row is None else _job(row)
-
-    def plan(self, spec: JobSpec, *, now: float) -> PlannedJob:
-        """Insert the job unless its (work_id, artifact_id, canonical_url) exists.
-
-        Exactly one row per triple however many processes race: the database's
-        unique constraint decides, and the loser reads the winner's job_id.
-        """
-        inserted = self._connection.execute(self._plan_one, _plan_params(spec, now)).first()
-        if inserted is not None:
-            return PlannedJob(job_id=inserted.job_id, created=True)
-        # Looked up by the triple, not the key: a database adopted from v3 may
-        # hold keys that an older key format computed.
-        existing = self._connection.execute(
-            _FIND_BY_TRIPLE,
-            {"work_id": spec.work_id, "artifact_id": spec.artifact_id,
-             "canonical_url": spec.canonical_url},
-        ).scalar_one_or_none()  # fmt: skip
-        if existing is None:
-            key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
-            raise LedgerError(
-                f"cannot plan {spec}: another job already holds its idempotency key or "
-                "job_id, so the ledger was edited by hand or is corrupt; look for the row "
-                f"with idempotency_key = '{key}' or job_id = '{job_id_for(key)}'"
-            )
-        return PlannedJob(job_id=existing, created=False)
-
-    def plan_many(
-        self, specs: Iterable[JobSpec], *, now: float, batch_size: int = PLAN_BATCH_SIZE
-    ) -> int:
-        """Plan every spec not yet planned; returns how many rows were new."""
-        plan_batch = (
-            self._plan_batch_postgresql
-            if self._dialect == "postgresql"
-            else self._plan_batch_sqlite
-        )
-        return sum(
-            plan_batch([_plan_params(spec, now) for spec in batch])
-            for batch in _batches(specs, batch_size)
-        )
-
-    def _plan_batch_sqlite(self, rows: list[dict[str, object]]) -> int:
-        # One prepared statement run by the driver's executemany loop; SQLite
-        # counts the rows it really inserted, conflicts excluded.
-        result = self._connection.execute(_SQLITE_PLAN_MANY, rows)
-        return result.rowcount
-
-    def _plan_batch_postgresql(self, rows: list[dict[str, object]]) -> int:
-        # One statement per batch: the columns travel as arrays and unnest()
-        # turns them back into rows, an order of magnitude fewer round trips
-        # than a row-by-row executemany.
-        arrays = {f"{name}_values": [row[name] for row in rows] for name in _PLAN_COLUMNS}
-        return len(self._connection.execute(_POSTGRESQL_PLAN_MANY, arrays).all())
 
     def count_by_state(self) -> dict[JobState, int]:
         """Jobs per state, with every state present (zero where none)."""
@@ -222,7 +111,7 @@ class JobRepository:
     ) -> list[JobRecord]:
         """Jobs in ``state``, oldest first."""
         rows = self._connection.execute(
-            select(*_JOB_COLUMNS)
+            select(*sql.JOB_COLUMNS)
             .where(jobs_table.c.state == state.value)
             .order_by(jobs_table.c.created_at, jobs_table.c.job_id)
             .limit(limit)
@@ -230,36 +119,176 @@ class JobRepository:
         )
         return [_job(row) for row in rows]
 
+    # --- planning -------------------------------------------------------------------
+
+    def plan(self, spec: JobSpec, *, now: float) -> PlannedJob:
+        """Insert the job unless its (work_id, artifact_id, canonical_url) exists.
+
+        Exactly one row per triple however many processes race: the database's
+        unique constraint decides, and the loser reads the winner's job_id.
+        """
+        inserted = self._connection.execute(self._plan_one, _plan_params(spec, now)).first()
+        if inserted is not None:
+            return PlannedJob(job_id=inserted.job_id, created=True)
+        # Looked up by the triple, not the key: a database adopted from v3 may
+        # hold keys that an older key format computed.
+        existing = self._connection.execute(
+            sql.FIND_BY_TRIPLE,
+            {"work_id": spec.work_id, "artifact_id": spec.artifact_id,
+             "canonical_url": spec.canonical_url},
+        ).scalar_one_or_none()  # fmt: skip
+        if existing is None:
+            key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
+            raise LedgerError(
+                f"cannot plan {spec}: another job already holds its idempotency key or "
+                "job_id, so the ledger was edited by hand or is corrupt; look for the row "
+                f"with idempotency_key = '{key}' or job_id = '{job_id_for(key)}'"
+            )
+        return PlannedJob(job_id=existing, created=False)
+
+    def plan_many(
+        self, specs: Iterable[JobSpec], *, now: float, batch_size: int = PLAN_BATCH_SIZE
+    ) -> int:
+        """Plan every spec not yet planned; returns how many rows were new."""
+        if self._dialect == "postgresql":
+            plan_batch = self._plan_batch_postgresql
+        else:
+            plan_batch = self._plan_batch_sqlite
+        return sum(
+            plan_batch([_plan_params(spec, now) for spec in batch])
+            for batch in _batches(specs, batch_size)
+        )
+
+    def _plan_batch_sqlite(self, rows: list[dict[str, object]]) -> int:
+        # One prepared statement run by the driver's executemany loop; SQLite
+        # counts the rows it really inserted, conflicts excluded.
+        return self._connection.execute(sql.SQLITE_PLAN_MANY, rows).rowcount
+
+    def _plan_batch_postgresql(self, rows: list[dict[str, object]]) -> int:
+        # One statement per batch: the columns travel as arrays and unnest()
+        # turns them back into rows, an order of magnitude fewer round trips
+        # than a row-by-row executemany.
+        arrays = {f"{name}_values": [row[name] for row in rows] for name in sql.PLAN_COLUMNS}
+        return len(self._connection.execute(sql.POSTGRESQL_PLAN_MANY, arrays).all())
+
+    # --- leases ---------------------------------------------------------------------
+
+    def claim(self, *, owner: str, ttl_s: float, now: float) -> Lease | None:
+        """Grant the oldest claimable job to ``owner``, or None if there is none."""
+        row = self._connection.execute(
+            self._claim, {"owner": owner, "ttl_s": ttl_s, "now": now}
+        ).first()
+        if row is None:
+            return None
+        job_id, owner, epoch, lease_until, work_id, artifact_id, url, state = row
+        return Lease(
+            job_id, owner, epoch, float(lease_until), work_id, artifact_id, url, JobState(state)
+        )
+
+    def renew(self, lease: Lease, *, ttl_s: float, now: float) -> float | None:
+        """Extend the lease; None if another holder or a cleanup took it, or it finished."""
+        lease_until: float | None = self._connection.execute(
+            sql.RENEW, {**_fence(lease, now), "ttl_s": ttl_s}
+        ).scalar_one_or_none()
+        return lease_until
+
+    def release(self, lease: Lease) -> bool:
+        return self._connection.execute(sql.RELEASE, _fence(lease, 0.0)).first() is not None
+
+    def holds(self, lease: Lease, *, now: float) -> bool:
+        """Is ``lease`` the job's current, unexpired lease?"""
+        return self._connection.execute(sql.HOLDS_LEASE, _fence(lease, now)).first() is not None
+
+    def advance(
+        self, lease: Lease, *, to_state: JobState, allowed_from: Collection[JobState], now: float
+    ) -> bool:
+        """Move the job to ``to_state`` if it is in ``allowed_from`` and the lease is current."""
+        params = {
+            **_fence(lease, now),
+            "to_state": to_state.value,
+            "allowed_from": [state.value for state in allowed_from],
+        }
+        return self._connection.execute(sql.ADVANCE, params).first() is not None
+
+    def fail(
+        self,
+        lease: Lease,
+        *,
+        error: str,
+        exhaust: bool,
+        next_attempt_at: float | None,
+        now: float,
+    ) -> tuple[int, int] | None:
+        """FAILED, lease ended; returns (attempts, max_attempts), or None if fenced out."""
+        row = self._connection.execute(
+            sql.FAIL,
+            {**_fence(lease, now), "b_error": error, "exhaust": exhaust,
+             "b_next_attempt_at": next_attempt_at},
+        ).first()  # fmt: skip
+        return None if row is None else (row.attempts, row.max_attempts)
+
+    def record_result(
+        self, lease: Lease, *, sha256: str, final_path: str, size_bytes: int, now: float
+    ) -> bool:
+        params = {**_fence(lease, now), "b_sha256": sha256, "b_final_path": final_path,
+                  "b_size_bytes": size_bytes}  # fmt: skip
+        return self._connection.execute(sql.RECORD_RESULT, params).first() is not None
+
+    # --- maintenance ----------------------------------------------------------------
+
+    def expire_stale_leases(self, *, now: float) -> int:
+        return len(self._connection.execute(sql.EXPIRE_STALE_LEASES, {"now": now}).all())
+
+    def live_leases(self, job_ids: Collection[str], *, now: float) -> set[str]:
+        """Those of ``job_ids`` that hold an unexpired lease."""
+        if not job_ids:
+            return set()
+        rows = self._connection.execute(sql.LIVE_LEASES, {"job_ids": list(job_ids), "now": now})
+        return {job_id for (job_id,) in rows}
+
+    def finalized_files(self, *, now: float) -> list[tuple[str, str]]:
+        """(job_id, final_path) of FINALIZED/INDEXED jobs that no live lease holds."""
+        rows = self._connection.execute(sql.FINALIZED_FILES, {"now": now})
+        return [(job_id, final_path) for job_id, final_path in rows]
+
+    def requeue(self, job_ids: Collection[str], *, error: str, now: float) -> list[str]:
+        """Send finalized jobs back to FAILED (attempts kept) so they are fetched again."""
+        if not job_ids:
+            return []
+        rows = self._connection.execute(
+            sql.REQUEUE, {"job_ids": list(job_ids), "b_error": error, "now": now}
+        )
+        return [job_id for (job_id,) in rows]
+
 
 class OpRepository:
     """Rows of ``artifact_ops``: one per effect of a job, keyed by op_key."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._add = _ADD_OP[connection.dialect.name]
+        self._start = sql.START_OP[connection.dialect.name]
 
     def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
-        """Record that an op started; False if ``op_key`` is already recorded.
+        """Record that an op started (unfenced); False if ``op_key`` is already recorded.
 
         Raises :class:`JobNotFound` if there is no such job.
         """
         inserted = self._connection.execute(
-            self._add, {"op_key": op_key, "job_id": job_id, "op_type": op_type, "started_at": now}
+            sql.ADD_OP[self._connection.dialect.name],
+            {"b_op_key": op_key, "b_job_id": job_id, "b_op_type": op_type, "b_started_at": now},
         ).first()
         if inserted is not None:
             return True
-        if self._connection.execute(_JOB_EXISTS, {"job_id": job_id}).first() is None:
+        if self._connection.execute(sql.JOB_EXISTS, {"b_job_id": job_id}).first() is None:
             raise JobNotFound(job_id)
         return False
 
     def get(self, op_key: str) -> OpRecord | None:
-        row = self._connection.execute(
-            select(*_OP_COLUMNS).where(ops_table.c.op_key == op_key)
-        ).first()
+        row = self._connection.execute(sql.GET_OP, {"b_op_key": op_key}).first()
         return None if row is None else _op(row)
 
     def finish(self, op_key: str, *, result_code: str, result_json: str | None, now: float) -> bool:
-        """Record an op's result once; False if it is unknown or already finished."""
+        """Record an op's result once (unfenced); False if it is unknown or already finished."""
         finished = self._connection.execute(
             update(ops_table)
             .where(ops_table.c.op_key == op_key, ops_table.c.finished_at.is_(None))
@@ -270,8 +299,47 @@ class OpRepository:
 
     def list_for_job(self, job_id: str) -> Sequence[OpRecord]:
         rows = self._connection.execute(
-            select(*_OP_COLUMNS)
+            select(*sql.OP_COLUMNS)
             .where(ops_table.c.job_id == job_id)
             .order_by(ops_table.c.started_at, ops_table.c.op_key)
         )
         return [_op(row) for row in rows]
+
+    # --- fenced effect bookkeeping ------------------------------------------------------
+
+    def start(self, lease: Lease, *, op_key: str, op_type: str, now: float) -> int | None:
+        """Mark the op IN_PROGRESS under ``lease``; returns its attempt number.
+
+        A new op is inserted; one that is not a success (its holder died, lost
+        the lease, or it failed) is taken over.  None when the lease is not
+        current or the op already succeeded; the caller tells which apart.
+        """
+        params = {**_fence(lease, now), "b_op_key": op_key, "b_op_type": op_type}
+        started = self._connection.execute(self._start, params).first()
+        if started is None:
+            started = self._connection.execute(sql.RESTART_OP, params).first()
+        return None if started is None else int(started.attempt)
+
+    def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
+        params = {**_fence(lease, now), "b_op_key": op_key, "b_result_json": result_json}
+        return self._connection.execute(sql.SUCCEED_OP, params).first() is not None
+
+    def fail(self, lease: Lease, *, op_key: str, error: str, now: float) -> bool:
+        params = {**_fence(lease, now), "b_op_key": op_key, "b_error": error}
+        return self._connection.execute(sql.FAIL_OP, params).first() is not None
+
+    def succeeded_result(self, op_key: str) -> str | None:
+        result: str | None = self._connection.execute(
+            sql.SUCCEEDED_RESULT, {"b_op_key": op_key}
+        ).scalar_one_or_none()
+        return result
+
+    def abandon_stale(self, *, now: float, threshold_s: float, error: str) -> int:
+        params = {"now": now, "threshold_s": threshold_s, "b_error": error}
+        return len(self._connection.execute(sql.ABANDON_STALE_OPS, params).all())
+
+    def abandon_for_jobs(self, job_ids: Collection[str], *, error: str) -> int:
+        if not job_ids:
+            return 0
+        params = {"job_ids": list(job_ids), "b_error": error}
+        return len(self._connection.execute(sql.ABANDON_OPS_OF_JOBS, params).all())

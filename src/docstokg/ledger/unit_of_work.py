@@ -19,6 +19,7 @@ transaction is made only when asked for (test factories use it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self, TypeVar
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from docstokg.errors import LedgerError
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
 from docstokg.ledger.repositories import JobRepository, OpRepository
+from docstokg.ledger.statements import DATABASE_NOW
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")
@@ -39,7 +41,14 @@ _T = TypeVar("_T")
 class UnitOfWork:
     """One transaction, and the repositories that work inside it."""
 
-    def __init__(self, engine: Engine, url: URL, *, clock: Clock, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: URL,
+        *,
+        clock: Clock | None,
+        read_only: bool = False,
+    ) -> None:
         self._engine = engine
         self._url = url
         self._clock = clock
@@ -102,8 +111,17 @@ class UnitOfWork:
         return self._session
 
     def now(self) -> float:
-        """The ledger's clock, in epoch seconds."""
-        return self._clock()
+        """The ledger's clock, in epoch seconds.
+
+        An injected clock wins; otherwise PostgreSQL's clock (one clock for
+        every machine), or this host's for SQLite (whose workers share a host).
+        """
+        if self._clock is not None:
+            return self._clock()
+        connection = self._require(self._connection)
+        if connection.dialect.name == "postgresql":
+            return float(connection.execute(DATABASE_NOW).scalar_one())
+        return time.time()
 
     def commit(self) -> None:
         """Commit the transaction; the unit of work cannot be used afterwards."""

@@ -1,0 +1,355 @@
+"""The SQL statements of the ledger, built once at import.
+
+SQLAlchemy compiles each of them once per dialect and caches the result, so a
+repository call costs binding parameters and one round trip.  Statements that
+differ between SQLite and PostgreSQL come in a dict keyed by dialect name.
+
+Every write a lease holder makes carries :data:`LEASE_IS_CURRENT`: the job
+must still name the holder (owner and epoch) and the lease must not have
+expired.  The row count of that conditional write is the truth about whether
+the holder still owns the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from docstokg.ledger.models import (
+    IN_PROGRESS_SQL,
+    NOT_FINISHED_SQL,
+    OP_ABANDONED,
+    OP_FAILED,
+    OP_IN_PROGRESS,
+    OP_SUCCEEDED,
+    jobs_table,
+    ops_table,
+)
+from docstokg.ledger.records import JobRecord, OpRecord
+from docstokg.states import RESTART_ON_GRANT, JobState
+
+jobs = jobs_table.c
+ops = ops_table.c
+DIALECTS: dict[str, Any] = {"sqlite": sqlite, "postgresql": postgresql}
+
+# Selected in the records' field order, so a row maps onto a record positionally.
+JOB_COLUMNS = tuple(jobs[field.name] for field in fields(JobRecord))
+OP_COLUMNS = tuple(ops[field.name] for field in fields(OpRecord))
+JOB_TRIPLE = ("work_id", "artifact_id", "canonical_url")
+PLAN_COLUMNS = ("job_id", *JOB_TRIPLE, "state", "created_at", "updated_at", "idempotency_key")
+
+# --- planning -------------------------------------------------------------------------
+
+# No conflict target: job_id, idempotency_key and the triple all identify the
+# same job, and two planners racing on it may collide on any of the three
+# first (PostgreSQL raises for a violation outside a named arbiter).  A
+# conflict that is not a repeat of the triple is caught by plan()'s lookup.
+PLAN_ONE = {
+    name: dialect.insert(jobs_table).on_conflict_do_nothing().returning(jobs.job_id)
+    for name, dialect in DIALECTS.items()
+}
+SQLITE_PLAN_MANY = sqlite.insert(jobs_table).on_conflict_do_nothing()
+_unnested = (
+    func.unnest(
+        *(
+            bindparam(f"{name}_values", type_=postgresql.ARRAY(jobs[name].type))
+            for name in PLAN_COLUMNS
+        )
+    )
+    .table_valued(*PLAN_COLUMNS)
+    .render_derived()
+)
+POSTGRESQL_PLAN_MANY = (
+    postgresql.insert(jobs_table)
+    .from_select(PLAN_COLUMNS, select(*(_unnested.c[name] for name in PLAN_COLUMNS)))
+    .on_conflict_do_nothing()
+    .returning(jobs.job_id)
+)
+FIND_BY_TRIPLE = select(jobs.job_id).where(*(jobs[name] == bindparam(name) for name in JOB_TRIPLE))
+JOB_EXISTS = select(literal(1)).where(jobs.job_id == bindparam("b_job_id"))
+# The op row is written only if its job exists: no foreign-key error to decode.
+ADD_OP = {
+    name: dialect.insert(ops_table)
+    .from_select(
+        ["op_key", "job_id", "op_type", "started_at"],
+        select(
+            bindparam("b_op_key", type_=Text),
+            jobs.job_id,
+            bindparam("b_op_type", type_=Text),
+            bindparam("b_started_at", type_=ops.started_at.type),
+        ).where(jobs.job_id == bindparam("b_job_id")),
+    )
+    .on_conflict_do_nothing(index_elements=["op_key"])
+    .returning(ops.op_key)
+    for name, dialect in DIALECTS.items()
+}
+GET_JOB = select(*JOB_COLUMNS).where(jobs.job_id == bindparam("b_job_id"))
+GET_OP = select(*OP_COLUMNS).where(ops.op_key == bindparam("b_op_key"))
+
+# PostgreSQL's own clock, so that workers on machines whose clocks drift agree
+# on when a lease expires.
+DATABASE_NOW = select(func.extract("epoch", func.clock_timestamp()))
+
+# --- leases ---------------------------------------------------------------------------
+
+LEASE_IS_CURRENT: ColumnElement[bool] = and_(
+    jobs.job_id == bindparam("b_job_id"),
+    jobs.lease_owner == bindparam("owner"),
+    jobs.lease_epoch == bindparam("epoch"),
+    jobs.lease_until >= bindparam("now"),
+)
+_now = bindparam("now", type_=jobs.updated_at.type)
+_restart_states = tuple(state.value for state in RESTART_ON_GRANT)
+# The literal predicate lets the planner use the partial index ix_artifact_jobs_claim.
+_CLAIMABLE: ColumnElement[bool] = and_(
+    text(NOT_FINISHED_SQL),
+    or_(jobs.lease_until.is_(None), jobs.lease_until < _now),
+    or_(
+        jobs.state != JobState.FAILED.value,
+        and_(
+            jobs.attempts < jobs.max_attempts,
+            or_(jobs.next_attempt_at.is_(None), jobs.next_attempt_at <= _now),
+        ),
+    ),
+)
+_LEASE_RETURNING = (
+    jobs.job_id,
+    jobs.lease_owner,
+    jobs.lease_epoch,
+    jobs.lease_until,
+    jobs.work_id,
+    jobs.artifact_id,
+    jobs.canonical_url,
+    jobs.state,
+)
+
+
+def _claim(name: str) -> Any:
+    oldest = select(jobs.job_id).where(_CLAIMABLE).order_by(jobs.created_at, jobs.job_id).limit(1)
+    if name == "postgresql":
+        # Workers skip rows another claim holds instead of queueing behind it.
+        oldest = oldest.with_for_update(skip_locked=True)
+    return (
+        update(jobs_table)
+        # The claim re-checks the predicate on the row it updates: a job that
+        # changed since the subquery looked (finished, leased) is not taken.
+        .where(jobs.job_id == oldest.scalar_subquery(), _CLAIMABLE)
+        .values(
+            lease_owner=bindparam("owner"),
+            lease_until=_now + bindparam("ttl_s", type_=jobs.lease_until.type),
+            lease_epoch=jobs.lease_epoch + 1,
+            state=case(
+                (jobs.state.in_(_restart_states), literal(JobState.LEASED.value)),
+                else_=jobs.state,
+            ),
+            updated_at=_now,
+        )
+        .returning(*_LEASE_RETURNING)
+    )
+
+
+CLAIM = {name: _claim(name) for name in DIALECTS}
+RENEW = (
+    update(jobs_table)
+    .where(
+        jobs.job_id == bindparam("b_job_id"),
+        jobs.lease_owner == bindparam("owner"),
+        jobs.lease_epoch == bindparam("epoch"),
+        text(NOT_FINISHED_SQL),
+    )
+    .values(lease_until=_now + bindparam("ttl_s", type_=jobs.lease_until.type))
+    .returning(jobs.lease_until)
+)
+RELEASE = (
+    update(jobs_table)
+    .where(
+        jobs.job_id == bindparam("b_job_id"),
+        jobs.lease_owner == bindparam("owner"),
+        jobs.lease_epoch == bindparam("epoch"),
+    )
+    .values(lease_owner=None, lease_until=None)
+    .returning(jobs.job_id)
+)
+HOLDS_LEASE = select(literal(1)).where(LEASE_IS_CURRENT)
+ADVANCE = (
+    update(jobs_table)
+    .where(LEASE_IS_CURRENT, jobs.state.in_(bindparam("allowed_from", expanding=True)))
+    .values(state=bindparam("to_state"), updated_at=_now)
+    .returning(jobs.job_id)
+)
+FAIL = (
+    update(jobs_table)
+    .where(LEASE_IS_CURRENT)
+    .values(
+        state=JobState.FAILED.value,
+        # A permanent failure uses up every attempt at once.
+        attempts=case(
+            (
+                and_(bindparam("exhaust", type_=Boolean), jobs.attempts + 1 < jobs.max_attempts),
+                jobs.max_attempts,
+            ),
+            else_=jobs.attempts + 1,
+        ),
+        last_error=bindparam("b_error"),
+        next_attempt_at=bindparam("b_next_attempt_at", type_=jobs.next_attempt_at.type),
+        lease_owner=None,
+        lease_until=None,
+        updated_at=_now,
+    )
+    .returning(jobs.attempts, jobs.max_attempts)
+)
+RECORD_RESULT = (
+    update(jobs_table)
+    .where(LEASE_IS_CURRENT)
+    .values(
+        sha256=bindparam("b_sha256"),
+        final_path=bindparam("b_final_path"),
+        size_bytes=bindparam("b_size_bytes"),
+        updated_at=_now,
+    )
+    .returning(jobs.job_id)
+)
+EXPIRE_STALE_LEASES = (
+    update(jobs_table)
+    .where(jobs.lease_until < _now)
+    .values(lease_owner=None, lease_until=None)
+    .returning(jobs.job_id)
+)
+LIVE_LEASES = select(jobs.job_id).where(
+    jobs.job_id.in_(bindparam("job_ids", expanding=True)), jobs.lease_until >= _now
+)
+NOT_LIVE: ColumnElement[bool] = or_(jobs.lease_until.is_(None), jobs.lease_until < _now)
+FINALIZED_FILES = select(jobs.job_id, jobs.final_path).where(
+    jobs.state.in_([JobState.FINALIZED.value, JobState.INDEXED.value]),
+    jobs.final_path.is_not(None),
+    NOT_LIVE,
+)
+REQUEUE = (
+    update(jobs_table)
+    .where(
+        jobs.job_id.in_(bindparam("job_ids", expanding=True)),
+        jobs.state.in_([JobState.FINALIZED.value, JobState.INDEXED.value]),
+        NOT_LIVE,
+    )
+    .values(
+        state=JobState.FAILED.value,
+        last_error=bindparam("b_error"),
+        next_attempt_at=_now,
+        final_path=None,
+        updated_at=_now,
+    )
+    .returning(jobs.job_id)
+)
+
+# --- effects ------------------------------------------------------------------------------
+
+_op_epoch = bindparam("epoch", type_=Integer)
+# Inserted only if the lease is current: one statement starts a new op.
+START_OP = {
+    name: dialect.insert(ops_table)
+    .from_select(
+        ["op_key", "job_id", "op_type", "started_at", "status", "attempt", "lease_epoch"],
+        select(
+            bindparam("b_op_key", type_=Text),
+            jobs.job_id,
+            bindparam("b_op_type", type_=Text),
+            _now,
+            literal(OP_IN_PROGRESS),
+            literal(1),
+            jobs.lease_epoch,
+        ).where(LEASE_IS_CURRENT),
+    )
+    .on_conflict_do_nothing(index_elements=["op_key"])
+    .returning(ops.attempt)
+    for name, dialect in DIALECTS.items()
+}
+_job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
+# Taking over an op that is not a success: its holder died, lost the lease, or failed.
+RESTART_OP = (
+    update(ops_table)
+    .where(
+        ops.op_key == bindparam("b_op_key"),
+        ops.job_id == bindparam("b_job_id"),
+        ops.status != OP_SUCCEEDED,
+        _job_lease_is_current,
+    )
+    .values(
+        status=OP_IN_PROGRESS,
+        attempt=ops.attempt + 1,
+        lease_epoch=_op_epoch,
+        started_at=_now,
+        finished_at=None,
+        result_code=None,
+        result_json=None,
+        error=None,
+    )
+    .returning(ops.attempt)
+)
+_op_is_ours: tuple[ColumnElement[bool], ...] = (
+    ops.op_key == bindparam("b_op_key"),
+    ops.status == OP_IN_PROGRESS,
+    ops.lease_epoch == _op_epoch,
+    _job_lease_is_current,
+)
+SUCCEED_OP = (
+    update(ops_table)
+    .where(*_op_is_ours)
+    .values(
+        status=OP_SUCCEEDED,
+        finished_at=_now,
+        result_code="OK",
+        result_json=bindparam("b_result_json"),
+    )
+    .returning(ops.op_key)
+)
+FAIL_OP = (
+    update(ops_table)
+    .where(*_op_is_ours)
+    .values(status=OP_FAILED, finished_at=_now, result_code="ERROR", error=bindparam("b_error"))
+    .returning(ops.op_key)
+)
+SUCCEEDED_RESULT = select(ops.result_json).where(
+    ops.op_key == bindparam("b_op_key"), ops.status == OP_SUCCEEDED
+)
+_live_holder_of_op = exists(
+    select(jobs.job_id).where(
+        jobs.job_id == ops.job_id, jobs.lease_until >= _now, jobs.lease_epoch == ops.lease_epoch
+    )
+)
+ABANDON_STALE_OPS = (
+    update(ops_table)
+    .where(
+        text(IN_PROGRESS_SQL),  # literal, for the partial index ix_artifact_ops_in_progress
+        ops.started_at <= _now - bindparam("threshold_s", type_=ops.started_at.type),
+        ~_live_holder_of_op,
+    )
+    .values(status=OP_ABANDONED, finished_at=_now, error=bindparam("b_error"))
+    .returning(ops.op_key)
+)
+ABANDON_OPS_OF_JOBS = (
+    update(ops_table)
+    .where(
+        ops.job_id.in_(bindparam("job_ids", expanding=True)),
+        ops.status.in_([OP_SUCCEEDED, OP_IN_PROGRESS]),
+    )
+    .values(status=OP_ABANDONED, error=bindparam("b_error"))
+    .returning(ops.op_key)
+)

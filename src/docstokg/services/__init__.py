@@ -1,0 +1,35 @@
+"""The services: each one a thin step of one or two units of work.
+
+They are the public API of the ledger (re-exported by :mod:`docstokg`): plan
+jobs, lease them, move them along the transition table, run their effects
+exactly once per op_key, fail and retry them, and clean up after crashes.
+"""
+
+from docstokg.services.effects import DEFAULT_MAX_RESULT_BYTES, get_effect_result, run_effect
+from docstokg.services.leasing import lease_next_job, release_lease, renew_lease
+from docstokg.services.maintenance import (
+    ReconcileReport,
+    cleanup_stale_leases,
+    cleanup_stale_ops,
+    reconcile_jobs,
+)
+from docstokg.services.planning import plan_job_if_absent, plan_jobs
+from docstokg.services.transitions import Backoff, advance_state, fail_job
+
+__all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
+    "Backoff",
+    "ReconcileReport",
+    "advance_state",
+    "cleanup_stale_leases",
+    "cleanup_stale_ops",
+    "fail_job",
+    "get_effect_result",
+    "lease_next_job",
+    "plan_job_if_absent",
+    "plan_jobs",
+    "reconcile_jobs",
+    "release_lease",
+    "renew_lease",
+    "run_effect",
+]

@@ -1,0 +1,122 @@
+"""Effects recorded exactly once per op_key.
+
+``run_effect`` is the heart of the exactly-once guarantee:
+
+* a recorded success is replayed from the ledger and the effect is not run;
+* otherwise the op is marked IN_PROGRESS under the caller's lease and
+  committed, the effect runs outside any transaction, and its result is
+  committed by a write fenced by the same lease.
+
+What is exactly-once is the *recorded result*.  The effect body itself is
+at-least-once: a holder can die (or lose its lease) after the effect ran and
+before its result was recorded, and the next holder then runs it again.  So
+effects are written to be idempotent or resumable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from docstokg.errors import EffectResultTooLarge, LeaseLost, LedgerError
+from docstokg.ledger import Lease, Ledger
+from docstokg.ledger.models import OP_SUCCEEDED
+
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024
+MAX_ERROR_CHARS = 4_000
+
+EffectResult = dict[str, Any]
+
+
+def run_effect(
+    ledger: Ledger,
+    lease: Lease,
+    *,
+    kind: str,
+    opkey: str,
+    effect_fn: Callable[[], Mapping[str, Any]],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> EffectResult:
+    """Run ``effect_fn`` once for ``opkey`` under ``lease``, or replay its recorded result.
+
+    An exception from ``effect_fn`` is recorded (status FAILED, with its text)
+    and re-raised; the op runs again on the next call.  A result that is not a
+    JSON object, or whose JSON exceeds ``max_result_bytes``, is refused before
+    it is stored (``TypeError`` / :class:`EffectResultTooLarge`) and the op is
+    recorded as FAILED.  Raises :class:`LeaseLost` if the lease is not current
+    when the op starts or when its result is recorded.
+    """
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
+            return _replay(uow.ops.get(opkey), uow.jobs.holds(lease, now=now), lease, opkey)
+        uow.commit()
+
+    try:
+        result = effect_fn()
+        encoded = _encode(result, kind, max_result_bytes)
+    except Exception as exc:
+        _record_failure(ledger, lease, opkey, f"{type(exc).__name__}: {exc}")
+        raise
+
+    with ledger.unit_of_work() as uow:
+        if not uow.ops.succeed(lease, op_key=opkey, result_json=encoded, now=uow.now()):
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"recording the {kind} result")
+        uow.commit()
+    decoded: EffectResult = json.loads(encoded)  # what every replay will return, too
+    return decoded
+
+
+def get_effect_result(ledger: Ledger, opkey: str) -> EffectResult | None:
+    """The recorded result of a succeeded op, or None if it has not succeeded."""
+    with ledger.unit_of_work(read_only=True) as uow:
+        encoded = uow.ops.succeeded_result(opkey)
+    if encoded is None:
+        return None
+    decoded: EffectResult = json.loads(encoded)
+    return decoded
+
+
+def _replay(op: Any, holds_lease: bool, lease: Lease, opkey: str) -> EffectResult:
+    if not holds_lease:
+        raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"running op {opkey}")
+    if op is None or op.job_id != lease.job_id:
+        owner = "no job" if op is None else f"job {op.job_id}"
+        raise LedgerError(f"op_key {opkey} belongs to {owner}, not to job {lease.job_id}")
+    if op.status != OP_SUCCEEDED or op.result_json is None:
+        raise LedgerError(f"op {opkey} could neither be started nor replayed (status {op.status})")
+    decoded: EffectResult = json.loads(op.result_json)
+    return decoded
+
+
+def _encode(result: object, kind: str, limit: int) -> str:
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"the {kind} effect returned {type(result).__name__}, not a dict; effects "
+            "return a JSON object describing what they did"
+        )
+    try:
+        encoded = json.dumps(
+            result, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the {kind} effect returned a result that is not JSON-serialisable ({exc}); "
+            "return str, numbers, bools, None, lists and dicts only"
+        ) from exc
+    size = len(encoded.encode("utf-8"))
+    if size > limit:
+        raise EffectResultTooLarge(kind, size, limit)
+    return encoded
+
+
+def _record_failure(ledger: Ledger, lease: Lease, opkey: str, error: str) -> None:
+    """Record the op as FAILED so it runs again; skipped if the lease is gone.
+
+    Without the lease the op stays IN_PROGRESS under an old epoch, which the
+    next holder takes over all the same.
+    """
+    with ledger.unit_of_work() as uow:
+        if uow.ops.fail(lease, op_key=opkey, error=error[:MAX_ERROR_CHARS], now=uow.now()):
+            uow.commit()

@@ -1,0 +1,56 @@
+"""Leases: at most one live holder per job, named by a growing epoch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from docstokg.errors import ConfigurationError, LeaseLost
+from docstokg.ledger import Lease, Ledger
+
+
+def lease_next_job(ledger: Ledger, *, owner: str, ttl_s: float) -> Lease | None:
+    """Grant ``owner`` the oldest claimable job for ``ttl_s`` seconds, or None.
+
+    Claimable: not in a terminal state, lease empty or expired, and, if FAILED,
+    attempts left and its backoff over.  The grant increments the job's epoch;
+    PLANNED and FAILED jobs become LEASED, any other state is kept so the new
+    holder resumes where the last one stopped.  One conditional UPDATE does it
+    (with SKIP LOCKED on PostgreSQL), so two workers never get the same job.
+    """
+    _check_owner_and_ttl(owner, ttl_s)
+    with ledger.unit_of_work() as uow:
+        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=uow.now())
+        uow.commit()
+    return lease
+
+
+def renew_lease(ledger: Ledger, lease: Lease, *, ttl_s: float) -> Lease:
+    """Extend ``lease`` by ``ttl_s`` from now, in any non-terminal state.
+
+    A lease that expired but that nobody took over (same owner, same epoch)
+    can still be renewed: no one else can have written in between.  Raises
+    :class:`LeaseLost` if the job was granted to someone else, cleaned up, or
+    has finished.
+    """
+    _check_owner_and_ttl(lease.owner, ttl_s)
+    with ledger.unit_of_work() as uow:
+        lease_until = uow.jobs.renew(lease, ttl_s=ttl_s, now=uow.now())
+        if lease_until is None:
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "renewing the lease")
+        uow.commit()
+    return replace(lease, lease_until=lease_until)
+
+
+def release_lease(ledger: Ledger, lease: Lease) -> bool:
+    """Give the job back; False if ``lease`` was no longer the job's lease."""
+    with ledger.unit_of_work() as uow:
+        released = uow.jobs.release(lease)
+        uow.commit()
+    return released
+
+
+def _check_owner_and_ttl(owner: str, ttl_s: float) -> None:
+    if not owner:
+        raise ConfigurationError("a lease owner must be a non-empty name, such as host:pid:thread")
+    if not ttl_s > 0:
+        raise ConfigurationError(f"a lease TTL must be positive seconds, got {ttl_s!r}")

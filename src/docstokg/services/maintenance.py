@@ -1,0 +1,100 @@
+"""Cleaning up after crashes: stale leases, abandoned ops, debris on disk.
+
+None of it is needed for correctness (expired leases are claimable and stale
+ops are taken over anyway); it keeps the ledger's picture honest for
+operators and the staging folder from filling up.  It changes nothing but
+expired leases, ops no live holder owns, and files no live lease owns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docstokg.ledger import Ledger
+
+PART_SUFFIX = ".part"
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one reconciliation pass did."""
+
+    parts_deleted: list[Path] = field(default_factory=list)
+    parts_kept_live: list[Path] = field(default_factory=list)
+    parts_kept_recent: list[Path] = field(default_factory=list)
+    jobs_requeued: list[str] = field(default_factory=list)
+
+
+def cleanup_stale_leases(ledger: Ledger, now: float | None = None) -> int:
+    """Clear every expired lease (the job's state is kept); returns how many."""
+    with ledger.unit_of_work() as uow:
+        cleared = uow.jobs.expire_stale_leases(now=uow.now() if now is None else now)
+        uow.commit()
+    return cleared
+
+
+def cleanup_stale_ops(
+    ledger: Ledger, now: float | None = None, abandoned_threshold_s: float = 600
+) -> int:
+    """Mark ABANDONED the IN_PROGRESS ops older than the threshold that no live holder owns.
+
+    The next holder of their job takes them over and runs them again.
+    """
+    with ledger.unit_of_work() as uow:
+        abandoned = uow.ops.abandon_stale(
+            now=uow.now() if now is None else now,
+            threshold_s=abandoned_threshold_s,
+            error="abandoned: no live lease holder (cleanup_stale_ops)",
+        )
+        uow.commit()
+    return abandoned
+
+
+def reconcile_jobs(
+    ledger: Ledger,
+    staging_root: Path,
+    max_age_s: float = 3600,
+    *,
+    artifacts_root: Path | None = None,
+) -> ReconcileReport:
+    """Delete stale ``.part`` files and requeue finalized jobs whose file vanished.
+
+    A ``<job_id>.part`` older than ``max_age_s`` is deleted unless its job
+    holds a live lease.  A FINALIZED or INDEXED job whose ``final_path``
+    (absolute, or relative to ``artifacts_root``, default the staging folder's
+    parent) no longer exists goes back to FAILED with its ops ABANDONED, so the
+    next holder fetches it again.  Disk is read outside any transaction.
+    """
+    staging_root = Path(staging_root)
+    base = Path(artifacts_root) if artifacts_root is not None else staging_root.parent
+    parts = sorted(staging_root.glob(f"*{PART_SUFFIX}")) if staging_root.is_dir() else []
+
+    with ledger.unit_of_work(read_only=True) as uow:
+        now = uow.now()
+        live = uow.jobs.live_leases([part.name[: -len(PART_SUFFIX)] for part in parts], now=now)
+        finalized = uow.jobs.finalized_files(now=now)
+
+    report = ReconcileReport()
+    for part in parts:
+        if part.name[: -len(PART_SUFFIX)] in live:
+            report.parts_kept_live.append(part)
+            continue
+        try:
+            age = now - part.stat().st_mtime
+        except FileNotFoundError:
+            continue  # its worker finished it meanwhile
+        if age > max_age_s:
+            part.unlink(missing_ok=True)
+            report.parts_deleted.append(part)
+        else:
+            report.parts_kept_recent.append(part)
+
+    missing = [job_id for job_id, final_path in finalized if not (base / final_path).exists()]
+    if missing:
+        with ledger.unit_of_work() as uow:
+            requeued = uow.jobs.requeue(missing, error="final file missing (reconcile)", now=now)
+            uow.ops.abandon_for_jobs(requeued, error="final file missing; redo (reconcile)")
+            uow.commit()
+        report.jobs_requeued.extend(requeued)
+    return report

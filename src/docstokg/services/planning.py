@@ -1,0 +1,62 @@
+"""Planning: one row per (work_id, artifact_id, canonical_url), whoever asks and how often."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+
+from docstokg.errors import ConfigurationError
+from docstokg.ledger import JobSpec, Ledger
+
+PlanRow = JobSpec | tuple[str, str, str] | Mapping[str, str]
+
+# Rows per transaction: large enough to amortise a commit, small enough that
+# SQLite's write lock is never held for long while a big manifest is planned.
+PLAN_TRANSACTION_ROWS = 10_000
+
+
+def plan_job_if_absent(
+    ledger: Ledger, *, work_id: str, artifact_id: str, canonical_url: str
+) -> str:
+    """The job_id of this artifact's job, planning it if it is new."""
+    with ledger.unit_of_work() as uow:
+        planned = uow.jobs.plan(JobSpec(work_id, artifact_id, canonical_url), now=uow.now())
+        uow.commit()
+    return planned.job_id
+
+
+def plan_jobs(ledger: Ledger, rows: Iterable[PlanRow]) -> int:
+    """Plan every row not planned yet; returns how many jobs were new.
+
+    Rows are :class:`JobSpec`, ``(work_id, artifact_id, canonical_url)``
+    tuples, or mappings with those keys.  Each batch commits on its own, so an
+    interrupted call is simply repeated: rows already planned are skipped.
+    """
+    created = 0
+    specs = (_spec(row) for row in rows)
+    for batch in _batches(specs, PLAN_TRANSACTION_ROWS):
+        with ledger.unit_of_work() as uow:
+            created += uow.jobs.plan_many(batch, now=uow.now())
+            uow.commit()
+    return created
+
+
+def _spec(row: PlanRow) -> JobSpec:
+    if isinstance(row, JobSpec):
+        return row
+    if isinstance(row, Mapping):
+        try:
+            return JobSpec(row["work_id"], row["artifact_id"], row["canonical_url"])
+        except KeyError as missing:
+            raise ConfigurationError(
+                f"plan row {dict(row)!r} lacks {missing}; rows need work_id, artifact_id "
+                "and canonical_url"
+            ) from None
+    work_id, artifact_id, canonical_url = row
+    return JobSpec(work_id, artifact_id, canonical_url)
+
+
+def _batches(specs: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
+    iterator = iter(specs)
+    while batch := list(islice(iterator, size)):
+        yield batch

@@ -1,0 +1,108 @@
+"""State moves, fenced by the lease: forward along the table, or to FAILED."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from docstokg.errors import InvalidTransition, JobNotFound, LeaseLost
+from docstokg.ledger import Lease, Ledger
+from docstokg.states import SUCCESS_STATES, JobState, is_allowed, is_at_or_past
+
+MAX_ERROR_CHARS = 4_000
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: ``base_s * 2**(attempt-1)``, capped, times 0.5 to 1.
+
+    The jitter spreads out jobs that failed together (a server outage) so
+    they do not all come back at the same second.
+    """
+
+    base_s: float = 2.0
+    cap_s: float = 600.0
+
+    def delay_s(self, attempt: int) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+def advance_state(
+    ledger: Ledger, lease: Lease, *, to_state: JobState, allowed_from: Collection[JobState]
+) -> bool:
+    """Move the job to ``to_state``; True if it moved.
+
+    False if the job already is at or past ``to_state`` on its path: the move
+    is being replayed after a crash.  :class:`InvalidTransition` for any other
+    move, :class:`LeaseLost` if ``lease`` is not the job's current lease.
+    """
+    for origin in allowed_from:
+        if not is_allowed(origin, to_state):
+            raise InvalidTransition(
+                f"the transition table has no move {origin} → {to_state}; "
+                f"allowed from {origin}: {sorted(s.value for s in _next_states(origin))}"
+            )
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        if uow.jobs.advance(lease, to_state=to_state, allowed_from=allowed_from, now=now):
+            uow.commit()
+            return True
+        job = uow.jobs.get(lease.job_id)
+        if job is None:
+            raise JobNotFound(lease.job_id)
+        if not uow.jobs.holds(lease, now=now):
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"moving to {to_state}")
+    if is_at_or_past(job.state, to_state):
+        return False
+    raise InvalidTransition(
+        f"job {lease.job_id} is {job.state}, not one of "
+        f"{sorted(state.value for state in allowed_from)}: it cannot move to {to_state}"
+    )
+
+
+def fail_job(
+    ledger: Ledger,
+    lease: Lease,
+    *,
+    error: str,
+    retryable: bool,
+    backoff: Backoff = DEFAULT_BACKOFF,
+) -> None:
+    """FAILED with ``error``: one attempt used, next try after a backoff, lease released.
+
+    ``retryable=False`` (a 404, a file too large) uses up every attempt at
+    once.  A job whose attempts are used up stays FAILED, with its last
+    error, until an operator gives it a new budget.
+    """
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        job = uow.jobs.get(lease.job_id)
+        if job is None:
+            raise JobNotFound(lease.job_id)
+        if not uow.jobs.holds(lease, now=now):
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "failing the job")
+        if job.state in SUCCESS_STATES:
+            raise InvalidTransition(f"job {lease.job_id} already ended as {job.state}")
+        attempt = job.attempts + 1
+        retry_at = None
+        if retryable and attempt < job.max_attempts:
+            retry_at = now + backoff.delay_s(attempt)
+        recorded = uow.jobs.fail(
+            lease,
+            error=error[:MAX_ERROR_CHARS],
+            exhaust=not retryable,
+            next_attempt_at=retry_at,
+            now=now,
+        )
+        if recorded is None:
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "failing the job")
+        uow.commit()
+
+
+def _next_states(state: JobState) -> set[JobState]:
+    return {target for target in JobState if is_allowed(state, target)}
