@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from docstokg.ledger import migrate
+from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import (
     READ_ONLY_OPTION,
     connect_error,
@@ -36,6 +37,7 @@ class Ledger:
         self._engine = engine
         self._clock = clock
         self._engine_options = engine_options
+        self._connections = ThreadConnections(engine)
         self._schema_checked = threading.Event()
 
     @classmethod
@@ -75,12 +77,13 @@ class Ledger:
         """
         if not self._schema_checked.is_set():
             self._check_schema()
-        return UnitOfWork(self._engine, self._url, clock=self._clock, read_only=read_only)
+        return UnitOfWork(self._connections, self._url, clock=self._clock, read_only=read_only)
 
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:
         """Create, adopt or upgrade the schema to ``revision`` through Alembic."""
         result = migrate.upgrade(self._url, revision, **self._engine_options)
-        # Pooled connections opened before the upgrade may have cached the old schema.
+        # Connections opened before the upgrade may have cached the old schema.
+        self._connections.close_all()
         self._engine.dispose()
         self._schema_checked.clear()
         return result
@@ -90,6 +93,7 @@ class Ledger:
         return migrate.describe(self._url, **self._engine_options)
 
     def close(self) -> None:
+        self._connections.close_all()
         self._engine.dispose()
 
     def _check_schema(self) -> None:

@@ -187,8 +187,9 @@ def upgrade(url: str | URL, revision: str = "head", **engine_options: Any) -> Up
                     f"{exc.strerror or exc}"
                 ) from exc
 
-    engine_options["poolclass"] = NullPool
-    engine = create_ledger_engine(parsed, foreign_keys=False, **engine_options)
+    engine = create_ledger_engine(
+        parsed, foreign_keys=False, poolclass=NullPool, **_connection_options(engine_options)
+    )
     try:
         with _connected(engine, parsed) as connection, connection.begin():
             if connection.dialect.name == "postgresql":
@@ -218,6 +219,13 @@ def upgrade(url: str | URL, revision: str = "head", **engine_options: Any) -> Up
         schema_version=after.schema_version,
         adopted=adopt,
     )
+
+
+def _connection_options(engine_options: dict[str, Any]) -> dict[str, Any]:
+    """The options that say how to connect (not how to pool): migrations use their own pool."""
+    return {
+        name: engine_options[name] for name in ("connect_args", "echo") if name in engine_options
+    }
 
 
 def _plan(connection: Connection) -> bool:
@@ -316,7 +324,7 @@ def _inspection_connection(url: URL, engine_options: dict[str, Any]) -> Iterator
             f"the ledger database file {sqlite_path(url)} does not exist; create it with "
             f"`docstokg db upgrade --db {url.render_as_string()}`"
         )
-    engine = create_inspection_engine(url, **engine_options)
+    engine = create_inspection_engine(url, **_connection_options(engine_options))
     try:
         with _connected(engine, url) as connection:
             yield connection

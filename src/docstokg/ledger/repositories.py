@@ -87,7 +87,7 @@ class JobRepository:
     # --- reading --------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._connection.execute(sql.GET_JOB, {"b_job_id": job_id}).first()
+        row = sql.GET_JOB.first(self._connection, {"b_job_id": job_id})
         return None if row is None else _job(row)
 
     def get_by_key(self, idempotency_key: str) -> JobRecord | None:
@@ -175,9 +175,7 @@ class JobRepository:
 
     def claim(self, *, owner: str, ttl_s: float, now: float) -> Lease | None:
         """Grant the oldest claimable job to ``owner``, or None if there is none."""
-        row = self._connection.execute(
-            self._claim, {"owner": owner, "ttl_s": ttl_s, "now": now}
-        ).first()
+        row = self._claim.first(self._connection, {"owner": owner, "ttl_s": ttl_s, "now": now})
         if row is None:
             return None
         job_id, owner, epoch, lease_until, work_id, artifact_id, url, state = row
@@ -187,28 +185,29 @@ class JobRepository:
 
     def renew(self, lease: Lease, *, ttl_s: float, now: float) -> float | None:
         """Extend the lease; None if another holder or a cleanup took it, or it finished."""
-        lease_until: float | None = self._connection.execute(
-            sql.RENEW, {**_fence(lease, now), "ttl_s": ttl_s}
-        ).scalar_one_or_none()
-        return lease_until
+        row = sql.RENEW.first(self._connection, {**_fence(lease, now), "ttl_s": ttl_s})
+        return None if row is None else float(row[0])
 
     def release(self, lease: Lease) -> bool:
-        return self._connection.execute(sql.RELEASE, _fence(lease, 0.0)).first() is not None
+        return sql.RELEASE.first(self._connection, _fence(lease, 0.0)) is not None
 
     def holds(self, lease: Lease, *, now: float) -> bool:
         """Is ``lease`` the job's current, unexpired lease?"""
-        return self._connection.execute(sql.HOLDS_LEASE, _fence(lease, now)).first() is not None
+        return sql.HOLDS_LEASE.first(self._connection, _fence(lease, now)) is not None
 
     def advance(
         self, lease: Lease, *, to_state: JobState, allowed_from: Collection[JobState], now: float
     ) -> bool:
         """Move the job to ``to_state`` if it is in ``allowed_from`` and the lease is current."""
+        origins = [state.value for state in allowed_from]
+        if not origins:
+            return False
         params = {
             **_fence(lease, now),
             "to_state": to_state.value,
-            "allowed_from": [state.value for state in allowed_from],
+            **{slot: origins[n % len(origins)] for n, slot in enumerate(sql.ADVANCE_FROM_SLOTS)},
         }
-        return self._connection.execute(sql.ADVANCE, params).first() is not None
+        return sql.ADVANCE.first(self._connection, params) is not None
 
     def fail(
         self,
@@ -284,7 +283,7 @@ class OpRepository:
         return False
 
     def get(self, op_key: str) -> OpRecord | None:
-        row = self._connection.execute(sql.GET_OP, {"b_op_key": op_key}).first()
+        row = sql.GET_OP.first(self._connection, {"b_op_key": op_key})
         return None if row is None else _op(row)
 
     def finish(self, op_key: str, *, result_code: str, result_json: str | None, now: float) -> bool:
@@ -315,18 +314,18 @@ class OpRepository:
         current or the op already succeeded; the caller tells which apart.
         """
         params = {**_fence(lease, now), "b_op_key": op_key, "b_op_type": op_type}
-        started = self._connection.execute(self._start, params).first()
+        started = self._start.first(self._connection, params)
         if started is None:
-            started = self._connection.execute(sql.RESTART_OP, params).first()
-        return None if started is None else int(started.attempt)
+            started = sql.RESTART_OP.first(self._connection, params)
+        return None if started is None else int(started[0])
 
     def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_result_json": result_json}
-        return self._connection.execute(sql.SUCCEED_OP, params).first() is not None
+        return sql.SUCCEED_OP.first(self._connection, params) is not None
 
     def fail(self, lease: Lease, *, op_key: str, error: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_error": error}
-        return self._connection.execute(sql.FAIL_OP, params).first() is not None
+        return sql.FAIL_OP.first(self._connection, params) is not None
 
     def succeeded_result(self, op_key: str) -> str | None:
         result: str | None = self._connection.execute(

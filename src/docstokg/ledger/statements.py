@@ -43,6 +43,7 @@ from docstokg.ledger.models import (
     jobs_table,
     ops_table,
 )
+from docstokg.ledger.prepared import Prepared
 from docstokg.ledger.records import JobRecord, OpRecord
 from docstokg.states import RESTART_ON_GRANT, JobState
 
@@ -101,12 +102,12 @@ ADD_OP = {
     .returning(ops.op_key)
     for name, dialect in DIALECTS.items()
 }
-GET_JOB = select(*JOB_COLUMNS).where(jobs.job_id == bindparam("b_job_id"))
-GET_OP = select(*OP_COLUMNS).where(ops.op_key == bindparam("b_op_key"))
+GET_JOB = Prepared(select(*JOB_COLUMNS).where(jobs.job_id == bindparam("b_job_id")))
+GET_OP = Prepared(select(*OP_COLUMNS).where(ops.op_key == bindparam("b_op_key")))
 
 # PostgreSQL's own clock, so that workers on machines whose clocks drift agree
 # on when a lease expires.
-DATABASE_NOW = select(func.extract("epoch", func.clock_timestamp()))
+DATABASE_NOW = Prepared(select(func.extract("epoch", func.clock_timestamp())))
 
 # --- leases ---------------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ def _claim(name: str) -> Any:
             lease_until=_now + bindparam("ttl_s", type_=jobs.lease_until.type),
             lease_epoch=jobs.lease_epoch + 1,
             state=case(
-                (jobs.state.in_(_restart_states), literal(JobState.LEASED.value)),
+                (or_(*(jobs.state == state for state in _restart_states)), JobState.LEASED.value),
                 else_=jobs.state,
             ),
             updated_at=_now,
@@ -166,8 +167,8 @@ def _claim(name: str) -> Any:
     )
 
 
-CLAIM = {name: _claim(name) for name in DIALECTS}
-RENEW = (
+CLAIM = {name: Prepared(_claim(name)) for name in DIALECTS}
+RENEW = Prepared(
     update(jobs_table)
     .where(
         jobs.job_id == bindparam("b_job_id"),
@@ -178,7 +179,7 @@ RENEW = (
     .values(lease_until=_now + bindparam("ttl_s", type_=jobs.lease_until.type))
     .returning(jobs.lease_until)
 )
-RELEASE = (
+RELEASE = Prepared(
     update(jobs_table)
     .where(
         jobs.job_id == bindparam("b_job_id"),
@@ -188,10 +189,12 @@ RELEASE = (
     .values(lease_owner=None, lease_until=None)
     .returning(jobs.job_id)
 )
-HOLDS_LEASE = select(literal(1)).where(LEASE_IS_CURRENT)
-ADVANCE = (
+HOLDS_LEASE = Prepared(select(literal(1)).where(LEASE_IS_CURRENT))
+# One slot per state, so the statement compiles once: unused slots repeat a state.
+ADVANCE_FROM_SLOTS = tuple(f"from_{n}" for n in range(len(JobState)))
+ADVANCE = Prepared(
     update(jobs_table)
-    .where(LEASE_IS_CURRENT, jobs.state.in_(bindparam("allowed_from", expanding=True)))
+    .where(LEASE_IS_CURRENT, jobs.state.in_([bindparam(slot) for slot in ADVANCE_FROM_SLOTS]))
     .values(state=bindparam("to_state"), updated_at=_now)
     .returning(jobs.job_id)
 )
@@ -264,26 +267,28 @@ REQUEUE = (
 _op_epoch = bindparam("epoch", type_=Integer)
 # Inserted only if the lease is current: one statement starts a new op.
 START_OP = {
-    name: dialect.insert(ops_table)
-    .from_select(
-        ["op_key", "job_id", "op_type", "started_at", "status", "attempt", "lease_epoch"],
-        select(
-            bindparam("b_op_key", type_=Text),
-            jobs.job_id,
-            bindparam("b_op_type", type_=Text),
-            _now,
-            literal(OP_IN_PROGRESS),
-            literal(1),
-            jobs.lease_epoch,
-        ).where(LEASE_IS_CURRENT),
+    name: Prepared(
+        dialect.insert(ops_table)
+        .from_select(
+            ["op_key", "job_id", "op_type", "started_at", "status", "attempt", "lease_epoch"],
+            select(
+                bindparam("b_op_key", type_=Text),
+                jobs.job_id,
+                bindparam("b_op_type", type_=Text),
+                _now,
+                literal(OP_IN_PROGRESS),
+                literal(1),
+                jobs.lease_epoch,
+            ).where(LEASE_IS_CURRENT),
+        )
+        .on_conflict_do_nothing(index_elements=["op_key"])
+        .returning(ops.attempt)
     )
-    .on_conflict_do_nothing(index_elements=["op_key"])
-    .returning(ops.attempt)
     for name, dialect in DIALECTS.items()
 }
 _job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
 # Taking over an op that is not a success: its holder died, lost the lease, or failed.
-RESTART_OP = (
+RESTART_OP = Prepared(
     update(ops_table)
     .where(
         ops.op_key == bindparam("b_op_key"),
@@ -309,7 +314,7 @@ _op_is_ours: tuple[ColumnElement[bool], ...] = (
     ops.lease_epoch == _op_epoch,
     _job_lease_is_current,
 )
-SUCCEED_OP = (
+SUCCEED_OP = Prepared(
     update(ops_table)
     .where(*_op_is_ours)
     .values(
@@ -320,7 +325,7 @@ SUCCEED_OP = (
     )
     .returning(ops.op_key)
 )
-FAIL_OP = (
+FAIL_OP = Prepared(
     update(ops_table)
     .where(*_op_is_ours)
     .values(status=OP_FAILED, finished_at=_now, result_code="ERROR", error=bindparam("b_error"))

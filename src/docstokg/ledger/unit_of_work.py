@@ -24,12 +24,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self, TypeVar
 
-from sqlalchemy import Connection, Engine, RootTransaction
+from sqlalchemy import Connection, RootTransaction
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from docstokg.errors import LedgerError
+from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
 from docstokg.ledger.repositories import JobRepository, OpRepository
 from docstokg.ledger.statements import DATABASE_NOW
@@ -43,13 +44,14 @@ class UnitOfWork:
 
     def __init__(
         self,
-        engine: Engine,
+        connections: ThreadConnections,
         url: URL,
         *,
         clock: Clock | None,
         read_only: bool = False,
     ) -> None:
-        self._engine = engine
+        self._connections = connections
+        self._kept = False
         self._url = url
         self._clock = clock
         self._read_only = read_only
@@ -64,17 +66,15 @@ class UnitOfWork:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
         connection = None
         try:
-            connection = self._engine.connect()
-            if self._read_only:
-                connection = connection.execution_options(**{READ_ONLY_OPTION: True})
+            connection, self._kept = self._connections.acquire()
+            if connection.get_execution_options().get(READ_ONLY_OPTION, False) != self._read_only:
+                connection.execution_options(**{READ_ONLY_OPTION: self._read_only})
             self._transaction = connection.begin()
         except DBAPIError as exc:
             if connection is not None:
-                connection.close()
+                self._connections.release(connection, kept=self._kept)
             raise connect_error(self._url, exc) from exc
         self._connection = connection
-        self._jobs = JobRepository(connection)
-        self._ops = OpRepository(connection)
         return self
 
     def __exit__(
@@ -88,11 +88,15 @@ class UnitOfWork:
 
     @property
     def jobs(self) -> JobRepository:
-        return self._require(self._jobs)
+        if self._jobs is None:
+            self._jobs = JobRepository(self._require(self._connection))
+        return self._jobs
 
     @property
     def ops(self) -> OpRepository:
-        return self._require(self._ops)
+        if self._ops is None:
+            self._ops = OpRepository(self._require(self._connection))
+        return self._ops
 
     @property
     def session(self) -> Session:
@@ -120,7 +124,8 @@ class UnitOfWork:
             return self._clock()
         connection = self._require(self._connection)
         if connection.dialect.name == "postgresql":
-            return float(connection.execute(DATABASE_NOW).scalar_one())
+            [(database_now,)] = DATABASE_NOW.rows(connection, {})
+            return float(database_now)
         return time.time()
 
     def commit(self) -> None:
@@ -151,7 +156,7 @@ class UnitOfWork:
                 raise LedgerError("the transaction was already rolled back; nothing was committed")
         finally:
             if connection is not None:
-                connection.close()
+                self._connections.release(connection, kept=self._kept)
 
     @staticmethod
     def _require(value: _T | None) -> _T:

@@ -16,12 +16,14 @@ effects are written to be idempotent or resumable.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from docstokg.errors import EffectResultTooLarge, LeaseLost, LedgerError
 from docstokg.ledger import Lease, Ledger
 from docstokg.ledger.models import OP_SUCCEEDED
+from docstokg.services.transitions import advance_within, check_transition
+from docstokg.states import JobState
 
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 4_000
@@ -37,6 +39,8 @@ def run_effect(
     opkey: str,
     effect_fn: Callable[[], Mapping[str, Any]],
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    advance_to: JobState | None = None,
+    allowed_from: Collection[JobState] = (),
 ) -> EffectResult:
     """Run ``effect_fn`` once for ``opkey`` under ``lease``, or replay its recorded result.
 
@@ -46,11 +50,25 @@ def run_effect(
     it is stored (``TypeError`` / :class:`EffectResultTooLarge`) and the op is
     recorded as FAILED.  Raises :class:`LeaseLost` if the lease is not current
     when the op starts or when its result is recorded.
+
+    With ``advance_to``, the job also moves to that state (from one of
+    ``allowed_from``, as :func:`advance_state` would) in the transaction that
+    records the result: the step and its transition commit together, so no
+    crash can leave one without the other, and it costs one commit less.
     """
+    if advance_to is not None:
+        check_transition(advance_to, allowed_from)
     with ledger.unit_of_work() as uow:
         now = uow.now()
         if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
-            return _replay(uow.ops.get(opkey), uow.jobs.holds(lease, now=now), lease, opkey)
+            replayed = _replay(uow.ops.get(opkey), uow.jobs.holds(lease, now=now), lease, opkey)
+            outcome = None
+            if advance_to is not None:
+                outcome = advance_within(uow, lease, advance_to, allowed_from, now=now)
+                uow.commit()
+            if outcome is not None and advance_to is not None:
+                outcome.raise_if_invalid(lease, advance_to, allowed_from)
+            return replayed
         uow.commit()
 
     try:
@@ -61,9 +79,15 @@ def run_effect(
         raise
 
     with ledger.unit_of_work() as uow:
-        if not uow.ops.succeed(lease, op_key=opkey, result_json=encoded, now=uow.now()):
+        now = uow.now()
+        if not uow.ops.succeed(lease, op_key=opkey, result_json=encoded, now=now):
             raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"recording the {kind} result")
-        uow.commit()
+        outcome = None
+        if advance_to is not None:
+            outcome = advance_within(uow, lease, advance_to, allowed_from, now=now)
+        uow.commit()  # the result stands even if the move was invalid: the effect did run
+    if outcome is not None and advance_to is not None:
+        outcome.raise_if_invalid(lease, advance_to, allowed_from)
     decoded: EffectResult = json.loads(encoded)  # what every replay will return, too
     return decoded
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
+from enum import Enum
 
 from docstokg.errors import InvalidTransition, JobNotFound, LeaseLost
-from docstokg.ledger import Lease, Ledger
+from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.states import SUCCESS_STATES, JobState, is_allowed, is_at_or_past
 
 MAX_ERROR_CHARS = 4_000
@@ -41,28 +42,62 @@ def advance_state(
     is being replayed after a crash.  :class:`InvalidTransition` for any other
     move, :class:`LeaseLost` if ``lease`` is not the job's current lease.
     """
+    check_transition(to_state, allowed_from)
+    with ledger.unit_of_work() as uow:
+        outcome = advance_within(uow, lease, to_state, allowed_from, now=uow.now())
+        if outcome is Advance.MOVED:
+            uow.commit()
+    return outcome.raise_if_invalid(lease, to_state, allowed_from)
+
+
+class Advance(Enum):
+    """What a fenced move found."""
+
+    MOVED = "moved"
+    REPLAYED = "replayed"  # the job already is at or past the target
+    INVALID = "invalid"  # the job is somewhere the move does not start from
+
+    def raise_if_invalid(
+        self, lease: Lease, to_state: JobState, allowed_from: Collection[JobState]
+    ) -> bool:
+        """True if moved, False if replayed; raises for an invalid move."""
+        if self is Advance.INVALID:
+            raise InvalidTransition(
+                f"job {lease.job_id} is not in any of "
+                f"{sorted(state.value for state in allowed_from)}: it cannot move to {to_state}"
+            )
+        return self is Advance.MOVED
+
+
+def check_transition(to_state: JobState, allowed_from: Collection[JobState]) -> None:
+    """Refuse, before touching anything, a move the transition table does not have."""
+    if not allowed_from:
+        raise InvalidTransition(f"a move to {to_state} needs at least one state to start from")
     for origin in allowed_from:
         if not is_allowed(origin, to_state):
             raise InvalidTransition(
                 f"the transition table has no move {origin} → {to_state}; "
                 f"allowed from {origin}: {sorted(s.value for s in _next_states(origin))}"
             )
-    with ledger.unit_of_work() as uow:
-        now = uow.now()
-        if uow.jobs.advance(lease, to_state=to_state, allowed_from=allowed_from, now=now):
-            uow.commit()
-            return True
-        job = uow.jobs.get(lease.job_id)
-        if job is None:
-            raise JobNotFound(lease.job_id)
-        if not uow.jobs.holds(lease, now=now):
-            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"moving to {to_state}")
-    if is_at_or_past(job.state, to_state):
-        return False
-    raise InvalidTransition(
-        f"job {lease.job_id} is {job.state}, not one of "
-        f"{sorted(state.value for state in allowed_from)}: it cannot move to {to_state}"
-    )
+
+
+def advance_within(
+    uow: UnitOfWork,
+    lease: Lease,
+    to_state: JobState,
+    allowed_from: Collection[JobState],
+    *,
+    now: float,
+) -> Advance:
+    """The fenced move inside ``uow``; raises :class:`LeaseLost` if the lease is gone."""
+    if uow.jobs.advance(lease, to_state=to_state, allowed_from=allowed_from, now=now):
+        return Advance.MOVED
+    job = uow.jobs.get(lease.job_id)
+    if job is None:
+        raise JobNotFound(lease.job_id)
+    if not uow.jobs.holds(lease, now=now):
+        raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"moving to {to_state}")
+    return Advance.REPLAYED if is_at_or_past(job.state, to_state) else Advance.INVALID
 
 
 def fail_job(

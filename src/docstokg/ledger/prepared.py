@@ -1,0 +1,64 @@
+"""Core statements compiled once per dialect and run straight on the driver's cursor.
+
+The lifecycle's hot path is a dozen short statements per job.  Through
+SQLAlchemy's full execution pipeline each costs about as much Python as the
+database needs to run it; compiled once and handed to the DBAPI cursor, it
+costs a dict lookup.  The statements are still built with SQLAlchemy Core
+(one definition, both dialects, no hand-written SQL strings) and run inside
+the unit of work's transaction on its connection.
+
+Only statements whose parameters need no type conversion (str, int, float,
+None) and that have no expanding ``IN`` lists belong here; anything else goes
+through ``Connection.execute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Executable
+from sqlalchemy.sql.compiler import Compiled
+
+# SQL text, parameter names in positional order (None for named styles), defaults.
+_Form = tuple[str, tuple[str, ...] | None, dict[str, Any]]
+
+
+class Prepared:
+    """One Core statement, compiled on first use for each dialect."""
+
+    __slots__ = ("_by_dialect", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._by_dialect: dict[str, _Form] = {}
+
+    def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Execute with ``params`` (by name) and return every row as a tuple."""
+        sql, order, defaults = self._compiled(connection)
+        values = {**defaults, **params}
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if order is None:
+                cursor.execute(sql, values)
+            else:
+                cursor.execute(sql, [values[name] for name in order])
+            return cursor.fetchall() if cursor.description else []
+        finally:
+            cursor.close()
+
+    def first(self, connection: Connection, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        rows = self.rows(connection, params)
+        return rows[0] if rows else None
+
+    def _compiled(
+        self, connection: Connection
+    ) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+        dialect = connection.dialect
+        compiled = self._by_dialect.get(dialect.name)
+        if compiled is None:
+            form: Compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+            order = tuple(form.positiontup) if form.positiontup else None  # type: ignore[attr-defined]
+            compiled = (str(form), order, dict(form.params))
+            self._by_dialect[dialect.name] = compiled
+        return compiled
