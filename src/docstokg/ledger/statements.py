@@ -310,7 +310,9 @@ RESTART_OP = Prepared(
 )
 _op_is_ours: tuple[ColumnElement[bool], ...] = (
     ops.op_key == bindparam("b_op_key"),
-    ops.status == OP_IN_PROGRESS,
+    # ABANDONED too: a cleanup may have given up on a holder that was only
+    # late; with its epoch and a current lease, the result is still its to record.
+    or_(ops.status == OP_IN_PROGRESS, ops.status == OP_ABANDONED),
     ops.lease_epoch == _op_epoch,
     _job_lease_is_current,
 )

@@ -122,7 +122,7 @@ def _encode(result: object, kind: str, limit: int) -> str:
         )
     try:
         encoded = json.dumps(
-            result, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            dict(result), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
     except (TypeError, ValueError) as exc:
         raise TypeError(

@@ -43,6 +43,11 @@ def advance_state(
     move, :class:`LeaseLost` if ``lease`` is not the job's current lease.
     """
     check_transition(to_state, allowed_from)
+    if to_state is JobState.FAILED:
+        # Through fail_job's bookkeeping, so a move to FAILED uses an attempt
+        # and waits out a backoff like any other failure.
+        return _fail(ledger, lease, error="moved to FAILED", retryable=True,
+                     backoff=DEFAULT_BACKOFF, allowed_from=allowed_from)  # fmt: skip
     with ledger.unit_of_work() as uow:
         outcome = advance_within(uow, lease, to_state, allowed_from, now=uow.now())
         if outcome is Advance.MOVED:
@@ -114,6 +119,18 @@ def fail_job(
     once.  A job whose attempts are used up stays FAILED, with its last
     error, until an operator gives it a new budget.
     """
+    _fail(ledger, lease, error=error, retryable=retryable, backoff=backoff, allowed_from=None)
+
+
+def _fail(
+    ledger: Ledger,
+    lease: Lease,
+    *,
+    error: str,
+    retryable: bool,
+    backoff: Backoff,
+    allowed_from: Collection[JobState] | None,
+) -> bool:
     with ledger.unit_of_work() as uow:
         now = uow.now()
         job = uow.jobs.get(lease.job_id)
@@ -123,6 +140,14 @@ def fail_job(
             raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "failing the job")
         if job.state in SUCCESS_STATES:
             raise InvalidTransition(f"job {lease.job_id} already ended as {job.state}")
+        if allowed_from is not None:
+            if job.state is JobState.FAILED:
+                return False  # a replayed move
+            if job.state not in allowed_from:
+                raise InvalidTransition(
+                    f"job {lease.job_id} is {job.state}, not one of "
+                    f"{sorted(state.value for state in allowed_from)}: it cannot move to FAILED"
+                )
         attempt = job.attempts + 1
         retry_at = None
         if retryable and attempt < job.max_attempts:
@@ -137,6 +162,7 @@ def fail_job(
         if recorded is None:
             raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "failing the job")
         uow.commit()
+    return True
 
 
 def _next_states(state: JobState) -> set[JobState]:
