@@ -39,6 +39,7 @@ class Ledger:
         self._engine_options = engine_options
         self._connections = ThreadConnections(engine)
         self._schema_checked = threading.Event()
+        self._schema_lock = threading.Lock()
 
     @classmethod
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
@@ -97,6 +98,11 @@ class Ledger:
         self._engine.dispose()
 
     def _check_schema(self) -> None:
+        with self._schema_lock:  # one thread checks; the others wait for its verdict
+            if not self._schema_checked.is_set():
+                self._check_schema_now()
+
+    def _check_schema_now(self) -> None:
         try:
             with self._engine.connect() as connection:
                 connection.execution_options(**{READ_ONLY_OPTION: True})
