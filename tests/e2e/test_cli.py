@@ -103,7 +103,7 @@ def test_upgrade_creates_the_schema_and_current_reports_head(
     assert first.returncode == 0, explain(first)
     assert "Upgraded from an empty database" in first.stdout
     assert HEAD in first.stdout
-    assert "schema_version: 3" in first.stdout
+    assert "schema_version: 4" in first.stdout
 
     current = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
     assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "4"}
