@@ -29,7 +29,6 @@ from docstokg import (
     Lease,
     LeaseLost,
     Ledger,
-    OpRecord,
     advance_state,
     cleanup_stale_leases,
     cleanup_stale_ops,
@@ -37,7 +36,6 @@ from docstokg import (
     get_effect_result,
     lease_next_job,
     op_key,
-    plan_job_if_absent,
     reconcile_jobs,
     release_lease,
     renew_lease,
@@ -47,24 +45,11 @@ from docstokg.services import DEFAULT_MAX_RESULT_BYTES
 from tests.conftest import ManualClock
 from tests.dbtools import execute_sql, scratch_connection
 from tests.factories import JobFactory, bound_to
+from tests.lifecycle import TTL, job_of, op_of, op_or_none, plan, take, walk
 
-TTL = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 
 # The path from LEASED to each state a worker can crash in.
-PATH_FROM_LEASED: dict[JobState, tuple[JobState, ...]] = {
-    JobState.LEASED: (),
-    JobState.HEAD_DONE: (JobState.HEAD_DONE,),
-    JobState.RESUME_OK: (JobState.HEAD_DONE, JobState.RESUME_OK),
-    JobState.STREAMING: (JobState.HEAD_DONE, JobState.STREAMING),
-    JobState.FINALIZED: (JobState.HEAD_DONE, JobState.STREAMING, JobState.FINALIZED),
-    JobState.INDEXED: (
-        JobState.HEAD_DONE,
-        JobState.STREAMING,
-        JobState.FINALIZED,
-        JobState.INDEXED,
-    ),
-}
 NEXT_STATE: dict[JobState, JobState] = {
     JobState.HEAD_DONE: JobState.STREAMING,
     JobState.RESUME_OK: JobState.STREAMING,
@@ -79,45 +64,6 @@ class WorkerDied(BaseException):
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def plan(ledger: Ledger, n: int = 0) -> str:
-    return plan_job_if_absent(
-        ledger, work_id=f"W{n}", artifact_id="pdf", canonical_url=f"https://example.org/{n}.pdf"
-    )
-
-
-def take(ledger: Ledger, owner: str, ttl_s: float = TTL) -> Lease:
-    granted = lease_next_job(ledger, owner=owner, ttl_s=ttl_s)
-    assert granted is not None, f"{owner} was granted no job"
-    return granted
-
-
-def job_of(ledger: Ledger, job_id: str) -> JobRecord:
-    with ledger.unit_of_work(read_only=True) as uow:
-        job = uow.jobs.get(job_id)
-    assert job is not None
-    return job
-
-
-def op_or_none(ledger: Ledger, key: str) -> OpRecord | None:
-    with ledger.unit_of_work(read_only=True) as uow:
-        return uow.ops.get(key)
-
-
-def op_of(ledger: Ledger, key: str) -> OpRecord:
-    op = op_or_none(ledger, key)
-    assert op is not None
-    return op
-
-
-def walk(ledger: Ledger, lease: Lease, target: JobState) -> None:
-    """Move a freshly leased job along its path to ``target``."""
-    current = JobState.LEASED
-    for step in PATH_FROM_LEASED[target]:
-        assert advance_state(ledger, lease, to_state=step, allowed_from=[current]) is True
-        current = step
-    assert job_of(ledger, lease.job_id).state is target
 
 
 def returning(value: object) -> Callable[[], Any]:

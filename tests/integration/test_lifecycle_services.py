@@ -18,7 +18,6 @@ from sqlalchemy import ClauseElement, Connection, func, select
 
 from docstokg import (
     InvalidTransition,
-    JobRecord,
     JobSpec,
     JobState,
     Lease,
@@ -45,22 +44,8 @@ from docstokg.ledger.models import jobs_table
 from docstokg.ledger.repositories import job_id_for
 from tests.conftest import ManualClock
 from tests.dbtools import execute_sql, scratch_connection
+from tests.lifecycle import PATH_FROM_LEASED, TTL, job_of, op_of, plan, take, triple, walk
 
-TTL = 30.0
-
-PATH_FROM_LEASED: dict[JobState, tuple[JobState, ...]] = {
-    JobState.LEASED: (),
-    JobState.HEAD_DONE: (JobState.HEAD_DONE,),
-    JobState.RESUME_OK: (JobState.HEAD_DONE, JobState.RESUME_OK),
-    JobState.STREAMING: (JobState.HEAD_DONE, JobState.STREAMING),
-    JobState.FINALIZED: (JobState.HEAD_DONE, JobState.STREAMING, JobState.FINALIZED),
-    JobState.INDEXED: (
-        JobState.HEAD_DONE,
-        JobState.STREAMING,
-        JobState.FINALIZED,
-        JobState.INDEXED,
-    ),
-}
 NON_TERMINAL_HELD_STATES = list(PATH_FROM_LEASED)
 
 
@@ -71,35 +56,6 @@ class WorkerDied(BaseException):
 # --- helpers ----------------------------------------------------------------------------
 
 
-def triple(n: int) -> tuple[str, str, str]:
-    return (f"W{n}", "pdf", f"https://example.org/{n}.pdf")
-
-
-def plan(ledger: Ledger, n: int = 0) -> str:
-    work_id, artifact_id, url = triple(n)
-    return plan_job_if_absent(ledger, work_id=work_id, artifact_id=artifact_id, canonical_url=url)
-
-
-def take(ledger: Ledger, owner: str, ttl_s: float = TTL) -> Lease:
-    granted = lease_next_job(ledger, owner=owner, ttl_s=ttl_s)
-    assert granted is not None, f"{owner} was granted no job"
-    return granted
-
-
-def job_of(ledger: Ledger, job_id: str) -> JobRecord:
-    with ledger.unit_of_work(read_only=True) as uow:
-        job = uow.jobs.get(job_id)
-    assert job is not None
-    return job
-
-
-def op_of(ledger: Ledger, key: str) -> OpRecord:
-    with ledger.unit_of_work(read_only=True) as uow:
-        op = uow.ops.get(key)
-    assert op is not None
-    return op
-
-
 def ops_of(ledger: Ledger, job_id: str) -> list[OpRecord]:
     with ledger.unit_of_work(read_only=True) as uow:
         return list(uow.ops.list_for_job(job_id))
@@ -108,15 +64,6 @@ def ops_of(ledger: Ledger, job_id: str) -> list[OpRecord]:
 def job_count(ledger: Ledger) -> int:
     with ledger.unit_of_work(read_only=True) as uow:
         return sum(uow.jobs.count_by_state().values())
-
-
-def walk(ledger: Ledger, lease: Lease, target: JobState) -> None:
-    """Move a freshly leased job along its path to ``target``."""
-    current = JobState.LEASED
-    for step in PATH_FROM_LEASED[target]:
-        assert advance_state(ledger, lease, to_state=step, allowed_from=[current]) is True
-        current = step
-    assert job_of(ledger, lease.job_id).state is target
 
 
 def counting(result: dict[str, Any], calls: list[int]) -> Callable[[], dict[str, Any]]:
