@@ -179,7 +179,8 @@ def test_lease_next_job_returns_none_when_nothing_is_claimable(
     assert lease_next_job(ledger, owner="worker-b", ttl_s=TTL) is None  # held
     walk(ledger, lease, JobState.INDEXED)
     assert advance_state(ledger, lease, to_state=JobState.DEDUPED, allowed_from=[JobState.INDEXED])
-    assert release_lease(ledger, lease)
+    assert not release_lease(ledger, lease)  # finishing the job ended its lease
+    assert job_of(ledger, job_id).lease_owner is None
     clock.advance(10 * TTL)
     assert lease_next_job(ledger, owner="worker-b", ttl_s=TTL) is None  # finished
     assert job_of(ledger, job_id).state is JobState.DEDUPED

@@ -459,7 +459,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._moved(owner, lease, target)
 
     def _moved(self, owner: str, lease: Lease, target: JobState) -> None:
-        """The worker's job moved to ``target``; a finished job is released."""
+        """The worker's job moved to ``target``; finishing it ends the lease."""
         job = self.jobs[lease.job_id]
         job.state = self.view[owner] = target
         if target is not S.DEDUPED:
@@ -472,7 +472,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             lambda: fail_job(self.ledger, lease, error="late", retryable=True),
             InvalidTransition,
         )
-        assert release_lease(self.ledger, lease) is True
+        # Finishing ended the lease: there is nothing left to release.
+        assert release_lease(self.ledger, lease) is False
         job.owner = job.until = None
         self._forget(owner)
 

@@ -42,10 +42,11 @@ class ThreadConnections:
             return self._engine.connect(), False
         return own, True
 
-    def release(self, connection: Connection, *, kept: bool) -> None:
+    def release(self, connection: Connection, *, kept: bool, broken: bool = False) -> None:
+        """Done with ``connection``; ``broken`` ones (a failed BEGIN) are not reused."""
         if not kept:
             connection.close()
-        elif connection.invalidated:
+        elif broken or connection.invalidated:
             self._forget(connection)
 
     def close_all(self) -> None:

@@ -188,4 +188,8 @@ def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
         # Straight to the driver: this runs for every unit of work, and the
         # full execution pipeline would cost more than the BEGIN itself.
         driver = connection.connection.driver_connection
-        driver.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        try:
+            driver.execute(statement)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:  # as SQLAlchemy wraps driver errors (LedgerBusy)
+            raise DBAPIError.instance(statement, (), exc, sqlite3.Error) from exc

@@ -51,7 +51,10 @@ OP_STATUSES = (OP_IN_PROGRESS, OP_SUCCEEDED, OP_FAILED, OP_ABANDONED)
 # The predicate of the partial index the claim query walks.  It is spelled
 # with literals, here and in the query, because a partial index only serves a
 # query whose WHERE visibly implies the index's (SQLite compares the text).
-NOT_FINISHED_SQL = "state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE')"
+NOT_FINISHED_SQL = (
+    "state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE') "
+    "AND NOT (state = 'FAILED' AND attempts >= max_attempts)"
+)
 IN_PROGRESS_SQL = "status = 'IN_PROGRESS'"
 
 

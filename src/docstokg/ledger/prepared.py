@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Executable
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import Compiled
 
 # SQL text, parameter names in positional order (None for named styles), defaults.
@@ -37,6 +38,7 @@ class Prepared:
         """Execute with ``params`` (by name) and return every row as a tuple."""
         sql, order, defaults = self._compiled(connection)
         values = {**defaults, **params}
+        dbapi = connection.dialect.loaded_dbapi
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             if order is None:
@@ -44,6 +46,9 @@ class Prepared:
             else:
                 cursor.execute(sql, [values[name] for name in order])
             return cursor.fetchall() if cursor.description else []
+        except dbapi.Error as exc:
+            # Wrapped as SQLAlchemy would, so callers meet one family of errors.
+            raise DBAPIError.instance(sql, values, exc, dbapi.Error) from exc
         finally:
             cursor.close()
 
@@ -59,6 +64,13 @@ class Prepared:
         if compiled is None:
             form: Compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
             order = tuple(form.positiontup) if form.positiontup else None  # type: ignore[attr-defined]
-            compiled = (str(form), order, dict(form.params))
+            # Defaults only for values fixed in the statement; a parameter the
+            # caller must give raises KeyError when it is missing, never NULL.
+            defaults = {
+                name: bind.value
+                for name, bind in form.binds.items()  # type: ignore[attr-defined]
+                if not bind.required
+            }
+            compiled = (str(form), order, defaults)
             self._by_dialect[dialect.name] = compiled
         return compiled

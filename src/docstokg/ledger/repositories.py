@@ -20,9 +20,9 @@ from sqlalchemy import Connection, func, select, update
 from docstokg.errors import JobNotFound, LedgerError
 from docstokg.keys import job_key
 from docstokg.ledger import statements as sql
-from docstokg.ledger.models import jobs_table, ops_table
+from docstokg.ledger.models import OP_FAILED, OP_SUCCEEDED, jobs_table, ops_table
 from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, PlannedJob
-from docstokg.states import JobState
+from docstokg.states import SUCCESS_STATES, JobState
 
 PLAN_BATCH_SIZE = 2_000
 
@@ -205,6 +205,7 @@ class JobRepository:
         params = {
             **_fence(lease, now),
             "to_state": to_state.value,
+            "finishes": to_state in SUCCESS_STATES,
             **{slot: origins[n % len(origins)] for n, slot in enumerate(sql.ADVANCE_FROM_SLOTS)},
         }
         return sql.ADVANCE.first(self._connection, params) is not None
@@ -291,7 +292,12 @@ class OpRepository:
         finished = self._connection.execute(
             update(ops_table)
             .where(ops_table.c.op_key == op_key, ops_table.c.finished_at.is_(None))
-            .values(finished_at=now, result_code=result_code, result_json=result_json)
+            .values(
+                finished_at=now,
+                result_code=result_code,
+                result_json=result_json,
+                status=OP_SUCCEEDED if result_code == "OK" else OP_FAILED,
+            )
             .returning(ops_table.c.op_key)
         ).first()
         return finished is not None

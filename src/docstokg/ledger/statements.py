@@ -195,7 +195,13 @@ ADVANCE_FROM_SLOTS = tuple(f"from_{n}" for n in range(len(JobState)))
 ADVANCE = Prepared(
     update(jobs_table)
     .where(LEASE_IS_CURRENT, jobs.state.in_([bindparam(slot) for slot in ADVANCE_FROM_SLOTS]))
-    .values(state=bindparam("to_state"), updated_at=_now)
+    .values(
+        state=bindparam("to_state"),
+        updated_at=_now,
+        # A finished job keeps no lease, so no further write can pass the fence.
+        lease_owner=case((bindparam("finishes", type_=Boolean), None), else_=jobs.lease_owner),
+        lease_until=case((bindparam("finishes", type_=Boolean), None), else_=jobs.lease_until),
+    )
     .returning(jobs.job_id)
 )
 FAIL = (
@@ -256,7 +262,14 @@ REQUEUE = (
         state=JobState.FAILED.value,
         last_error=bindparam("b_error"),
         next_attempt_at=_now,
+        sha256=None,
         final_path=None,
+        size_bytes=None,
+        # A new epoch fences out the last holder: even an expired lease that
+        # nobody took over can no longer be renewed and write to the job.
+        lease_owner=None,
+        lease_until=None,
+        lease_epoch=jobs.lease_epoch + 1,
         updated_at=_now,
     )
     .returning(jobs.job_id)
@@ -294,6 +307,9 @@ RESTART_OP = Prepared(
         ops.op_key == bindparam("b_op_key"),
         ops.job_id == bindparam("b_job_id"),
         ops.status != OP_SUCCEEDED,
+        # An op in progress under this very lease is running right now (another
+        # thread, or re-entrantly): it is not taken over.
+        or_(ops.status != OP_IN_PROGRESS, ops.lease_epoch < _op_epoch),
         _job_lease_is_current,
     )
     .values(

@@ -72,7 +72,7 @@ class UnitOfWork:
             self._transaction = connection.begin()
         except DBAPIError as exc:
             if connection is not None:
-                self._connections.release(connection, kept=self._kept)
+                self._connections.release(connection, kept=self._kept, broken=True)
             raise connect_error(self._url, exc) from exc
         self._connection = connection
         return self

@@ -22,7 +22,7 @@ from typing import Any
 from docstokg.errors import EffectResultTooLarge, LeaseLost, LedgerError
 from docstokg.ledger import Lease, Ledger
 from docstokg.ledger.models import OP_SUCCEEDED
-from docstokg.services.transitions import advance_within, check_transition
+from docstokg.services.transitions import advance_within, check_transition, finished_under
 from docstokg.states import JobState
 
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024
@@ -61,7 +61,11 @@ def run_effect(
     with ledger.unit_of_work() as uow:
         now = uow.now()
         if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
-            replayed = _replay(uow.ops.get(opkey), uow.jobs.holds(lease, now=now), lease, opkey)
+            job = uow.jobs.get(lease.job_id)
+            may_read = uow.jobs.holds(lease, now=now) or (
+                job is not None and finished_under(job, lease)
+            )
+            replayed = _replay(uow.ops.get(opkey), may_read, lease, opkey)
             outcome = None
             if advance_to is not None:
                 outcome = advance_within(uow, lease, advance_to, allowed_from, now=now)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from docstokg.errors import InvalidTransition, JobNotFound, LeaseLost
-from docstokg.ledger import Lease, Ledger, UnitOfWork
+from docstokg.ledger import JobRecord, Lease, Ledger, UnitOfWork
 from docstokg.states import SUCCESS_STATES, JobState, is_allowed, is_at_or_past
 
 MAX_ERROR_CHARS = 4_000
@@ -100,9 +100,18 @@ def advance_within(
     job = uow.jobs.get(lease.job_id)
     if job is None:
         raise JobNotFound(lease.job_id)
-    if not uow.jobs.holds(lease, now=now):
+    if not (uow.jobs.holds(lease, now=now) or finished_under(job, lease)):
         raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"moving to {to_state}")
     return Advance.REPLAYED if is_at_or_past(job.state, to_state) else Advance.INVALID
+
+
+def finished_under(job: JobRecord, lease: Lease) -> bool:
+    """Did this very lease finish the job?  (Finishing ends the lease but keeps its epoch.)
+
+    Its holder may then replay the last steps and be told they are done; a
+    holder of an older epoch is told it lost the job.
+    """
+    return job.state in SUCCESS_STATES and job.lease_epoch == lease.epoch
 
 
 def fail_job(
@@ -136,10 +145,10 @@ def _fail(
         job = uow.jobs.get(lease.job_id)
         if job is None:
             raise JobNotFound(lease.job_id)
+        if finished_under(job, lease):
+            raise InvalidTransition(f"job {lease.job_id} already ended as {job.state}")
         if not uow.jobs.holds(lease, now=now):
             raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "failing the job")
-        if job.state in SUCCESS_STATES:
-            raise InvalidTransition(f"job {lease.job_id} already ended as {job.state}")
         if allowed_from is not None:
             if job.state is JobState.FAILED:
                 return False  # a replayed move

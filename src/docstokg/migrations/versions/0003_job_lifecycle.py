@@ -33,10 +33,12 @@ down_revision: str | Sequence[str] | None = "0002_sqlite_named_constraints"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-NOT_FINISHED = "state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE')"
+NOT_FINISHED = (
+    "state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE') "
+    "AND NOT (state = 'FAILED' AND attempts >= max_attempts)"
+)
 IN_PROGRESS = "status = 'IN_PROGRESS'"
 OP_STATUSES = "status IN ('IN_PROGRESS', 'SUCCEEDED', 'FAILED', 'ABANDONED')"
-LEGACY_RESULT_LIMIT = 20_000
 
 _meta = sa.table("_meta", sa.column("key", sa.Text), sa.column("value", sa.Text))
 _ops = sa.table(
@@ -96,27 +98,29 @@ def upgrade() -> None:
 
 def _classify_existing_ops() -> None:
     finished = _ops.c.finished_at.is_not(None)
-    op.execute(_ops.update().where(finished, _ops.c.result_code == "OK").values(status="SUCCEEDED"))
     op.execute(
         _ops.update()
-        .where(finished, sa.or_(_ops.c.result_code.is_(None), _ops.c.result_code != "OK"))
-        .values(status="FAILED", error="recorded without success before schema 4")
+        .where(finished, _ops.c.result_code == "OK", _ops.c.result_json.is_not(None))
+        .values(status="SUCCEEDED")
+    )
+    op.execute(
+        _ops.update()
+        .where(finished, _ops.c.status != "SUCCEEDED")
+        .values(status="FAILED", error="recorded without a successful result before schema 4")
     )
     if context_is_offline():
         return
-    # Only a result at least as long as the old cut can have been cut.
-    suspects = op.get_bind().execute(
-        sa.select(_ops.c.op_key, _ops.c.result_json).where(
-            _ops.c.status == "SUCCEEDED",
-            sa.func.length(_ops.c.result_json) >= LEGACY_RESULT_LIMIT,
-        )
+    # Replay hands back a JSON object: a success whose result is not one (the
+    # old ledger cut results at 20,000 characters) must run again instead.
+    successes = op.get_bind().execute(
+        sa.select(_ops.c.op_key, _ops.c.result_json).where(_ops.c.status == "SUCCEEDED")
     )
-    broken = [key for key, result in suspects if not _is_json(result)]
+    broken = [key for key, result in successes if not _is_json_object(result)]
     for key in broken:
         op.execute(
             _ops.update()
             .where(_ops.c.op_key == key)
-            .values(status="FAILED", error="result was cut into invalid JSON before schema 4")
+            .values(status="FAILED", error="result was not a whole JSON object (invalid JSON)")
         )
 
 
@@ -124,15 +128,17 @@ def context_is_offline() -> bool:
     return op.get_context().as_sql
 
 
-def _is_json(text: str) -> bool:
+def _is_json_object(text: str) -> bool:
     try:
-        json.loads(text)
+        return isinstance(json.loads(text), dict)
     except ValueError:
         return False
-    return True
 
 
 def downgrade() -> None:
+    # Schema 3 code would replay any op row as a success (an unfinished one as
+    # "{}"): keep only the real successes, so everything else runs again.
+    op.execute(_ops.delete().where(_ops.c.status != "SUCCEEDED"))
     op.execute(_meta.update().where(_meta.c.key == "schema_version").values(value="3"))
     op.drop_index("ix_artifact_ops_in_progress", table_name="artifact_ops")
     op.drop_index("ix_artifact_jobs_claim", table_name="artifact_jobs")
