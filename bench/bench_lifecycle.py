@@ -89,8 +89,6 @@ def run_ledger(url: str, jobs: int, workers: int) -> float:
 
 # --- the floor: plain sqlite3, same steps, one commit per statement --------------------------
 
-FLOOR_DDL_FROM_LEDGER = True  # the floor runs on a file the ledger's migrations created
-
 CLAIM = """
 UPDATE artifact_jobs SET lease_owner = ?, lease_until = ? + ?, lease_epoch = lease_epoch + 1,
   state = CASE WHEN state IN ('PLANNED', 'FAILED') THEN 'LEASED' ELSE state END, updated_at = ?
@@ -128,10 +126,6 @@ INSERT INTO artifact_jobs (job_id, work_id, artifact_id, canonical_url, state, c
 def _floor_worker(path: Path, owner: str) -> int:
     import json
 
-    from docstokg.keys import job_key
-    from docstokg.ledger.repositories import job_id_for
-
-    del job_key, job_id_for
     db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")

@@ -682,7 +682,9 @@ def test_leases_use_one_clock_not_each_workers_wall_clock(
         staging.mkdir()
         part = staging / f"{other_id}.part"
         part.write_bytes(b"partial")
-        os.utime(part, (clock.now - 10, clock.now - 10))
+        # File ages are measured by the host clock that stamps files; the
+        # injected clock decides which leases are live.
+        os.utime(part, (time.time() - 700, time.time() - 700))
         clock.advance(700)
         assert cleanup_stale_ops(ledger) == 1
         assert op_of(ledger, crashed_key).status == "ABANDONED"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -534,10 +535,11 @@ def test_reconcile_jobs_deletes_orphan_parts_and_requeues_jobs_whose_file_vanish
     ages = {part_live.job_id: 7_200.0, part_old.job_id: 7_200.0, part_young.job_id: 60.0}
     for job_id, part in parts.items():
         part.write_bytes(b"partial")
-        os.utime(part, (clock.now - ages[job_id], clock.now - ages[job_id]))
+        stamped = time.time() - ages[job_id]  # files carry the host's clock
+        os.utime(part, (stamped, stamped))
     unrelated = staging / "notes.txt"
     unrelated.write_text("not a part file")
-    os.utime(unrelated, (clock.now - 7_200, clock.now - 7_200))
+    os.utime(unrelated, (time.time() - 7_200, time.time() - 7_200))
 
     report = reconcile_jobs(ledger, staging, max_age_s=3_600)
 

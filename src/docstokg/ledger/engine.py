@@ -13,6 +13,7 @@ the two dialects are told apart at connection level.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -159,6 +160,29 @@ def _is_not_sqlite(path: Path) -> bool:
     return bool(header) and header != b"SQLite format 3\x00"
 
 
+def _switch_to_wal(cursor: sqlite3.Cursor) -> str:
+    """Put the file in WAL mode (once per file), retrying while others hold it.
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked"
+    at once rather than calling the busy handler (which could deadlock), so
+    the retry is ours; a file already in WAL mode needs no lock at all.
+    """
+    (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while mode != "wal":
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)  # another connection is switching or reading: wait our turn
+            pause = min(pause * 2, 0.2)
+        else:
+            break
+    return str(mode)
+
+
 def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _entry: ConnectionPoolEntry) -> None:
@@ -169,7 +193,7 @@ def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            (journal_mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            journal_mode = _switch_to_wal(cursor)
             if journal_mode != "wal":
                 raise DatabaseUnavailable(
                     f"SQLite refused WAL mode for {engine.url.database} (it stays in "

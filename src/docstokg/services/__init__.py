@@ -14,7 +14,7 @@ from docstokg.services.maintenance import (
     reconcile_jobs,
 )
 from docstokg.services.planning import plan_job_if_absent, plan_jobs
-from docstokg.services.transitions import Backoff, advance_state, fail_job
+from docstokg.services.transitions import Backoff, advance_state, fail_job, record_job_result
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
@@ -29,6 +29,7 @@ __all__ = [
     "plan_job_if_absent",
     "plan_jobs",
     "reconcile_jobs",
+    "record_job_result",
     "release_lease",
     "renew_lease",
     "run_effect",

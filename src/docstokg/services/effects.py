@@ -22,11 +22,15 @@ from typing import Any
 from docstokg.errors import EffectResultTooLarge, LeaseLost, LedgerError
 from docstokg.ledger import Lease, Ledger
 from docstokg.ledger.models import OP_SUCCEEDED
-from docstokg.services.transitions import advance_within, check_transition, finished_under
+from docstokg.services.transitions import (
+    MAX_ERROR_CHARS,
+    advance_within,
+    check_transition,
+    finished_under,
+)
 from docstokg.states import JobState
 
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024
-MAX_ERROR_CHARS = 4_000
 
 EffectResult = dict[str, Any]
 

@@ -8,6 +8,7 @@ expired leases, ops no live holder owns, and files no live lease owns.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,11 @@ class ReconcileReport:
     parts_kept_live: list[Path] = field(default_factory=list)
     parts_kept_recent: list[Path] = field(default_factory=list)
     jobs_requeued: list[str] = field(default_factory=list)
+
+
+def _leased_now(ledger: Ledger, job_id: str) -> bool:
+    with ledger.unit_of_work(read_only=True) as uow:
+        return bool(uow.jobs.live_leases([job_id], now=uow.now()))
 
 
 def cleanup_stale_leases(ledger: Ledger, now: float | None = None) -> int:
@@ -77,18 +83,22 @@ def reconcile_jobs(
 
     report = ReconcileReport()
     for part in parts:
-        if part.name[: -len(PART_SUFFIX)] in live:
+        job_id = part.name[: -len(PART_SUFFIX)]
+        if job_id in live:
             report.parts_kept_live.append(part)
             continue
         try:
-            age = now - part.stat().st_mtime
+            # A file's age is measured by the clock that stamped it: this host's.
+            age = time.time() - part.stat().st_mtime
         except FileNotFoundError:
             continue  # its worker finished it meanwhile
-        if age > max_age_s:
+        if age <= max_age_s:
+            report.parts_kept_recent.append(part)
+        elif _leased_now(ledger, job_id):  # granted since the first look: keep it
+            report.parts_kept_live.append(part)
+        else:
             part.unlink(missing_ok=True)
             report.parts_deleted.append(part)
-        else:
-            report.parts_kept_recent.append(part)
 
     missing = [job_id for job_id, final_path in finalized if not (base / final_path).exists()]
     if missing:

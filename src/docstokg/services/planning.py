@@ -52,8 +52,13 @@ def _spec(row: PlanRow) -> JobSpec:
                 f"plan row {dict(row)!r} lacks {missing}; rows need work_id, artifact_id "
                 "and canonical_url"
             ) from None
-    work_id, artifact_id, canonical_url = row
-    return JobSpec(work_id, artifact_id, canonical_url)
+    if isinstance(row, tuple | list) and len(row) == 3:
+        work_id, artifact_id, canonical_url = row
+        return JobSpec(work_id, artifact_id, canonical_url)
+    raise ConfigurationError(
+        f"plan row {row!r} is not a JobSpec, a (work_id, artifact_id, canonical_url) "
+        "tuple or a mapping with those keys"
+    )
 
 
 def _batches(specs: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:

@@ -11,6 +11,7 @@ from docstokg.errors import InvalidTransition, JobNotFound, LeaseLost
 from docstokg.ledger import JobRecord, Lease, Ledger, UnitOfWork
 from docstokg.states import SUCCESS_STATES, JobState, is_allowed, is_at_or_past
 
+# Error texts are kept whole up to this length (plain text, so a cut is harmless).
 MAX_ERROR_CHARS = 4_000
 
 
@@ -176,3 +177,19 @@ def _fail(
 
 def _next_states(state: JobState) -> set[JobState]:
     return {target for target in JobState if is_allowed(state, target)}
+
+
+def record_job_result(
+    ledger: Ledger, lease: Lease, *, sha256: str, final_path: str, size_bytes: int
+) -> None:
+    """Record where the job's bytes are (fenced): what reconcile_jobs checks on disk.
+
+    ``final_path`` is absolute, or relative to the run's output folder.
+    """
+    with ledger.unit_of_work() as uow:
+        recorded = uow.jobs.record_result(
+            lease, sha256=sha256, final_path=final_path, size_bytes=size_bytes, now=uow.now()
+        )
+        if not recorded:
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "recording the job's result")
+        uow.commit()
