@@ -1,8 +1,10 @@
 """Lifecycle throughput: plan, lease, five effects with their transitions, finish.
 
 For each backend and worker count, 5,000 jobs go through the whole
-lifecycle through the public services (lease_next_job, run_effect,
-advance_state, release_lease).  Beside it, in the same run, a plain
+lifecycle through the public services: lease_next_job, then five run_effect
+calls, each recording its result and its state transition in one commit
+(``advance_to``); the last move (to DEDUPED) finishes the job and ends the
+lease.  Beside it, in the same run, a plain
 ``sqlite3`` implementation of the same steps (same SQL conditions, WAL,
 synchronous=NORMAL, one commit per statement, no SQLAlchemy) gives the floor,
 and the script prints the ledger's time per job over the floor's.
@@ -37,9 +39,9 @@ from docstokg import (
     lease_next_job,
     op_key,
     plan_jobs,
-    release_lease,
     run_effect,
 )
+from docstokg.ledger.models import NOT_FINISHED_SQL
 
 GOAL_RATIO = 1.5
 STEPS = (
@@ -72,7 +74,7 @@ def _ledger_worker(ledger: Ledger, owner: str) -> int:
                 advance_to=after,  # the step's result and its transition in one commit
                 allowed_from=(before,),
             )
-        release_lease(ledger, lease)
+        # Finishing (the move to DEDUPED) ended the lease: nothing to release.
         done += 1
     return done
 
@@ -89,12 +91,13 @@ def run_ledger(url: str, jobs: int, workers: int) -> float:
 
 # --- the floor: plain sqlite3, same steps, one commit per statement --------------------------
 
-CLAIM = """
+# The same predicate as the ledger's claim, so both walk the partial index.
+CLAIM = f"""
 UPDATE artifact_jobs SET lease_owner = ?, lease_until = ? + ?, lease_epoch = lease_epoch + 1,
   state = CASE WHEN state IN ('PLANNED', 'FAILED') THEN 'LEASED' ELSE state END, updated_at = ?
 WHERE job_id = (
   SELECT job_id FROM artifact_jobs
-  WHERE state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE')
+  WHERE {NOT_FINISHED_SQL}
     AND (lease_until IS NULL OR lease_until < ?)
     AND (state != 'FAILED' OR (attempts < max_attempts
          AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))
@@ -113,9 +116,10 @@ WHERE op_key = ? AND status = 'IN_PROGRESS' AND lease_epoch = ?
   AND EXISTS (SELECT 1 FROM artifact_jobs WHERE {FENCE})
 """
 ADVANCE = f"UPDATE artifact_jobs SET state = ?, updated_at = ? WHERE {FENCE} AND state = ?"
-RELEASE = (
-    "UPDATE artifact_jobs SET lease_owner = NULL, lease_until = NULL "
-    "WHERE job_id = ? AND lease_owner = ? AND lease_epoch = ?"
+# The last move finishes the job and ends its lease in the same statement.
+FINISH = (
+    "UPDATE artifact_jobs SET state = ?, updated_at = ?, lease_owner = NULL, "
+    f"lease_until = NULL WHERE {FENCE} AND state = ?"
 )
 PLAN = """
 INSERT INTO artifact_jobs (job_id, work_id, artifact_id, canonical_url, state, created_at,
@@ -147,8 +151,8 @@ def _floor_worker(path: Path, owner: str) -> int:
                 now = time.time()
                 db.execute(SUCCEED_OP, (now, result, key, epoch, *fence, now))
                 now = time.time()
-                db.execute(ADVANCE, (after.value, now, *fence, now, before.value))
-            db.execute(RELEASE, fence)
+                move = FINISH if after is JobState.DEDUPED else ADVANCE
+                db.execute(move, (after.value, now, *fence, now, before.value))
             done += 1
     finally:
         db.close()
@@ -219,7 +223,7 @@ def main() -> None:
     worker_counts = [int(n) for n in args.workers.split(",")]
     backends = args.backends.split(",")
 
-    print(f"lifecycle of {args.jobs:,} jobs: plan, lease, 5 effects + 5 transitions, release")
+    print(f"lifecycle of {args.jobs:,} jobs: plan, lease, 5 effects + 5 transitions, finish")
     print(f"{'backend':<11} {'workers':>7} {'ledger jobs/s':>14} {'floor jobs/s':>13} {'ratio':>6}")
     ratio_at_one = None
     server = ThrowawayPostgres().start() if "postgresql" in backends else None
