@@ -67,18 +67,17 @@ class ThreadConnections:
             may_keep = len(self._kept) + self._reserved < self._max_kept
             if may_keep:
                 self._reserved += 1  # the slot is ours while we connect outside the lock
+        connection = None
         try:
             connection = self._engine.connect()
-        except BaseException:
+        finally:
             if may_keep:
                 with self._lock:
                     self._reserved -= 1
-            raise
+                    if connection is not None:
+                        self._kept[connection] = threading.current_thread()
         if not may_keep:
             return connection, False
-        with self._lock:
-            self._reserved -= 1
-            self._kept[connection] = threading.current_thread()
         self._local.connection = connection
         return connection, True
 
