@@ -61,25 +61,25 @@ class ThreadConnections:
         with self._lock:
             if len(self._kept) + self._reserved >= self._max_kept:
                 ended = [c for c, thread in self._kept.items() if not thread.is_alive()]
-                for connection in ended:
-                    del self._kept[connection]
-                    connection.close()
+                for stale in ended:
+                    del self._kept[stale]
+                    stale.close()
             may_keep = len(self._kept) + self._reserved < self._max_kept
             if may_keep:
                 self._reserved += 1  # the slot is ours while we connect outside the lock
-        connection = None
+        connected: Connection | None = None
         try:
-            connection = self._engine.connect()
+            connected = self._engine.connect()
         finally:
             if may_keep:
                 with self._lock:
                     self._reserved -= 1
-                    if connection is not None:
-                        self._kept[connection] = threading.current_thread()
+                    if connected is not None:
+                        self._kept[connected] = threading.current_thread()
         if not may_keep:
-            return connection, False
-        self._local.connection = connection
-        return connection, True
+            return connected, False
+        self._local.connection = connected
+        return connected, True
 
     def _forget(self, connection: Connection) -> None:
         with self._lock:
