@@ -10,14 +10,14 @@ name the holder's (job_id, owner, epoch) and report whether they took effect.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import fields
-from itertools import islice
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
 from docstokg.errors import JobNotFound, LedgerError
+from docstokg.iterables import batched
 from docstokg.keys import job_key
 from docstokg.ledger import statements as sql
 from docstokg.ledger.models import OP_FAILED, OP_SUCCEEDED, jobs_table, ops_table
@@ -67,12 +67,6 @@ def _op(row: Sequence[Any]) -> OpRecord:
 
 def _fence(lease: Lease, now: float) -> dict[str, object]:
     return {"b_job_id": lease.job_id, "owner": lease.owner, "epoch": lease.epoch, "now": now}
-
-
-def _batches(items: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
 
 
 class JobRepository:
@@ -156,7 +150,7 @@ class JobRepository:
             plan_batch = self._plan_batch_sqlite
         return sum(
             plan_batch([_plan_params(spec, now) for spec in batch])
-            for batch in _batches(specs, batch_size)
+            for batch in batched(specs, batch_size)
         )
 
     def _plan_batch_sqlite(self, rows: list[dict[str, object]]) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from itertools import islice
+from collections.abc import Iterable, Mapping
 
 from docstokg.errors import ConfigurationError
+from docstokg.iterables import batched
 from docstokg.ledger import JobSpec, Ledger
 
 PlanRow = JobSpec | tuple[str, str, str] | Mapping[str, str]
@@ -34,7 +34,7 @@ def plan_jobs(ledger: Ledger, rows: Iterable[PlanRow]) -> int:
     """
     created = 0
     specs = (_spec(row) for row in rows)
-    for batch in _batches(specs, PLAN_TRANSACTION_ROWS):
+    for batch in batched(specs, PLAN_TRANSACTION_ROWS):
         with ledger.unit_of_work() as uow:
             created += uow.jobs.plan_many(batch, now=uow.now())
             uow.commit()
@@ -59,9 +59,3 @@ def _spec(row: PlanRow) -> JobSpec:
         f"plan row {row!r} is not a JobSpec, a (work_id, artifact_id, canonical_url) "
         "tuple or a mapping with those keys"
     )
-
-
-def _batches(specs: Iterable[JobSpec], size: int) -> Iterator[list[JobSpec]]:
-    iterator = iter(specs)
-    while batch := list(islice(iterator, size)):
-        yield batch
