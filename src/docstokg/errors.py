@@ -109,3 +109,33 @@ class EffectResultTooLarge(DocstokgError, ValueError):
             f"{limit:,}-byte limit per op; store large data in a file and return its path "
             "and checksum, or raise max_result_bytes"
         )
+
+
+class FetchError(DocstokgError):
+    """Downloading an artifact failed.
+
+    ``retryable`` says whether another attempt may succeed (a timeout, a 5xx,
+    a 429) or not (a 404, a body over the size limit, a redirect loop);
+    ``retry_after_s`` carries the server's Retry-After, if it sent one.
+    """
+
+    retryable = False
+
+    def __init__(self, reason: str, *, retry_after_s: float | None = None) -> None:
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(reason)
+
+
+class TransientFetchError(FetchError):
+    """A failure another attempt may not meet: connection, timeout, 5xx, 408, 429."""
+
+    retryable = True
+
+
+class PermanentFetchError(FetchError):
+    """A failure every attempt would meet again: other 4xx, too large, bad scheme."""
+
+
+class DownloadInterrupted(DocstokgError):
+    """The run was asked to stop while a download was under way; its ``.part`` is kept."""
