@@ -159,8 +159,7 @@ def _floor_worker(path: Path, owner: str) -> int:
 
 
 def run_floor(path: Path, jobs: int, workers: int) -> float:
-    from docstokg.keys import job_key
-    from docstokg.ledger.repositories import job_id_for
+    from docstokg.keys import job_id_for, job_key
 
     started = time.perf_counter()
     db = sqlite3.connect(path, isolation_level=None)

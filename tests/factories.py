@@ -18,9 +18,8 @@ import factory
 from factory.alchemy import SQLAlchemyModelFactory
 from sqlalchemy.orm import Session
 
-from docstokg.keys import job_key, op_key
+from docstokg.keys import job_id_for, job_key, op_key
 from docstokg.ledger.models import ArtifactJob, ArtifactOp
-from docstokg.ledger.repositories import job_id_for
 from docstokg.states import JobState
 
 _session: ContextVar[Session] = ContextVar("factory_session")

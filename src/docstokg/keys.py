@@ -96,3 +96,14 @@ def _check_json(value: object, where: str) -> None:
         f"op_key context {where} is a {type(value).__name__} ({value!r}); "
         "only str, int, float, bool, None, lists and dicts of those can be hashed"
     )
+
+
+def job_id_for(idempotency_key: str) -> str:
+    """The job_id of a new job: the first 128 bits of its key, spelled as a UUID.
+
+    Derived rather than random so that the same job has the same id in every
+    ledger it is planned into (a SQLite trial and the PostgreSQL production
+    run, a ledger rebuilt from its manifest).  Jobs adopted from v3 keep theirs.
+    """
+    k = idempotency_key
+    return f"{k[:8]}-{k[8:12]}-{k[12:16]}-{k[16:20]}-{k[20:32]}"

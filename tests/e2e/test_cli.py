@@ -106,7 +106,7 @@ def test_upgrade_creates_the_schema_and_current_reports_head(
     assert "schema_version: 4" in first.stdout
 
     current = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
-    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "4"}
+    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "5"}
     assert {"_meta", "artifact_jobs", "artifact_ops", "alembic_version"} <= table_names(
         empty_db_url
     )
@@ -135,7 +135,7 @@ def test_upgrade_json_output_shape(empty_db_url: str, tmp_path: Path) -> None:
     assert document == {
         "from_revision": None,
         "to_revision": HEAD,
-        "schema_version": "4",
+        "schema_version": "5",
         "adopted": False,
     }
 
@@ -149,7 +149,7 @@ def test_upgrade_of_an_already_current_database_changes_nothing(
     assert document == {
         "from_revision": HEAD,
         "to_revision": HEAD,
-        "schema_version": "4",
+        "schema_version": "5",
         "adopted": False,
     }
     assert run_json("db", "current", "--db", db_url, cwd=tmp_path) == before
@@ -162,7 +162,7 @@ def test_current_human_output_of_a_current_database(db_url: str, tmp_path: Path)
     assert rows["revision"] == HEAD
     assert rows["head"] == HEAD
     assert rows["up"] == "yes"
-    assert rows["schema_version"] == "4"
+    assert rows["schema_version"] == "5"
 
 
 def test_current_of_an_empty_database_reports_not_current_and_changes_nothing(
@@ -198,7 +198,7 @@ def test_upgrade_adopts_a_pre_alembic_v3_ledger_keeping_its_rows(
     assert document == {
         "from_revision": None,
         "to_revision": HEAD,
-        "schema_version": "4",
+        "schema_version": "5",
         "adopted": True,
     }
     assert sql("SELECT job_id, state FROM artifact_jobs") == [("job-1", "FINALIZED")]
@@ -363,7 +363,7 @@ def test_demo_plans_idempotently(launcher: str, tmp_path: Path) -> None:
 
     current = run_json("db", "current", "--db", f"sqlite:///{ledger_file}", cwd=tmp_path)
     assert current["is_current"] is True
-    assert current["schema_version"] == "4"
+    assert current["schema_version"] == "5"
 
     # A second demo on the same ledger plans nothing new, not even the first time.
     rerun = run("demo", "--dir", str(demo_dir), cwd=tmp_path, launcher=launcher)

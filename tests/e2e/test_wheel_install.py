@@ -115,5 +115,5 @@ def test_non_editable_install_upgrades_a_database_from_any_directory(tmp_path: P
     status = json.loads(current.stdout)
     assert status["revision"] == status["head"] == head_revision()
     assert status["is_current"] is True
-    assert status["schema_version"] == "4"
+    assert status["schema_version"] == "5"
     assert sorted(p.name for p in elsewhere.iterdir() if not p.name.startswith("x.db-")) == ["x.db"]

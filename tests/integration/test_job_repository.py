@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from docstokg import JobSpec, JobState, Ledger, job_key
-from docstokg.ledger.repositories import job_id_for
+from docstokg.keys import job_id_for
 from tests.conftest import ManualClock
 from tests.factories import JobFactory, bound_to
 

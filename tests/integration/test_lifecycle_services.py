@@ -40,9 +40,9 @@ from docstokg import (
     run_effect,
 )
 from docstokg.errors import ConfigurationError
+from docstokg.keys import job_id_for
 from docstokg.ledger import statements
 from docstokg.ledger.models import jobs_table
-from docstokg.ledger.repositories import job_id_for
 from tests.conftest import ManualClock
 from tests.dbtools import execute_sql, scratch_connection
 from tests.lifecycle import PATH_FROM_LEASED, TTL, job_of, op_of, plan, take, triple, walk

@@ -56,6 +56,9 @@ NOT_FINISHED_SQL = (
     "AND NOT (state = 'FAILED' AND attempts >= max_attempts)"
 )
 IN_PROGRESS_SQL = "status = 'IN_PROGRESS'"
+# The one job that stored a content: at most one DEDUPED job per sha256, so two
+# workers finishing identical bytes at once cannot both claim to own them.
+STORED_CONTENT_SQL = "state = 'DEDUPED'"
 
 
 class Base(DeclarativeBase):
@@ -88,6 +91,14 @@ class ArtifactJob(Base):
             sqlite_where=text(NOT_FINISHED_SQL),
             postgresql_where=text(NOT_FINISHED_SQL),
         ),
+        Index("ix_artifact_jobs_sha256", "sha256"),
+        Index(
+            "uq_artifact_jobs_stored_content",
+            "sha256",
+            unique=True,
+            sqlite_where=text(STORED_CONTENT_SQL),
+            postgresql_where=text(STORED_CONTENT_SQL),
+        ),
     )
 
     job_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -111,6 +122,7 @@ class ArtifactJob(Base):
     sha256: Mapped[str | None] = mapped_column(Text)
     final_path: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    content_type: Mapped[str | None] = mapped_column(Text)
 
 
 class ArtifactOp(Base):

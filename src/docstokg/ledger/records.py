@@ -40,6 +40,7 @@ class JobRecord:
     sha256: str | None
     final_path: str | None
     size_bytes: int | None
+    content_type: str | None
 
     @property
     def exhausted(self) -> bool:

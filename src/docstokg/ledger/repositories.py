@@ -18,24 +18,15 @@ from sqlalchemy import Connection, func, select, update
 
 from docstokg.errors import JobNotFound, LedgerError
 from docstokg.iterables import batched
-from docstokg.keys import job_key
+from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import statements as sql
 from docstokg.ledger.models import OP_FAILED, OP_SUCCEEDED, jobs_table, ops_table
 from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, PlannedJob
 from docstokg.states import SUCCESS_STATES, JobState
 
 PLAN_BATCH_SIZE = 2_000
-
-
-def job_id_for(idempotency_key: str) -> str:
-    """The job_id of a new job: the first 128 bits of its key, spelled as a UUID.
-
-    Derived rather than random so that the same job has the same id in every
-    ledger it is planned into (a SQLite trial and the PostgreSQL production
-    run, a ledger rebuilt from its manifest).  Jobs adopted from v3 keep theirs.
-    """
-    k = idempotency_key
-    return f"{k[:8]}-{k[8:12]}-{k[12:16]}-{k[16:20]}-{k[20:32]}"
+# Ids per "job_id IN (...)" query: far below SQLite's and psycopg's parameter limits.
+ID_BATCH_SIZE = 500
 
 
 def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
@@ -89,6 +80,26 @@ class JobRepository:
             select(*sql.JOB_COLUMNS).where(jobs_table.c.idempotency_key == idempotency_key)
         ).first()
         return None if row is None else _job(row)
+
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        """The jobs among ``job_ids`` that exist (in no particular order)."""
+        return [
+            _job(row)
+            for batch in batched(job_ids, ID_BATCH_SIZE)
+            for row in self._connection.execute(sql.JOBS_BY_ID, {"job_ids": batch})
+        ]
+
+    def count_unfinished(self, job_ids: Iterable[str]) -> int:
+        """How many of ``job_ids`` have not ended (a success, or FAILED with no attempt left)."""
+        return sum(
+            self._connection.execute(sql.COUNT_UNFINISHED, {"job_ids": batch}).scalar_one()
+            for batch in batched(job_ids, ID_BATCH_SIZE)
+        )
+
+    def stored_copy(self, sha256: str, *, excluding: str) -> tuple[str, str | None] | None:
+        """(job_id, final_path) of the other job that is the DEDUPED owner of this content."""
+        row = sql.STORED_COPY.first(self._connection, {"b_sha256": sha256, "b_job_id": excluding})
+        return None if row is None else (row[0], row[1])
 
     def count_by_state(self) -> dict[JobState, int]:
         """Jobs per state, with every state present (zero where none)."""
@@ -222,10 +233,17 @@ class JobRepository:
         return None if row is None else (row.attempts, row.max_attempts)
 
     def record_result(
-        self, lease: Lease, *, sha256: str, final_path: str, size_bytes: int, now: float
+        self,
+        lease: Lease,
+        *,
+        sha256: str,
+        final_path: str,
+        size_bytes: int,
+        content_type: str | None = None,
+        now: float,
     ) -> bool:
         params = {**_fence(lease, now), "b_sha256": sha256, "b_final_path": final_path,
-                  "b_size_bytes": size_bytes}  # fmt: skip
+                  "b_size_bytes": size_bytes, "b_content_type": content_type}  # fmt: skip
         return self._connection.execute(sql.RECORD_RESULT, params).first() is not None
 
     # --- maintenance ----------------------------------------------------------------
@@ -326,6 +344,11 @@ class OpRepository:
     def fail(self, lease: Lease, *, op_key: str, error: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_error": error}
         return sql.FAIL_OP.first(self._connection, params) is not None
+
+    def reopen(self, lease: Lease, *, op_key: str, error: str, now: float) -> bool:
+        """Mark a succeeded op of the lease's job ABANDONED, so it runs again (fenced)."""
+        params = {**_fence(lease, now), "b_op_key": op_key, "b_error": error}
+        return sql.REOPEN_OP.first(self._connection, params) is not None
 
     def succeeded_result(self, op_key: str) -> str | None:
         result: str | None = self._connection.execute(

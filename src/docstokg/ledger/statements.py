@@ -232,9 +232,27 @@ RECORD_RESULT = (
         sha256=bindparam("b_sha256"),
         final_path=bindparam("b_final_path"),
         size_bytes=bindparam("b_size_bytes"),
+        content_type=bindparam("b_content_type"),
         updated_at=_now,
     )
     .returning(jobs.job_id)
+)
+# The job that owns a content: the one DEDUPED job with this sha256 (at most
+# one, by the unique partial index uq_artifact_jobs_stored_content).
+STORED_COPY = Prepared(
+    select(jobs.job_id, jobs.final_path)
+    .where(
+        jobs.sha256 == bindparam("b_sha256"),
+        jobs.state == JobState.DEDUPED.value,
+        jobs.job_id != bindparam("b_job_id"),
+    )
+    .limit(1)
+)
+JOBS_BY_ID = select(*JOB_COLUMNS).where(jobs.job_id.in_(bindparam("job_ids", expanding=True)))
+COUNT_UNFINISHED = (
+    select(func.count())
+    .select_from(jobs_table)
+    .where(jobs.job_id.in_(bindparam("job_ids", expanding=True)), text(NOT_FINISHED_SQL))
 )
 EXPIRE_STALE_LEASES = (
     update(jobs_table)
@@ -347,6 +365,19 @@ FAIL_OP = Prepared(
     update(ops_table)
     .where(*_op_is_ours)
     .values(status=OP_FAILED, finished_at=_now, result_code="ERROR", error=bindparam("b_error"))
+    .returning(ops.op_key)
+)
+# A recorded success whose work was undone (its staged file vanished): the
+# current holder reopens it, so the next run_effect runs it again.
+REOPEN_OP = Prepared(
+    update(ops_table)
+    .where(
+        ops.op_key == bindparam("b_op_key"),
+        ops.job_id == bindparam("b_job_id"),
+        ops.status == OP_SUCCEEDED,
+        _job_lease_is_current,
+    )
+    .values(status=OP_ABANDONED, error=bindparam("b_error"))
     .returning(ops.op_key)
 )
 SUCCEEDED_RESULT = select(ops.result_json).where(

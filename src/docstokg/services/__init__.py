@@ -5,7 +5,14 @@ jobs, lease them, move them along the transition table, run their effects
 exactly once per op_key, fail and retry them, and clean up after crashes.
 """
 
-from docstokg.services.effects import DEFAULT_MAX_RESULT_BYTES, get_effect_result, run_effect
+from docstokg.services.content import StoredContent, dedupe_job, index_job
+from docstokg.services.effects import (
+    DEFAULT_MAX_RESULT_BYTES,
+    get_effect_result,
+    redo_effect,
+    run_effect,
+    run_ledger_step,
+)
 from docstokg.services.leasing import lease_next_job, release_lease, renew_lease
 from docstokg.services.maintenance import (
     ReconcileReport,
@@ -20,17 +27,22 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "Backoff",
     "ReconcileReport",
+    "StoredContent",
     "advance_state",
     "cleanup_stale_leases",
     "cleanup_stale_ops",
+    "dedupe_job",
     "fail_job",
     "get_effect_result",
+    "index_job",
     "lease_next_job",
     "plan_job_if_absent",
     "plan_jobs",
     "reconcile_jobs",
     "record_job_result",
+    "redo_effect",
     "release_lease",
     "renew_lease",
     "run_effect",
+    "run_ledger_step",
 ]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from docstokg.errors import EffectResultTooLarge, LeaseLost, LedgerError
-from docstokg.ledger import Lease, Ledger
+from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.services.transitions import (
     MAX_ERROR_CHARS,
@@ -65,18 +65,7 @@ def run_effect(
     with ledger.unit_of_work() as uow:
         now = uow.now()
         if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
-            job = uow.jobs.get(lease.job_id)
-            may_read = uow.jobs.holds(lease, now=now) or (
-                job is not None and finished_under(job, lease)
-            )
-            replayed = _replay(uow.ops.get(opkey), may_read, lease, opkey)
-            outcome = None
-            if advance_to is not None:
-                outcome = advance_within(uow, lease, advance_to, allowed_from, now=now)
-                uow.commit()
-            if outcome is not None and advance_to is not None:
-                outcome.raise_if_invalid(lease, advance_to, allowed_from)
-            return replayed
+            return _replay_within(uow, lease, opkey, advance_to, allowed_from, now=now)
         uow.commit()
 
     try:
@@ -98,6 +87,81 @@ def run_effect(
         outcome.raise_if_invalid(lease, advance_to, allowed_from)
     decoded: EffectResult = json.loads(encoded)  # what every replay will return, too
     return decoded
+
+
+def run_ledger_step(
+    ledger: Ledger,
+    lease: Lease,
+    *,
+    kind: str,
+    opkey: str,
+    write: Callable[[UnitOfWork, float], Mapping[str, Any]],
+    advance_to: JobState | Callable[[EffectResult], JobState],
+    allowed_from: Collection[JobState],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> EffectResult:
+    """A step whose only effect is a write to the ledger: op, write and move in one transaction.
+
+    ``write(uow, now)`` runs inside the unit of work and returns the step's
+    result; ``advance_to`` is the state to move to, or a function of the result
+    choosing it.  Because nothing leaves the database, the step is exactly-once
+    outright (not merely at-least-once like :func:`run_effect`): either the op,
+    its write and the move all commit, or none does.  A recorded success is
+    replayed, and its move replayed too.
+    """
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
+            return _replay_within(uow, lease, opkey, advance_to, allowed_from, now=now)
+        result = write(uow, now)
+        encoded = _encode(result, kind, max_result_bytes)
+        decoded: EffectResult = json.loads(encoded)
+        target = advance_to(decoded) if callable(advance_to) else advance_to
+        check_transition(target, allowed_from)
+        if not uow.ops.succeed(lease, op_key=opkey, result_json=encoded, now=now):
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"recording the {kind} result")
+        advance_within(uow, lease, target, allowed_from, now=now).raise_if_invalid(
+            lease, target, allowed_from
+        )
+        uow.commit()
+    return decoded
+
+
+def redo_effect(ledger: Ledger, lease: Lease, *, opkey: str, reason: str) -> bool:
+    """Reopen a recorded success whose work was lost, so the next :func:`run_effect` runs it.
+
+    For a result that no longer holds (the staged file it describes vanished).
+    Fenced by ``lease``; False if the op had not succeeded (nothing to redo).
+    """
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        if not uow.jobs.holds(lease, now=now):
+            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, f"reopening op {opkey}")
+        reopened = uow.ops.reopen(lease, op_key=opkey, error=reason[:MAX_ERROR_CHARS], now=now)
+        uow.commit()
+    return reopened
+
+
+def _replay_within(
+    uow: UnitOfWork,
+    lease: Lease,
+    opkey: str,
+    advance_to: JobState | Callable[[EffectResult], JobState] | None,
+    allowed_from: Collection[JobState],
+    *,
+    now: float,
+) -> EffectResult:
+    """The op could not start: replay its recorded success (and the move that went with it)."""
+    job = uow.jobs.get(lease.job_id)
+    may_read = uow.jobs.holds(lease, now=now) or (job is not None and finished_under(job, lease))
+    replayed = _replay(uow.ops.get(opkey), may_read, lease, opkey)
+    if advance_to is None:
+        return replayed
+    target = advance_to(replayed) if callable(advance_to) else advance_to
+    outcome = advance_within(uow, lease, target, allowed_from, now=now)
+    uow.commit()
+    outcome.raise_if_invalid(lease, target, allowed_from)
+    return replayed
 
 
 def get_effect_result(ledger: Ledger, opkey: str) -> EffectResult | None:

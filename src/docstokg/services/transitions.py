@@ -122,14 +122,18 @@ def fail_job(
     error: str,
     retryable: bool,
     backoff: Backoff = DEFAULT_BACKOFF,
+    retry_after_s: float | None = None,
 ) -> None:
     """FAILED with ``error``: one attempt used, next try after a backoff, lease released.
 
     ``retryable=False`` (a 404, a file too large) uses up every attempt at
-    once.  A job whose attempts are used up stays FAILED, with its last
-    error, until an operator gives it a new budget.
+    once.  ``retry_after_s`` (a server's Retry-After) delays the next try at
+    least that long, capped at the backoff's ``cap_s`` so that a hostile
+    header cannot park a job for days.  A job whose attempts are used up stays
+    FAILED, with its last error, until an operator gives it a new budget.
     """
-    _fail(ledger, lease, error=error, retryable=retryable, backoff=backoff, allowed_from=None)
+    _fail(ledger, lease, error=error, retryable=retryable, backoff=backoff, allowed_from=None,
+          retry_after_s=retry_after_s)  # fmt: skip
 
 
 def _fail(
@@ -140,6 +144,7 @@ def _fail(
     retryable: bool,
     backoff: Backoff,
     allowed_from: Collection[JobState] | None,
+    retry_after_s: float | None = None,
 ) -> bool:
     with ledger.unit_of_work() as uow:
         now = uow.now()
@@ -161,7 +166,10 @@ def _fail(
         attempt = job.attempts + 1
         retry_at = None
         if retryable and attempt < job.max_attempts:
-            retry_at = now + backoff.delay_s(attempt)
+            delay = backoff.delay_s(attempt)
+            if retry_after_s is not None:
+                delay = max(delay, min(retry_after_s, backoff.cap_s))
+            retry_at = now + delay
         recorded = uow.jobs.fail(
             lease,
             error=error[:MAX_ERROR_CHARS],
@@ -180,7 +188,13 @@ def _next_states(state: JobState) -> set[JobState]:
 
 
 def record_job_result(
-    ledger: Ledger, lease: Lease, *, sha256: str, final_path: str, size_bytes: int
+    ledger: Ledger,
+    lease: Lease,
+    *,
+    sha256: str,
+    final_path: str,
+    size_bytes: int,
+    content_type: str | None = None,
 ) -> None:
     """Record where the job's bytes are (fenced): what reconcile_jobs checks on disk.
 
@@ -188,7 +202,12 @@ def record_job_result(
     """
     with ledger.unit_of_work() as uow:
         recorded = uow.jobs.record_result(
-            lease, sha256=sha256, final_path=final_path, size_bytes=size_bytes, now=uow.now()
+            lease,
+            sha256=sha256,
+            final_path=final_path,
+            size_bytes=size_bytes,
+            content_type=content_type,
+            now=uow.now(),
         )
         if not recorded:
             raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "recording the job's result")
