@@ -25,11 +25,13 @@ from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, Planned
 from docstokg.states import SUCCESS_STATES, JobState
 
 PLAN_BATCH_SIZE = 2_000
+# Attempts a new job gets unless the planner says otherwise (the column's default too).
+DEFAULT_MAX_ATTEMPTS = 5
 # Ids per "job_id IN (...)" query: far below SQLite's and psycopg's parameter limits.
 ID_BATCH_SIZE = 500
 
 
-def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
+def _plan_params(spec: JobSpec, now: float, max_attempts: int) -> dict[str, object]:
     key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
     return {
         "job_id": job_id_for(key),
@@ -40,6 +42,7 @@ def _plan_params(spec: JobSpec, now: float) -> dict[str, object]:
         "created_at": now,
         "updated_at": now,
         "idempotency_key": key,
+        "max_attempts": max_attempts,
     }
 
 
@@ -126,13 +129,17 @@ class JobRepository:
 
     # --- planning -------------------------------------------------------------------
 
-    def plan(self, spec: JobSpec, *, now: float) -> PlannedJob:
+    def plan(
+        self, spec: JobSpec, *, now: float, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> PlannedJob:
         """Insert the job unless its (work_id, artifact_id, canonical_url) exists.
 
         Exactly one row per triple however many processes race: the database's
         unique constraint decides, and the loser reads the winner's job_id.
         """
-        inserted = self._connection.execute(self._plan_one, _plan_params(spec, now)).first()
+        inserted = self._connection.execute(
+            self._plan_one, _plan_params(spec, now, max_attempts)
+        ).first()
         if inserted is not None:
             return PlannedJob(job_id=inserted.job_id, created=True)
         # Looked up by the triple, not the key: a database adopted from v3 may
@@ -152,15 +159,23 @@ class JobRepository:
         return PlannedJob(job_id=existing, created=False)
 
     def plan_many(
-        self, specs: Iterable[JobSpec], *, now: float, batch_size: int = PLAN_BATCH_SIZE
+        self,
+        specs: Iterable[JobSpec],
+        *,
+        now: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        batch_size: int = PLAN_BATCH_SIZE,
     ) -> int:
-        """Plan every spec not yet planned; returns how many rows were new."""
+        """Plan every spec not yet planned; returns how many rows were new.
+
+        ``max_attempts`` is the budget of the new jobs; planned ones keep theirs.
+        """
         if self._dialect == "postgresql":
             plan_batch = self._plan_batch_postgresql
         else:
             plan_batch = self._plan_batch_sqlite
         return sum(
-            plan_batch([_plan_params(spec, now) for spec in batch])
+            plan_batch([_plan_params(spec, now, max_attempts) for spec in batch])
             for batch in batched(specs, batch_size)
         )
 

@@ -55,7 +55,9 @@ DIALECTS: dict[str, Any] = {"sqlite": sqlite, "postgresql": postgresql}
 JOB_COLUMNS = tuple(jobs[field.name] for field in fields(JobRecord))
 OP_COLUMNS = tuple(ops[field.name] for field in fields(OpRecord))
 JOB_TRIPLE = ("work_id", "artifact_id", "canonical_url")
-PLAN_COLUMNS = ("job_id", *JOB_TRIPLE, "state", "created_at", "updated_at", "idempotency_key")
+PLAN_COLUMNS = (
+    "job_id", *JOB_TRIPLE, "state", "created_at", "updated_at", "idempotency_key", "max_attempts"
+)  # fmt: skip
 
 # --- planning -------------------------------------------------------------------------
 

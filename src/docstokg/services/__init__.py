@@ -21,6 +21,7 @@ from docstokg.services.maintenance import (
     reconcile_jobs,
 )
 from docstokg.services.planning import plan_job_if_absent, plan_jobs
+from docstokg.services.queries import count_unfinished, get_job, jobs_among
 from docstokg.services.transitions import Backoff, advance_state, fail_job, record_job_result
 
 __all__ = [
@@ -31,10 +32,13 @@ __all__ = [
     "advance_state",
     "cleanup_stale_leases",
     "cleanup_stale_ops",
+    "count_unfinished",
     "dedupe_job",
     "fail_job",
     "get_effect_result",
+    "get_job",
     "index_job",
+    "jobs_among",
     "lease_next_job",
     "plan_job_if_absent",
     "plan_jobs",

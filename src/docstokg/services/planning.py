@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from docstokg.errors import ConfigurationError
 from docstokg.iterables import batched
 from docstokg.ledger import JobSpec, Ledger
+from docstokg.ledger.repositories import DEFAULT_MAX_ATTEMPTS
 
 PlanRow = JobSpec | tuple[str, str, str] | Mapping[str, str]
 
@@ -25,8 +26,12 @@ def plan_job_if_absent(
     return planned.job_id
 
 
-def plan_jobs(ledger: Ledger, rows: Iterable[PlanRow]) -> int:
+def plan_jobs(
+    ledger: Ledger, rows: Iterable[PlanRow], *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> int:
     """Plan every row not planned yet; returns how many jobs were new.
+
+    New jobs get ``max_attempts`` tries; jobs planned before keep their budget.
 
     Rows are :class:`JobSpec`, ``(work_id, artifact_id, canonical_url)``
     tuples, or mappings with those keys.  Each batch commits on its own, so an
@@ -36,7 +41,7 @@ def plan_jobs(ledger: Ledger, rows: Iterable[PlanRow]) -> int:
     specs = (_spec(row) for row in rows)
     for batch in batched(specs, PLAN_TRANSACTION_ROWS):
         with ledger.unit_of_work() as uow:
-            created += uow.jobs.plan_many(batch, now=uow.now())
+            created += uow.jobs.plan_many(batch, now=uow.now(), max_attempts=max_attempts)
             uow.commit()
     return created
 

@@ -1,0 +1,203 @@
+"""``docstokg run``: download every artifact of a manifest."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from docstokg.cli.output import JsonOption, configure_logging, err, out, print_json
+from docstokg.config import load_settings, resolve_db_url
+from docstokg.errors import ConfigurationError
+from docstokg.manifest import Manifest, read_manifest
+from docstokg.reporting import LogReporter, RichReporter, RunReporter
+from docstokg.runner import DownloadRun, RunSettings, RunSummary
+
+# Jobs listed one by one in the summary; beyond this only the failed ones are.
+JOB_TABLE_ROWS = 50
+PROBLEMS_SHOWN = 20
+
+
+def run(  # noqa: PLR0917 - Typer maps each parameter to an argument or option
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON Lines (one {work_id, artifact_id, url} object per line) or CSV with "
+            "those three header columns.",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output folder: artifacts/ holds the files (named by SHA-256), .staging/ the "
+            "downloads in progress, manifest.sqlite3 the default ledger.",
+            show_default=False,
+        ),
+    ],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="DOCSTOKG_DB_URL",
+            show_envvar=True,
+            help="Ledger database URL (default: sqlite:///OUT/manifest.sqlite3, or db_url / "
+            "db_path from the config). Use postgresql+psycopg://USER@HOST/DB for several machines.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=512, help="Download threads in this process.")
+    ] = 4,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML file with an idempotency: section (default: ./config/idempotency.yaml "
+            "if it exists). See `docstokg config show`.",
+        ),
+    ] = None,
+    idempotency: Annotated[
+        bool | None,
+        typer.Option(
+            "--idempotency/--no-idempotency",
+            help="Turn the job ledger on or off; beats DOCSTOKG_ENABLE_IDEMPOTENCY and the "
+            "config file. Off by default.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Download every artifact of MANIFEST into --out, each exactly once.
+
+    With the ledger on, every job and each of its steps (HEAD, STREAM, FINALIZE,
+    INDEX, DEDUPE) is recorded: a crash or Ctrl-C loses nothing, a second run
+    fetches nothing already stored, and several runs (processes or machines)
+    on the same manifest, --out and --db share the work. With it off, files
+    land in the same layout but nothing is remembered: a second run downloads
+    everything again.
+
+    Malformed rows are reported with their line numbers and skipped. Exit code:
+    0 every valid row stored (or a duplicate of stored content), 1 some failed,
+    2 usage or configuration error, 130 stopped by a signal with work left.
+
+    Examples:
+
+      docstokg run papers.jsonl --out store --idempotency --workers 8
+
+      DOCSTOKG_ENABLE_IDEMPOTENCY=true docstokg run papers.csv --out store \\
+        --db postgresql+psycopg://ledger@db-host/docstokg
+    """
+    settings = load_settings(config, enabled_flag=idempotency)
+    parsed = read_manifest(manifest)
+    _report_problems(parsed)
+    if not parsed.rows:
+        raise ConfigurationError(
+            f"{manifest} has no valid row ({len(parsed.problems)} malformed); fix the rows "
+            "listed above: each needs work_id, artifact_id and an http(s) url"
+        )
+    enabled = settings.config.enabled
+    run_settings = RunSettings(
+        out_dir=out_dir,
+        config=settings.config,
+        workers=workers,
+        db_url=resolve_db_url(db, settings, out_dir) if enabled else None,
+    )
+    configure_logging()
+    reporter: RunReporter = RichReporter(err) if err.is_terminal else LogReporter()
+    download = DownloadRun(parsed, run_settings, reporter=reporter)
+    with stop_on_signals(download.request_stop):
+        summary = download.run()
+    if as_json:
+        print_json(summary.to_json())
+    else:
+        print_summary(summary)
+    raise typer.Exit(summary.exit_code)
+
+
+def _report_problems(manifest: Manifest) -> None:
+    for problem in manifest.problems[:PROBLEMS_SHOWN]:
+        err.print(
+            f"[yellow]skipped[/] {escape(str(manifest.path))}:{problem.line}: "
+            f"{escape(problem.reason)}",
+            highlight=False,
+        )
+    hidden = len(manifest.problems) - PROBLEMS_SHOWN
+    if hidden > 0:
+        err.print(f"[yellow]skipped[/] {hidden} more malformed rows", highlight=False)
+
+
+@contextmanager
+def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the run to stop cleanly; a second SIGINT stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        err.print(
+            f"[bold]{name}[/]: stopping — no new jobs; downloads keep their .part files "
+            "and their jobs are handed back (send SIGINT again to stop at once)",
+            highlight=False,
+        )
+        request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def print_summary(summary: RunSummary) -> None:
+    counts = summary.counts
+    table = Table(title="Run summary", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("ledger", f"on ({escape(summary.db_url or '')})" if summary.ledger else "off")
+    table.add_row("jobs", f"{len(summary.jobs):,}")
+    table.add_row("stored", f"{counts['stored']:,}")
+    table.add_row("duplicates of stored content", f"{counts['duplicates']:,}")
+    table.add_row("failed", f"{counts['failed']:,}")
+    table.add_row("unfinished", f"{counts['unfinished']:,}")
+    table.add_row("malformed rows skipped", f"{len(summary.skipped_rows):,}")
+    table.add_row("bytes fetched by this run", f"{summary.bytes_fetched:,}")
+    table.add_row("elapsed", f"{summary.elapsed_s:.1f} s")
+    out.print(table)
+    listed = summary.jobs
+    title = "Jobs"
+    if len(listed) > JOB_TABLE_ROWS:
+        listed = [job for job in summary.jobs if job.state != "DEDUPED"][:JOB_TABLE_ROWS]
+        title = f"Jobs not simply stored (first {JOB_TABLE_ROWS}; --json lists all)"
+    if not listed:
+        return
+    jobs = Table(title=title)
+    jobs.add_column("work_id")
+    jobs.add_column("artifact_id")
+    jobs.add_column("state", no_wrap=True)
+    jobs.add_column("bytes", justify="right", no_wrap=True)
+    jobs.add_column("sha256", no_wrap=True)
+    jobs.add_column("file or error", overflow="fold")
+    for job in listed:
+        size = "" if job.size_bytes is None else f"{job.size_bytes:,}"
+        detail = job.error if job.error else (job.final_path or "")
+        jobs.add_row(
+            escape(job.work_id),
+            escape(job.artifact_id),
+            job.label,
+            size,
+            (job.sha256 or "")[:12],
+            escape(detail),
+        )
+    out.print(jobs)

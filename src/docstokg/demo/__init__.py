@@ -1,0 +1,1 @@
+"""A loopback artifact server for the ``docstokg demo`` command, tests and benchmarks."""

@@ -1,0 +1,293 @@
+"""Fetching one artifact over HTTP: probe it, then stream it into a ``.part``.
+
+Both steps run again after a crash (effects are at-least-once), so both are
+safe to repeat: :func:`probe` only asks, and :func:`stream_to_part` resumes
+the ``.part`` an earlier attempt left behind (``Range`` + ``If-Range``) or,
+when the server cannot vouch that the bytes are still the same, starts over.
+Bodies are read raw (``Accept-Encoding: identity``): ranges, lengths and the
+SHA-256 all refer to the bytes exactly as the server stores them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from docstokg.download.http_errors import HTTPX_ERRORS, classify_status, translate_httpx_error
+from docstokg.download.part_writer import PartWriter, hash_file
+from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
+
+__all__ = [
+    "DownloadLimits",
+    "Probe",
+    "Streamed",
+    "classify_status",
+    "make_client",
+    "probe",
+    "stream_to_part",
+]
+
+#: HEAD refusals after which the same facts are learned from a GET instead.
+HEAD_REFUSED = frozenset({405, 501})
+_T = TypeVar("_T")
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadLimits:
+    """The bounds every download is held to (from the run's configuration)."""
+
+    max_bytes: int = 2 * 1024**3
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    max_redirects: int = 5
+    chunk_bytes: int = 64 * 1024
+    user_agent: str = "docstokg/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What HEAD (or the GET fallback) learned; recorded as the HEAD op's result."""
+
+    url: str
+    status: int
+    length: int | None
+    etag: str | None
+    last_modified: str | None
+    accept_ranges: bool
+    content_type: str | None
+    method: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Probe:
+        return cls(
+            url=_get(data, "url", str),
+            status=_get(data, "status", int),
+            length=_get_optional(data, "length", int),
+            etag=_get_optional(data, "etag", str),
+            last_modified=_get_optional(data, "last_modified", str),
+            accept_ranges=_get(data, "accept_ranges", bool),
+            content_type=_get_optional(data, "content_type", str),
+            method=_get(data, "method", str),
+        )
+
+    @property
+    def validator(self) -> str | None:
+        """The ``If-Range`` value: a strong ETag, else Last-Modified, else None.
+
+        A weak ETag (``W/...``) may not be used in If-Range (RFC 9110 13.1.5):
+        it does not promise byte-identical content.
+        """
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified or None
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """The finished ``.part``: its hash and size; recorded as the STREAM op's result."""
+
+    sha256: str
+    size: int
+    resumed_from: int
+    content_type: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Streamed:
+        return cls(
+            sha256=_get(data, "sha256", str),
+            size=_get(data, "size", int),
+            resumed_from=_get(data, "resumed_from", int),
+            content_type=_get_optional(data, "content_type", str),
+        )
+
+
+def make_client(limits: DownloadLimits, *, max_connections: int = 16) -> httpx.Client:
+    """One client for the whole run: redirects, timeouts and a pool sized for the workers."""
+    return httpx.Client(
+        follow_redirects=True,
+        max_redirects=limits.max_redirects,
+        timeout=httpx.Timeout(
+            connect=limits.connect_timeout_s,
+            read=limits.read_timeout_s,
+            write=limits.read_timeout_s,
+            pool=limits.connect_timeout_s,
+        ),
+        headers={"User-Agent": limits.user_agent, "Accept-Encoding": "identity"},
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+    )
+
+
+def probe(client: httpx.Client, url: str, limits: DownloadLimits) -> Probe:
+    """Ask for the artifact's headers; fall back to an unread GET if HEAD is refused."""
+    _check_scheme(url)
+    try:
+        response = client.head(url)
+        if response.status_code in HEAD_REFUSED:
+            with client.stream("GET", url) as streamed:  # the body is never read
+                return _probe_from(streamed, url, limits, method="GET")
+        return _probe_from(response, url, limits, method="HEAD")
+    except HTTPX_ERRORS as exc:
+        raise translate_httpx_error(exc, url, max_redirects=limits.max_redirects) from exc
+
+
+def stream_to_part(
+    client: httpx.Client,
+    probe: Probe,
+    part: Path,
+    limits: DownloadLimits,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Streamed:
+    """Download ``probe.url`` into ``part``, resuming what an earlier attempt left there.
+
+    The part is kept on a transient failure or an interruption (the next
+    attempt resumes it) and deleted only when it can never succeed (over
+    ``max_bytes``).  Resuming needs range support and a validator, so the
+    server can refuse (with a full 200) if the content changed meanwhile.
+    """
+    if should_stop():
+        raise DownloadInterrupted(f"stopped before downloading {probe.url}; nothing was fetched")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    writer = PartWriter(part, limits, probe.url, should_stop=should_stop, on_bytes=on_bytes)
+    have = part.stat().st_size if part.exists() else 0
+    validator = probe.validator
+    fits = probe.length is None or have <= probe.length
+    try:
+        if have > 0 and probe.accept_ranges and validator is not None and fits:
+            headers = {"Range": f"bytes={have}-", "If-Range": validator}
+            with client.stream("GET", probe.url, headers=headers) as response:
+                resumed = _resume(response, writer, probe, have)
+            if resumed is not None:
+                return resumed
+        with client.stream("GET", probe.url) as response:
+            if response.status_code == 206:
+                raise TransientFetchError(
+                    f"{probe.url} answered a plain GET with 206 Partial Content; retried later"
+                )
+            _raise_for_status(response, probe.url)
+            return _streamed(writer, response, offset=0, expected=_content_length(response))
+    except HTTPX_ERRORS as exc:
+        raise translate_httpx_error(exc, probe.url, max_redirects=limits.max_redirects) from exc
+
+
+def _resume(
+    response: httpx.Response, writer: PartWriter, probe: Probe, have: int
+) -> Streamed | None:
+    """Continue from a ranged answer; None means "start over with a plain GET"."""
+    status = response.status_code
+    if status == 200:  # If-Range did not match, or ranges ignored: this is the whole body
+        return _streamed(writer, response, offset=0, expected=_content_length(response))
+    if status == 416:
+        total = probe.length if probe.length is not None else _range_total(response)
+        if total == have:  # everything is already here
+            sha256 = hash_file(writer.part, have)
+            return Streamed(sha256, have, have, probe.content_type)
+        writer.discard()
+        return None
+    _raise_for_status(response, probe.url)
+    if status != 206 or not _continues(response, probe, have):
+        return None  # an answer we cannot safely append; the plain GET truncates the part
+    length = _content_length(response)
+    expected = None if length is None else have + length
+    return _streamed(writer, response, offset=have, expected=expected)
+
+
+def _continues(response: httpx.Response, probe: Probe, have: int) -> bool:
+    """Whether a 206 carries the bytes right after ours, of the same representation.
+
+    If-Range already asks the server for this; checking the Content-Range
+    start, the ETag and the total as well protects against servers that
+    honour Range but ignore If-Range.
+    """
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None or int(match.group(1)) != have:
+        return False
+    etag = response.headers.get("ETag")
+    if probe.etag is not None and etag is not None and etag != probe.etag:
+        return False
+    total = match.group(3)
+    return probe.length is None or total == "*" or int(total) == probe.length
+
+
+def _streamed(
+    writer: PartWriter, response: httpx.Response, *, offset: int, expected: int | None
+) -> Streamed:
+    sha256, size = writer.write(response, offset=offset, expected=expected)
+    return Streamed(sha256, size, offset, response.headers.get("Content-Type"))
+
+
+def _probe_from(
+    response: httpx.Response, url: str, limits: DownloadLimits, *, method: str
+) -> Probe:
+    _raise_for_status(response, url)
+    length = _content_length(response)
+    if length is not None and length > limits.max_bytes:
+        raise PermanentFetchError(
+            f"{url} is {length:,} bytes, over the max_bytes limit of {limits.max_bytes:,} "
+            "(permanent: not retried; raise max_bytes to fetch it)"
+        )
+    ranges = response.headers.get("Accept-Ranges", "")
+    return Probe(
+        url=str(response.url),
+        status=response.status_code,
+        length=length,
+        etag=response.headers.get("ETag"),
+        last_modified=response.headers.get("Last-Modified"),
+        accept_ranges="bytes" in (token.strip().lower() for token in ranges.split(",")),
+        content_type=response.headers.get("Content-Type"),
+        method=method,
+    )
+
+
+def _raise_for_status(response: httpx.Response, url: str) -> None:
+    error = classify_status(response.status_code, response.headers, str(response.url) or url)
+    if error is not None:
+        raise error
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("Content-Length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _range_total(response: httpx.Response) -> int | None:
+    match = re.fullmatch(r"bytes\s+\*/(\d+)", response.headers.get("Content-Range", "").strip())
+    return int(match.group(1)) if match else None
+
+
+def _check_scheme(url: str) -> None:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in ("http", "https"):
+        raise PermanentFetchError(
+            f"bad scheme in {url!r}: only http:// and https:// URLs can be fetched "
+            "(permanent: not retried)"
+        )
+
+
+def _get(data: Mapping[str, object], key: str, kind: type[_T]) -> _T:
+    value = data.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(
+            f"recorded download result has {key}={value!r}, not a {kind.__name__}; the "
+            "ledger row was not written by this version of docstokg (re-run the step)"
+        )
+    return value
+
+
+def _get_optional(data: Mapping[str, object], key: str, kind: type[_T]) -> _T | None:
+    return None if data.get(key) is None else _get(data, key, kind)

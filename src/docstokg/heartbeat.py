@@ -1,0 +1,106 @@
+"""Keeping leases alive while their jobs run, and the periodic reconciliation.
+
+One background thread per run renews every lease a worker holds, about every
+third of the TTL, so a job may take far longer than one TTL; a lease that
+cannot be renewed (another worker was granted the job) is flagged, and its
+worker stops at the next chunk instead of writing to a job it lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from time import monotonic
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from docstokg.errors import LeaseLost, LedgerError
+from docstokg.ledger import Lease, Ledger
+from docstokg.services import renew_lease
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class HeldLease:
+    """A worker's lease while it works on the job; ``lost`` is set if renewing it was refused."""
+
+    lease: Lease
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class LeaseKeeper:
+    """Renews held leases every ttl/3 and runs ``maintenance`` every ``maintenance_every_s``."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        ttl_s: float,
+        maintenance: Callable[[], None] | None = None,
+        maintenance_every_s: float = 300.0,
+    ) -> None:
+        self._ledger = ledger
+        self._ttl_s = ttl_s
+        self._renew_every_s = ttl_s / 3
+        self._maintenance = maintenance
+        self._maintenance_every_s = maintenance_every_s
+        self._held: set[HeldLease] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="docstokg-lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closed.set()
+        self._thread.join()
+
+    @contextmanager
+    def holding(self, lease: Lease) -> Iterator[HeldLease]:
+        held = HeldLease(lease)
+        with self._lock:
+            self._held.add(held)
+        try:
+            yield held
+        finally:
+            with self._lock:
+                self._held.discard(held)
+
+    def _run(self) -> None:
+        next_maintenance = monotonic() + self._maintenance_every_s
+        tick = min(self._renew_every_s, self._maintenance_every_s)
+        next_renewal = monotonic() + self._renew_every_s
+        while not self._closed.wait(tick):
+            if monotonic() >= next_renewal:
+                self._renew_all()
+                next_renewal = monotonic() + self._renew_every_s
+            if self._maintenance is not None and monotonic() >= next_maintenance:
+                self._run_maintenance()
+                next_maintenance = monotonic() + self._maintenance_every_s
+
+    def _renew_all(self) -> None:
+        with self._lock:
+            held_now = list(self._held)
+        for held in held_now:
+            try:
+                renew_lease(self._ledger, held.lease, ttl_s=self._ttl_s)
+            except LeaseLost:
+                log.warning("lost the lease on job %s; its worker stops", held.lease.job_id)
+                held.lost.set()
+            except (LedgerError, SQLAlchemyError) as exc:
+                # The next tick tries again; if the lease expires meanwhile,
+                # fencing refuses the worker's writes and it stops then.
+                log.warning("could not renew the lease on job %s: %s", held.lease.job_id, exc)
+
+    def _run_maintenance(self) -> None:
+        assert self._maintenance is not None
+        try:
+            self._maintenance()
+        except (LedgerError, SQLAlchemyError, OSError) as exc:
+            log.warning("periodic reconciliation failed (tried again later): %s", exc)

@@ -1,0 +1,275 @@
+"""One job through HEAD → STREAM → FINALIZE → INDEX → DEDUPE.
+
+:class:`Fetcher` holds the HTTP and disk work: the bodies of the steps.  Two
+pipelines walk them:
+
+* :class:`LedgerPipeline` (the ledger on) runs each step through the
+  services: HEAD, STREAM and FINALIZE as :func:`run_effect`, whose recorded
+  results are replayed after a crash instead of being fetched again; INDEX
+  and DEDUPE as one-transaction ledger steps.  It knows nothing of SQL.
+* :class:`PlainPipeline` (the ledger off) runs the same bodies straight
+  through and remembers nothing beyond this process.
+
+Both put the bytes in the same place, so a run can switch the ledger on
+without moving a file.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import httpx
+
+from docstokg.download import ArtifactStore, DownloadLimits, Probe, Streamed, probe, stream_to_part
+from docstokg.errors import DownloadInterrupted, FetchError, LeaseLost, TransientFetchError
+from docstokg.keys import op_key
+from docstokg.ledger import Lease, Ledger
+from docstokg.services import (
+    Backoff,
+    StoredContent,
+    advance_state,
+    dedupe_job,
+    fail_job,
+    get_job,
+    index_job,
+    redo_effect,
+    release_lease,
+    run_effect,
+)
+from docstokg.states import JobState
+
+HEAD, STREAM, FINALIZE = "HEAD", "STREAM", "FINALIZE"
+
+StopCheck = Callable[[], bool]
+ByteCounter = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One artifact to fetch, as the manifest named it."""
+
+    job_id: str
+    work_id: str
+    artifact_id: str
+    url: str
+
+
+class Outcome(StrEnum):
+    """How one pass over a job ended, for this worker."""
+
+    STORED = "stored"  # its bytes are in the store, this job owns them (DEDUPED)
+    DUPLICATE = "duplicate"  # its content was already stored by another job
+    FAILED = "failed"  # no attempt left (a permanent error, or retries used up)
+    RETRY = "retry"  # a transient error: another attempt will come after a backoff
+    INTERRUPTED = "interrupted"  # the run is stopping; the job was handed back
+    LOST = "lost"  # the lease was lost to another worker, which carries on
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    target: Target
+    outcome: Outcome
+    sha256: str | None = None
+    size_bytes: int | None = None
+    final_path: str | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+class Fetcher:
+    """The HTTP and disk work of a job, shared by both pipelines (and all workers)."""
+
+    def __init__(self, client: httpx.Client, store: ArtifactStore, limits: DownloadLimits) -> None:
+        self.client = client
+        self.store = store
+        self.limits = limits
+
+    def probe(self, url: str) -> Probe:
+        return probe(self.client, url, self.limits)
+
+    def can_resume(self, job_id: str, head: Probe) -> bool:
+        """Would STREAM continue a ``.part`` left by an earlier attempt (Range + If-Range)?"""
+        part = self.store.part_path(job_id)
+        have = part.stat().st_size if part.exists() else 0
+        return have > 0 and head.accept_ranges and head.validator is not None
+
+    def stream(
+        self, job_id: str, head: Probe, *, should_stop: StopCheck, on_bytes: ByteCounter
+    ) -> Streamed:
+        part = self.store.part_path(job_id)
+        return stream_to_part(
+            self.client, head, part, self.limits, should_stop=should_stop, on_bytes=on_bytes
+        )
+
+    def finalize(self, job_id: str, streamed: Streamed) -> str:
+        part = self.store.part_path(job_id)
+        return self.store.finalize(part, sha256=streamed.sha256, size=streamed.size)
+
+
+class LedgerPipeline:
+    """A leased job through every step, each recorded in the ledger and replayed after a crash."""
+
+    def __init__(self, ledger: Ledger, fetcher: Fetcher, *, backoff: Backoff) -> None:
+        self._ledger = ledger
+        self._fetcher = fetcher
+        self._backoff = backoff
+
+    def process(self, lease: Lease, *, should_stop: StopCheck, on_bytes: ByteCounter) -> JobOutcome:
+        target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
+        try:
+            content = self._fetch_and_store(lease, should_stop, on_bytes)
+            index_job(self._ledger, lease, content)
+            decided = dedupe_job(self._ledger, lease, content)
+        except DownloadInterrupted as exc:
+            # Handing the job back now lets another worker resume its .part at
+            # once, instead of after the lease expires.
+            released = release_lease(self._ledger, lease)
+            return JobOutcome(
+                target, Outcome.INTERRUPTED if released else Outcome.LOST, error=str(exc)
+            )
+        except LeaseLost as exc:
+            return JobOutcome(target, Outcome.LOST, error=str(exc))
+        except FetchError as exc:
+            return self._fail(lease, target, exc.reason, exc.retryable, exc.retry_after_s)
+        except OSError as exc:  # the disk, not the server: a full disk may have room later
+            return self._fail(lease, target, f"{type(exc).__name__}: {exc}", True, None)
+        outcome = Outcome.STORED if decided["outcome"] == JobState.DEDUPED else Outcome.DUPLICATE
+        return JobOutcome(
+            target,
+            outcome,
+            sha256=content.sha256,
+            size_bytes=content.size_bytes,
+            final_path=content.final_path,
+        )
+
+    def _fetch_and_store(
+        self, lease: Lease, should_stop: StopCheck, on_bytes: ByteCounter
+    ) -> StoredContent:
+        job_id, url = lease.job_id, lease.canonical_url
+        head = Probe.from_json(
+            run_effect(
+                self._ledger,
+                lease,
+                kind=HEAD,
+                opkey=op_key(HEAD, job_id),
+                effect_fn=lambda: self._fetcher.probe(url).to_json(),
+                advance_to=JobState.HEAD_DONE,
+                allowed_from={JobState.LEASED},
+            )
+        )
+
+        def stream() -> dict[str, object]:
+            if self._fetcher.can_resume(job_id, head):
+                advance_state(
+                    self._ledger,
+                    lease,
+                    to_state=JobState.RESUME_OK,
+                    allowed_from={JobState.HEAD_DONE},
+                )
+            return self._fetcher.stream(
+                job_id, head, should_stop=should_stop, on_bytes=on_bytes
+            ).to_json()
+
+        stream_key = op_key(STREAM, job_id)
+        streamed = Streamed.from_json(
+            run_effect(
+                self._ledger,
+                lease,
+                kind=STREAM,
+                opkey=stream_key,
+                effect_fn=stream,
+                advance_to=JobState.STREAMING,
+                allowed_from={JobState.HEAD_DONE, JobState.RESUME_OK},
+            )
+        )
+        try:
+            stored = run_effect(
+                self._ledger,
+                lease,
+                kind=FINALIZE,
+                opkey=op_key(FINALIZE, job_id),
+                effect_fn=lambda: {"final_path": self._fetcher.finalize(job_id, streamed)},
+                advance_to=JobState.FINALIZED,
+                allowed_from={JobState.STREAMING},
+            )
+        except TransientFetchError as exc:
+            # The staged bytes STREAM recorded are gone: its success no longer
+            # holds, so the next attempt downloads again instead of replaying it.
+            redo_effect(self._ledger, lease, opkey=stream_key, reason=exc.reason)
+            raise
+        return StoredContent(
+            sha256=streamed.sha256,
+            size_bytes=streamed.size,
+            final_path=str(stored["final_path"]),
+            content_type=streamed.content_type or head.content_type,
+        )
+
+    def _fail(
+        self,
+        lease: Lease,
+        target: Target,
+        reason: str,
+        retryable: bool,
+        retry_after_s: float | None,
+    ) -> JobOutcome:
+        try:
+            fail_job(
+                self._ledger,
+                lease,
+                error=reason,
+                retryable=retryable,
+                backoff=self._backoff,
+                retry_after_s=retry_after_s,
+            )
+        except LeaseLost as exc:
+            return JobOutcome(target, Outcome.LOST, error=str(exc))
+        job = get_job(self._ledger, lease.job_id)
+        exhausted = job is None or job.exhausted
+        return JobOutcome(
+            target,
+            Outcome.FAILED if exhausted else Outcome.RETRY,
+            error=reason,
+            retry_after_s=retry_after_s,
+        )
+
+
+class PlainPipeline:
+    """The same steps with the ledger off: nothing is recorded, nothing is replayed.
+
+    Duplicates are recognised within this process only (by SHA-256); the
+    content-addressed store keeps one copy of identical bytes either way.
+    """
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        self._fetcher = fetcher
+        self._owners: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def process(
+        self, target: Target, *, should_stop: StopCheck, on_bytes: ByteCounter
+    ) -> JobOutcome:
+        try:
+            head = self._fetcher.probe(target.url)
+            streamed = self._fetcher.stream(
+                target.job_id, head, should_stop=should_stop, on_bytes=on_bytes
+            )
+            final_path = self._fetcher.finalize(target.job_id, streamed)
+        except DownloadInterrupted as exc:
+            return JobOutcome(target, Outcome.INTERRUPTED, error=str(exc))
+        except FetchError as exc:
+            outcome = Outcome.RETRY if exc.retryable else Outcome.FAILED
+            return JobOutcome(target, outcome, error=exc.reason, retry_after_s=exc.retry_after_s)
+        except OSError as exc:
+            return JobOutcome(target, Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            owner = self._owners.setdefault(streamed.sha256, target.job_id)
+        return JobOutcome(
+            target,
+            Outcome.STORED if owner == target.job_id else Outcome.DUPLICATE,
+            sha256=streamed.sha256,
+            size_bytes=streamed.size,
+            final_path=final_path,
+        )

@@ -1,0 +1,475 @@
+"""DownloadRun: a manifest's jobs through the pipeline on a pool of worker threads.
+
+With the ledger on, the run upgrades the schema, cleans up after earlier
+crashes, plans the manifest (idempotently), and lets its workers lease jobs
+until every job of the manifest has ended — whoever finished it: several
+runs (processes, machines) on the same ledger share the work, and a run
+waits for jobs other live workers hold, taking them over if their leases
+expire.  With the ledger off, the same steps run straight through, once per
+row, and nothing is remembered.
+
+A stop request (SIGINT/SIGTERM in the CLI) ends claiming; downloads under
+way stop at the next chunk, keep their ``.part`` and hand their job back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import monotonic
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from docstokg.config import IdempotencyConfig
+from docstokg.download import ArtifactStore, DownloadLimits, make_client
+from docstokg.heartbeat import LeaseKeeper
+from docstokg.keys import job_id_for, job_key
+from docstokg.ledger import JobRecord, JobSpec, Ledger
+from docstokg.manifest import Manifest, ManifestProblem
+from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
+from docstokg.reporting import NullReporter, RunReporter
+from docstokg.services import (
+    Backoff,
+    cleanup_stale_leases,
+    cleanup_stale_ops,
+    count_unfinished,
+    jobs_among,
+    lease_next_job,
+    plan_job_if_absent,
+    plan_jobs,
+    reconcile_jobs,
+    release_lease,
+)
+from docstokg.states import SUCCESS_STATES, JobState
+
+log = logging.getLogger(__name__)
+
+ENABLED_MESSAGE = "Idempotency system enabled - initializing job tracking"
+# States a job reported as unfinished carries in plain mode (nothing recorded).
+UNFINISHED = "UNFINISHED"
+_PLAIN_STATES = {
+    Outcome.STORED: JobState.DEDUPED.value,
+    Outcome.DUPLICATE: JobState.SKIPPED_DUPLICATE.value,
+    Outcome.FAILED: JobState.FAILED.value,
+}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run needs besides its manifest."""
+
+    out_dir: Path
+    config: IdempotencyConfig
+    workers: int = 4
+    db_url: str | None = None  # the ledger's database when config.enabled
+
+    @property
+    def limits(self) -> DownloadLimits:
+        config = self.config
+        return DownloadLimits(
+            max_bytes=config.max_bytes,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            max_redirects=config.max_redirects,
+            user_agent=config.user_agent,
+        )
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(base_s=self.config.backoff_base_s, cap_s=self.config.backoff_max_s)
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """Where one job of the manifest stands at the end of the run."""
+
+    job_id: str
+    work_id: str
+    artifact_id: str
+    url: str
+    state: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    final_path: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    ended: bool = False  # stored, a duplicate, or failed with no attempt left
+
+    @property
+    def label(self) -> str:
+        """The state as people read it: a FAILED job with attempts left is retrying."""
+        if self.state == JobState.FAILED.value and not self.ended:
+            return "FAILED (will retry)"
+        return self.state
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The end of a run: every job's state and what this process did."""
+
+    ledger: bool
+    db_url: str | None
+    out_dir: Path
+    jobs: list[JobReport]
+    skipped_rows: list[ManifestProblem]
+    duplicate_rows: int
+    bytes_fetched: int
+    elapsed_s: float
+    interrupted: bool
+    counts: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        counts = {"stored": 0, "duplicates": 0, "failed": 0, "unfinished": 0}
+        for job in self.jobs:
+            if job.state == JobState.DEDUPED.value:
+                counts["stored"] += 1
+            elif job.state == JobState.SKIPPED_DUPLICATE.value:
+                counts["duplicates"] += 1
+            elif job.state == JobState.FAILED.value and job.ended:
+                counts["failed"] += 1
+            else:
+                counts["unfinished"] += 1
+        object.__setattr__(self, "counts", counts)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every valid row succeeded; 1: some failed; 130: stopped with work left."""
+        if self.counts["unfinished"] and self.interrupted:
+            return 130
+        return 1 if self.counts["failed"] or self.counts["unfinished"] else 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ledger": self.ledger,
+            "db_url": self.db_url,
+            "out_dir": str(self.out_dir),
+            "counts": {**self.counts, "jobs": len(self.jobs)},
+            "skipped_rows": [{"line": p.line, "reason": p.reason} for p in self.skipped_rows],
+            "duplicate_rows": self.duplicate_rows,
+            "bytes_fetched": self.bytes_fetched,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "interrupted": self.interrupted,
+            "exit_code": self.exit_code,
+            "jobs": [
+                {
+                    "job_id": job.job_id,
+                    "work_id": job.work_id,
+                    "artifact_id": job.artifact_id,
+                    "url": job.url,
+                    "state": job.state,
+                    "sha256": job.sha256,
+                    "size_bytes": job.size_bytes,
+                    "final_path": job.final_path,
+                    "error": job.error,
+                    "attempts": job.attempts,
+                    "ended": job.ended,
+                }
+                for job in self.jobs
+            ],
+        }
+
+
+class DownloadRun:
+    """One ``docstokg run``: build it, call :meth:`run`, or :meth:`request_stop` from elsewhere."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        settings: RunSettings,
+        *,
+        reporter: RunReporter | None = None,
+    ) -> None:
+        self._manifest = manifest
+        self._settings = settings
+        self._reporter = reporter or NullReporter()
+        self._stop = threading.Event()
+        self._bytes = 0
+        self._bytes_lock = threading.Lock()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._targets = [
+            Target(job_id_for(job_key(row.work_id, row.artifact_id, row.url)),
+                   row.work_id, row.artifact_id, row.url)
+            for row in manifest.rows
+        ]  # fmt: skip
+
+    def request_stop(self) -> None:
+        """Stop claiming; downloads under way stop at their next chunk and keep their .part."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> RunSummary:
+        started = monotonic()
+        store = ArtifactStore(self._settings.out_dir)
+        store.prepare()
+        client = make_client(self._settings.limits, max_connections=self._settings.workers)
+        try:
+            fetcher = Fetcher(client, store, self._settings.limits)
+            if self._settings.config.enabled:
+                jobs = self._run_with_ledger(fetcher)
+            else:
+                jobs = self._run_plain(fetcher)
+        finally:
+            client.close()
+            self._reporter.end()
+        return RunSummary(
+            ledger=self._settings.config.enabled,
+            db_url=self._settings.db_url if self._settings.config.enabled else None,
+            out_dir=self._settings.out_dir,
+            jobs=jobs,
+            skipped_rows=self._manifest.problems,
+            duplicate_rows=self._manifest.duplicates,
+            bytes_fetched=self._bytes,
+            elapsed_s=monotonic() - started,
+            interrupted=self._stop.is_set(),
+        )
+
+    # --- the ledger on ---------------------------------------------------------------
+
+    def _run_with_ledger(self, fetcher: Fetcher) -> list[JobReport]:
+        settings, config = self._settings, self._settings.config
+        if settings.db_url is None:
+            raise ValueError("RunSettings.db_url is required when the ledger is enabled")
+        with Ledger.connect(settings.db_url) as ledger:
+            upgraded = ledger.upgrade()
+            log.info(
+                "%s (schema_version %s, revision %s, database %s)",
+                ENABLED_MESSAGE,
+                upgraded.schema_version,
+                upgraded.to_revision,
+                _redacted(settings.db_url),
+            )
+
+            def maintenance() -> None:
+                self._maintain(ledger, fetcher.store)
+
+            maintenance()
+            targets = self._plan(ledger)
+            job_ids = [target.job_id for target in targets]
+            done = len(job_ids) - count_unfinished(ledger, job_ids)
+            self._reporter.begin(len(job_ids), done=done)
+            pipeline = LedgerPipeline(ledger, fetcher, backoff=settings.backoff)
+            completion = _Completion(ledger, job_ids, poll_s=self._poll_s)
+            with LeaseKeeper(
+                ledger,
+                ttl_s=config.lease_ttl_s,
+                maintenance=maintenance,
+                maintenance_every_s=config.reconciliation_interval_s,
+            ) as keeper:
+                self._run_workers(
+                    lambda number: self._ledger_worker(ledger, pipeline, keeper, completion, number)
+                )
+            records = {job.job_id: job for job in jobs_among(ledger, job_ids)}
+        return [_report(target, records.get(target.job_id)) for target in targets]
+
+    @property
+    def _poll_s(self) -> float:
+        return min(1.0, self._settings.config.lease_ttl_s / 4)
+
+    def _maintain(self, ledger: Ledger, store: ArtifactStore) -> None:
+        config = self._settings.config
+        leases = cleanup_stale_leases(ledger)
+        ops = cleanup_stale_ops(ledger, abandoned_threshold_s=config.lease_ttl_s)
+        report = reconcile_jobs(
+            ledger, store.staging_dir, config.stale_file_age_s, artifacts_root=store.out_dir
+        )
+        log.info(
+            "reconciled: %d expired leases cleared, %d ops abandoned, %d stale .part files "
+            "deleted, %d jobs requeued (their file was missing)",
+            leases,
+            ops,
+            len(report.parts_deleted),
+            len(report.jobs_requeued),
+        )
+
+    def _plan(self, ledger: Ledger) -> list[Target]:
+        """Plan the manifest; returns its targets with the job ids the ledger knows them by."""
+        specs = [JobSpec(t.work_id, t.artifact_id, t.url) for t in self._targets]
+        created = plan_jobs(ledger, specs, max_attempts=self._settings.config.max_attempts)
+        log.info("planned %d jobs (%d new)", len(specs), created)
+        known = {job.job_id for job in jobs_among(ledger, [t.job_id for t in self._targets])}
+        targets = []
+        for target in self._targets:
+            if target.job_id in known:
+                targets.append(target)
+                continue
+            job_id = plan_job_if_absent(  # a job adopted from a v3 ledger keeps its old id
+                ledger, work_id=target.work_id, artifact_id=target.artifact_id,
+                canonical_url=target.url,
+            )  # fmt: skip
+            targets.append(Target(job_id, target.work_id, target.artifact_id, target.url))
+        return targets
+
+    def _ledger_worker(
+        self,
+        ledger: Ledger,
+        pipeline: LedgerPipeline,
+        keeper: LeaseKeeper,
+        completion: _Completion,
+        number: int,
+    ) -> None:
+        owner = f"{self._owner}:w{number}"
+        ttl_s = self._settings.config.lease_ttl_s
+        while not self._stop.is_set():
+            lease = lease_next_job(ledger, owner=owner, ttl_s=ttl_s)
+            if lease is None:
+                if completion.all_ended():
+                    return
+                # Jobs are held by other live workers or waiting out a backoff.
+                self._stop.wait(self._poll_s)
+                continue
+            if self._stop.is_set():  # asked to stop while the claim was on its way
+                release_lease(ledger, lease)
+                return
+            with keeper.holding(lease) as held:
+                outcome = pipeline.process(
+                    lease,
+                    should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
+                    on_bytes=self._count_bytes,
+                )
+            self._reporter.job_ended(outcome)
+
+    # --- the ledger off --------------------------------------------------------------
+
+    def _run_plain(self, fetcher: Fetcher) -> list[JobReport]:
+        log.info("Idempotency system disabled - downloading without job tracking")
+        pipeline = PlainPipeline(fetcher)
+        pending: queue.SimpleQueue[Target] = queue.SimpleQueue()
+        for target in self._targets:
+            pending.put(target)
+        outcomes: dict[str, tuple[JobOutcome, int]] = {}
+        self._reporter.begin(len(self._targets), done=0)
+
+        def worker(number: int) -> None:
+            while not self._stop.is_set():
+                try:
+                    target = pending.get_nowait()
+                except queue.Empty:
+                    return
+                outcome, attempts = self._plain_attempts(pipeline, target)
+                outcomes[target.job_id] = (outcome, attempts)
+                self._reporter.job_ended(outcome)
+
+        self._run_workers(worker)
+        reports = []
+        for target in self._targets:
+            outcome, attempts = outcomes.get(target.job_id, (None, 0))
+            if outcome is None:
+                reports.append(_plain_report(target, UNFINISHED, None, 0))
+            else:
+                state = _PLAIN_STATES.get(outcome.outcome, UNFINISHED)
+                reports.append(_plain_report(target, state, outcome, attempts))
+        return reports
+
+    def _plain_attempts(self, pipeline: PlainPipeline, target: Target) -> tuple[JobOutcome, int]:
+        """Retry transient failures in place, with the same backoff the ledger would use."""
+        backoff, max_attempts = self._settings.backoff, self._settings.config.max_attempts
+        for attempt in range(1, max_attempts + 1):
+            outcome = pipeline.process(
+                target, should_stop=self._stop.is_set, on_bytes=self._count_bytes
+            )
+            if outcome.outcome is not Outcome.RETRY:
+                return outcome, attempt
+            if attempt == max_attempts:
+                break
+            delay = backoff.delay_s(attempt)
+            if outcome.retry_after_s is not None:
+                delay = max(delay, min(outcome.retry_after_s, backoff.cap_s))
+            self._reporter.note(f"retrying {target.url} in {delay:.1f}s: {outcome.error}")
+            if self._stop.wait(delay):
+                return JobOutcome(target, Outcome.INTERRUPTED, error=outcome.error), attempt
+        failed = JobOutcome(target, Outcome.FAILED, error=outcome.error)
+        return failed, max_attempts
+
+    # --- shared ----------------------------------------------------------------------
+
+    def _run_workers(self, work: Callable[[int], None]) -> None:
+        """Run ``work(n)`` on each worker thread; the first error stops the others and is raised."""
+        with ThreadPoolExecutor(
+            max_workers=self._settings.workers, thread_name_prefix="docstokg-worker"
+        ) as pool:
+            futures = [pool.submit(work, number) for number in range(self._settings.workers)]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                self._stop.set()
+                raise
+
+    def _count_bytes(self, count: int) -> None:
+        with self._bytes_lock:
+            self._bytes += count
+        self._reporter.advance_bytes(count)
+
+
+class _Completion:
+    """Has every job of the manifest ended?  Idle workers ask; the ledger answers once per poll."""
+
+    def __init__(self, ledger: Ledger, job_ids: Sequence[str], *, poll_s: float) -> None:
+        self._ledger = ledger
+        self._job_ids = job_ids
+        self._poll_s = poll_s
+        self._lock = threading.Lock()
+        self._checked_at = float("-inf")
+        self._ended = False
+
+    def all_ended(self) -> bool:
+        with self._lock:
+            if not self._ended and monotonic() - self._checked_at >= self._poll_s:
+                self._ended = count_unfinished(self._ledger, self._job_ids) == 0
+                self._checked_at = monotonic()
+            return self._ended
+
+
+def _report(target: Target, job: JobRecord | None) -> JobReport:
+    if job is None:
+        return JobReport(target.job_id, target.work_id, target.artifact_id, target.url, UNFINISHED)
+    return JobReport(
+        job_id=job.job_id,
+        work_id=job.work_id,
+        artifact_id=job.artifact_id,
+        url=job.canonical_url,
+        state=job.state.value,
+        sha256=job.sha256,
+        size_bytes=job.size_bytes,
+        final_path=job.final_path,
+        error=job.last_error if job.state is JobState.FAILED else None,
+        attempts=job.attempts,
+        ended=job.state in SUCCESS_STATES or job.exhausted,
+    )
+
+
+def _plain_report(
+    target: Target, state: str, outcome: JobOutcome | None, attempts: int
+) -> JobReport:
+    return JobReport(
+        job_id=target.job_id,
+        work_id=target.work_id,
+        artifact_id=target.artifact_id,
+        url=target.url,
+        state=state,
+        sha256=outcome.sha256 if outcome else None,
+        size_bytes=outcome.size_bytes if outcome else None,
+        final_path=outcome.final_path if outcome else None,
+        error=outcome.error if outcome and state == JobState.FAILED.value else None,
+        attempts=attempts,
+        ended=state != UNFINISHED,
+    )
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # Ledger.connect has refused it already; log it as given
+        return url
