@@ -4,9 +4,10 @@
 pipelines walk them:
 
 * :class:`LedgerPipeline` (the ledger on) runs each step through the
-  services: HEAD, STREAM and FINALIZE as :func:`run_effect`, whose recorded
-  results are replayed after a crash instead of being fetched again; INDEX
-  and DEDUPE as one-transaction ledger steps.  It knows nothing of SQL.
+  services' :class:`JobSteps`: HEAD, STREAM and FINALIZE as effects, whose
+  recorded results are replayed after a crash instead of being fetched
+  again; INDEX and DEDUPE as one-transaction ledger steps.  Each step's
+  result commits with the start of the next.  It knows nothing of SQL.
 * :class:`PlainPipeline` (the ledger off) runs the same bodies straight
   through and remembers nothing beyond this process.
 
@@ -29,15 +30,15 @@ from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger
 from docstokg.services import (
     Backoff,
+    JobSteps,
     StoredContent,
     advance_state,
-    dedupe_job,
+    dedupe_step,
     fail_job,
     get_job,
-    index_job,
+    index_step,
     redo_effect,
     release_lease,
-    run_effect,
 )
 from docstokg.states import JobState
 
@@ -120,9 +121,10 @@ class LedgerPipeline:
     def process(self, lease: Lease, *, should_stop: StopCheck, on_bytes: ByteCounter) -> JobOutcome:
         target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
         try:
-            content = self._fetch_and_store(lease, should_stop, on_bytes)
-            index_job(self._ledger, lease, content)
-            decided = dedupe_job(self._ledger, lease, content)
+            with JobSteps(self._ledger, lease) as steps:
+                content = self._fetch_and_store(steps, should_stop, on_bytes)
+                index_step(steps, content)
+                decided = dedupe_step(steps, content)
         except DownloadInterrupted as exc:
             # Handing the job back now lets another worker resume its .part at
             # once, instead of after the lease expires.
@@ -146,13 +148,13 @@ class LedgerPipeline:
         )
 
     def _fetch_and_store(
-        self, lease: Lease, should_stop: StopCheck, on_bytes: ByteCounter
+        self, steps: JobSteps, should_stop: StopCheck, on_bytes: ByteCounter
     ) -> StoredContent:
+        """HEAD, STREAM and FINALIZE, each result committed with the start of the next."""
+        lease = steps.lease
         job_id, url = lease.job_id, lease.canonical_url
         head = Probe.from_json(
-            run_effect(
-                self._ledger,
-                lease,
+            steps.effect(
                 kind=HEAD,
                 opkey=op_key(HEAD, job_id),
                 effect_fn=lambda: self._fetcher.probe(url).to_json(),
@@ -175,9 +177,7 @@ class LedgerPipeline:
 
         stream_key = op_key(STREAM, job_id)
         streamed = Streamed.from_json(
-            run_effect(
-                self._ledger,
-                lease,
+            steps.effect(
                 kind=STREAM,
                 opkey=stream_key,
                 effect_fn=stream,
@@ -186,9 +186,7 @@ class LedgerPipeline:
             )
         )
         try:
-            stored = run_effect(
-                self._ledger,
-                lease,
+            stored = steps.effect(
                 kind=FINALIZE,
                 opkey=op_key(FINALIZE, job_id),
                 effect_fn=lambda: {"final_path": self._fetcher.finalize(job_id, streamed)},

@@ -40,6 +40,12 @@ class Ledger:
         self._connections = ThreadConnections(engine)
         self._schema_checked = threading.Event()
         self._schema_lock = threading.Lock()
+        # SQLite has one writer at a time.  Threads of this process queue for it
+        # here, first come first served, instead of in SQLite's busy handler,
+        # which sleeps in growing steps and lets a writer wait milliseconds for
+        # a lock freed microseconds after it asked.  Other processes still meet
+        # the busy handler.
+        self._write_gate = threading.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
@@ -78,7 +84,13 @@ class Ledger:
         """
         if not self._schema_checked.is_set():
             self._check_schema()
-        return UnitOfWork(self._connections, self._url, clock=self._clock, read_only=read_only)
+        return UnitOfWork(
+            self._connections,
+            self._url,
+            clock=self._clock,
+            read_only=read_only,
+            write_gate=None if read_only else self._write_gate,
+        )
 
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:
         """Create, adopt or upgrade the schema to ``revision`` through Alembic."""

@@ -19,6 +19,7 @@ transaction is made only when asked for (test factories use it).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -49,7 +50,10 @@ class UnitOfWork:
         *,
         clock: Clock | None,
         read_only: bool = False,
+        write_gate: threading.Lock | None = None,
     ) -> None:
+        self._write_gate = write_gate
+        self._gate_held = False
         self._connections = connections
         self._kept = False
         self._url = url
@@ -65,6 +69,9 @@ class UnitOfWork:
         if self._connection is not None:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
         connection = None
+        if self._write_gate is not None:
+            self._write_gate.acquire()
+            self._gate_held = True
         try:
             connection, self._kept = self._connections.acquire()
             if connection.get_execution_options().get(READ_ONLY_OPTION, False) != self._read_only:
@@ -73,7 +80,11 @@ class UnitOfWork:
         except DBAPIError as exc:
             if connection is not None:
                 self._connections.release(connection, kept=self._kept, broken=True)
+            self._open_gate()
             raise connect_error(self._url, exc) from exc
+        except BaseException:
+            self._open_gate()
+            raise
         self._connection = connection
         return self
 
@@ -157,6 +168,12 @@ class UnitOfWork:
         finally:
             if connection is not None:
                 self._connections.release(connection, kept=self._kept)
+            self._open_gate()
+
+    def _open_gate(self) -> None:
+        if self._gate_held and self._write_gate is not None:
+            self._gate_held = False
+            self._write_gate.release()
 
     @staticmethod
     def _require(value: _T | None) -> _T:

@@ -5,9 +5,16 @@ jobs, lease them, move them along the transition table, run their effects
 exactly once per op_key, fail and retry them, and clean up after crashes.
 """
 
-from docstokg.services.content import StoredContent, dedupe_job, index_job
+from docstokg.services.content import (
+    StoredContent,
+    dedupe_job,
+    dedupe_step,
+    index_job,
+    index_step,
+)
 from docstokg.services.effects import (
     DEFAULT_MAX_RESULT_BYTES,
+    JobSteps,
     get_effect_result,
     redo_effect,
     run_effect,
@@ -27,6 +34,7 @@ from docstokg.services.transitions import Backoff, advance_state, fail_job, reco
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "Backoff",
+    "JobSteps",
     "ReconcileReport",
     "StoredContent",
     "advance_state",
@@ -34,10 +42,12 @@ __all__ = [
     "cleanup_stale_ops",
     "count_unfinished",
     "dedupe_job",
+    "dedupe_step",
     "fail_job",
     "get_effect_result",
     "get_job",
     "index_job",
+    "index_step",
     "jobs_among",
     "lease_next_job",
     "plan_job_if_absent",

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from docstokg.errors import LeaseLost
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
-from docstokg.services.effects import EffectResult, run_ledger_step
+from docstokg.services.effects import EffectResult, JobSteps
 from docstokg.states import JobState
 
 INDEX = "INDEX"
@@ -32,6 +32,19 @@ class StoredContent:
 
 def index_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectResult:
     """INDEX: record the job's sha256, size, final_path and content type; FINALIZED → INDEXED."""
+    with JobSteps(ledger, lease) as steps:
+        return index_step(steps, content)
+
+
+def dedupe_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectResult:
+    """DEDUPE: DEDUPED if this job is the first to store its content, else SKIPPED_DUPLICATE."""
+    with JobSteps(ledger, lease) as steps:
+        return dedupe_step(steps, content)
+
+
+def index_step(steps: JobSteps, content: StoredContent) -> EffectResult:
+    """INDEX as the next of ``steps``: its op, the job's result and its move in one commit."""
+    lease = steps.lease
 
     def write(uow: UnitOfWork, now: float) -> EffectResult:
         recorded = uow.jobs.record_result(
@@ -51,9 +64,7 @@ def index_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectRes
             "content_type": content.content_type,
         }
 
-    return run_ledger_step(
-        ledger,
-        lease,
+    return steps.ledger_step(
         kind=INDEX,
         opkey=op_key(INDEX, lease.job_id),
         write=write,
@@ -62,8 +73,8 @@ def index_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectRes
     )
 
 
-def dedupe_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectResult:
-    """DEDUPE: DEDUPED if this job is the first to store its content, else SKIPPED_DUPLICATE.
+def dedupe_step(steps: JobSteps, content: StoredContent) -> EffectResult:
+    """DEDUPE as the next of ``steps``: DEDUPED if the job is the first to store its content.
 
     A duplicate points at the stored job's file (the same content-addressed
     path, so no bytes are kept twice) and names that job in its result.  Two
@@ -71,6 +82,7 @@ def dedupe_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectRe
     partial index lets only one commit as DEDUPED, and the other decides again
     and finds it.  (SQLite's BEGIN IMMEDIATE serialises them in the first place.)
     """
+    lease = steps.lease
     opkey = op_key(DEDUPE, lease.job_id)
 
     def write(uow: UnitOfWork, now: float) -> EffectResult:
@@ -93,9 +105,7 @@ def dedupe_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectRe
         return JobState(result["outcome"])
 
     def decide() -> EffectResult:
-        return run_ledger_step(
-            ledger,
-            lease,
+        return steps.ledger_step(
             kind=DEDUPE,
             opkey=opkey,
             write=write,

@@ -1,0 +1,136 @@
+"""Runner overhead: the same downloads with the ledger on and off, in one run.
+
+A loopback server (``python -m docstokg.demo.server``, its own process so it
+does not share the runner's interpreter lock) serves N generated artifacts;
+``DownloadRun`` fetches all of them into a fresh output folder with W
+workers, once with the ledger off and once on (a fresh SQLite ledger, or a
+throwaway PostgreSQL with ``--backends postgresql``).  Rounds alternate
+off/on so that machine noise falls on both; the script prints each wall
+time, the medians and the ratio on / off.
+
+    .venv/bin/python bench/bench_runner.py [--artifacts 2000] [--size 65536]
+                                           [--workers 8] [--rounds 3]
+                                           [--backends sqlite]
+
+Goal (issue 4): ledger on costs at most 1.3x ledger off (2,000 x 64 KiB, 8 workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.pgcluster import ThrowawayPostgres
+
+from docstokg.config import IdempotencyConfig
+from docstokg.manifest import read_manifest
+from docstokg.runner import DownloadRun, RunSettings
+
+
+@contextlib.contextmanager
+def artifact_server(count: int, size: int) -> Iterator[str]:
+    """The demo server in a child process; yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "docstokg.demo.server", "--count", str(count), "--size", str(size)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip()
+        if not base_url.startswith("http://"):
+            raise RuntimeError(f"the artifact server did not start (printed {base_url!r})")
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def write_manifest(path: Path, base_url: str, count: int) -> Path:
+    rows = (
+        json.dumps({"work_id": f"W{i}", "artifact_id": "bin", "url": f"{base_url}/a/{i}"})
+        for i in range(count)
+    )
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def timed_run(manifest: Path, out_dir: Path, workers: int, db_url: str | None) -> float:
+    config = IdempotencyConfig(enabled=db_url is not None)
+    settings = RunSettings(out_dir=out_dir, config=config, workers=workers, db_url=db_url)
+    parsed = read_manifest(manifest)
+    started = time.perf_counter()
+    summary = DownloadRun(parsed, settings).run()
+    elapsed = time.perf_counter() - started
+    stored = summary.counts["stored"] + summary.counts["duplicates"]
+    if stored != len(parsed.rows):
+        raise RuntimeError(f"only {stored} of {len(parsed.rows)} artifacts were stored")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--artifacts", type=int, default=2_000)
+    parser.add_argument("--size", type=int, default=64 * 1024)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default="sqlite")
+    args = parser.parse_args()
+
+    with (
+        artifact_server(args.artifacts, args.size) as base_url,
+        tempfile.TemporaryDirectory(prefix="docstokg-bench-runner-") as scratch,
+    ):
+        root = Path(scratch)
+        manifest = write_manifest(root / "manifest.jsonl", base_url, args.artifacts)
+        # One warm-up pass so that neither mode pays for cold caches alone.
+        timed_run(manifest, root / "warmup", args.workers, None)
+        print(
+            f"{args.artifacts:,} artifacts x {args.size:,} bytes, {args.workers} workers, "
+            f"{args.rounds} rounds (off and on alternate)"
+        )
+        for backend in [name.strip() for name in args.backends.split(",") if name.strip()]:
+            with _databases(backend, root) as new_url:
+                off: list[float] = []
+                on: list[float] = []
+                for round_number in range(args.rounds):
+                    off.append(timed_run(manifest, root / f"off{round_number}", args.workers, None))
+                    url = new_url(round_number)
+                    on.append(timed_run(manifest, root / f"on{round_number}", args.workers, url))
+                    print(
+                        f"  {backend} round {round_number + 1}: off {off[-1]:.2f} s, "
+                        f"on {on[-1]:.2f} s, ratio {on[-1] / off[-1]:.2f}"
+                    )
+                median_off, median_on = statistics.median(off), statistics.median(on)
+                print(
+                    f"{backend}: median off {median_off:.2f} s "
+                    f"({args.artifacts / median_off:,.0f} artifacts/s), median on "
+                    f"{median_on:.2f} s ({args.artifacts / median_on:,.0f} artifacts/s), "
+                    f"ratio on/off {median_on / median_off:.2f} (goal <= 1.30)"
+                )
+
+
+@contextlib.contextmanager
+def _databases(backend: str, root: Path) -> Iterator[Callable[[int], str]]:
+    """A function giving a fresh ledger URL per round on ``backend``."""
+    if backend == "sqlite":
+        yield lambda number: f"sqlite:///{root / f'on{number}' / 'manifest.sqlite3'}"
+        return
+    if backend != "postgresql":
+        raise SystemExit(f"unknown backend {backend!r}: use sqlite or postgresql")
+    with ThrowawayPostgres() as server:
+        yield lambda number: server.create_database(f"bench_runner_{number}")
+
+
+if __name__ == "__main__":
+    main()
