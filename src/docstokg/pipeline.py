@@ -135,6 +135,8 @@ class LedgerPipeline:
         except LeaseLost as exc:
             return JobOutcome(target, Outcome.LOST, error=str(exc))
         except FetchError as exc:
+            if not exc.retryable:  # no attempt will resume it: do not leave it to the reconciler
+                self._fetcher.store.part_path(lease.job_id).unlink(missing_ok=True)
             return self._fail(lease, target, exc.reason, exc.retryable, exc.retry_after_s)
         except OSError as exc:  # the disk, not the server: a full disk may have room later
             return self._fail(lease, target, f"{type(exc).__name__}: {exc}", True, None)

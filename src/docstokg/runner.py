@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -193,7 +194,9 @@ class DownloadRun:
         self._stop = threading.Event()
         self._bytes = 0
         self._bytes_lock = threading.Lock()
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        # host:pid:run: an operator can tell which process (and which run in
+        # it) holds a lease; the workers add :wN.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._targets = [
             Target(job_id_for(job_key(row.work_id, row.artifact_id, row.url)),
                    row.work_id, row.artifact_id, row.url)
@@ -337,6 +340,7 @@ class DownloadRun:
                     should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
                     on_bytes=self._count_bytes,
                 )
+            completion.ask_again()
             self._reporter.job_ended(outcome)
 
     # --- the ledger off --------------------------------------------------------------
@@ -372,14 +376,20 @@ class DownloadRun:
         return reports
 
     def _plain_attempts(self, pipeline: PlainPipeline, target: Target) -> tuple[JobOutcome, int]:
-        """Retry transient failures in place, with the same backoff the ledger would use."""
+        """Retry transient failures in place, with the same backoff the ledger would use.
+
+        Returns the outcome and the attempts used up, counted as the ledger
+        counts them: failed attempts, all of them for a permanent failure.
+        """
         backoff, max_attempts = self._settings.backoff, self._settings.config.max_attempts
         for attempt in range(1, max_attempts + 1):
             outcome = pipeline.process(
                 target, should_stop=self._stop.is_set, on_bytes=self._count_bytes
             )
+            if outcome.outcome is Outcome.FAILED:  # permanent: uses every attempt, as in the ledger
+                return outcome, max_attempts
             if outcome.outcome is not Outcome.RETRY:
-                return outcome, attempt
+                return outcome, attempt - 1
             if attempt == max_attempts:
                 break
             delay = backoff.delay_s(attempt)
@@ -422,6 +432,11 @@ class _Completion:
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
         self._ended = False
+
+    def ask_again(self) -> None:
+        """A job just ended here: the next idle worker asks the ledger at once."""
+        with self._lock:
+            self._checked_at = float("-inf")
 
     def all_ended(self) -> bool:
         with self._lock:

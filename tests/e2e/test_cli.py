@@ -10,8 +10,10 @@ PostgreSQL of ``tests/conftest.py``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from docstokg.demo.server import generated_body
 from docstokg.ledger.migrate import head_revision, upgrade
 from tests.dbtools import execute_sql, table_names
 
@@ -103,7 +106,7 @@ def test_upgrade_creates_the_schema_and_current_reports_head(
     assert first.returncode == 0, explain(first)
     assert "Upgraded from an empty database" in first.stdout
     assert HEAD in first.stdout
-    assert "schema_version: 4" in first.stdout
+    assert "schema_version: 5" in first.stdout
 
     current = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
     assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "5"}
@@ -352,24 +355,41 @@ def test_db_option_wins_over_the_environment(db_url: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_demo_plans_idempotently(launcher: str, tmp_path: Path) -> None:
+def test_demo_interrupts_resumes_and_stores_everything_once(launcher: str, tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
     result = run("demo", "--dir", str(demo_dir), cwd=tmp_path, launcher=launcher)
     assert result.returncode == 0, explain(result)
-    assert "first time: 10 new jobs" in result.stdout
-    assert "second time: 0 new jobs" in result.stdout
-    ledger_file = demo_dir / "manifest.sqlite3"
-    assert ledger_file.is_file()
+    assert "Interrupting run 1" in result.stdout
+    resumed = re.search(r"resumed with Range: bytes=(\d+)-", result.stdout)
+    assert resumed is not None, result.stdout
+    assert int(resumed.group(1)) > 0
+    assert "Idempotency system enabled - initializing job tracking" in result.stderr
+    assert "scheme 'ftp' is not http or https" in result.stdout  # the malformed row
+    assert list((demo_dir / ".staging").glob("*.part")) == []
 
+    ledger_file = demo_dir / "manifest.sqlite3"
     current = run_json("db", "current", "--db", f"sqlite:///{ledger_file}", cwd=tmp_path)
     assert current["is_current"] is True
     assert current["schema_version"] == "5"
-
-    # A second demo on the same ledger plans nothing new, not even the first time.
-    rerun = run("demo", "--dir", str(demo_dir), cwd=tmp_path, launcher=launcher)
-    assert rerun.returncode == 0, explain(rerun)
-    assert "first time: 0 new jobs" in rerun.stdout
-    assert "second time: 0 new jobs" in rerun.stdout
+    states = dict(
+        execute_sql(
+            f"sqlite:///{ledger_file}",
+            "SELECT state, count(*) FROM artifact_jobs GROUP BY state",
+        )
+    )
+    # Six distinct contents stored, one mirror of paper 2, one 404.
+    assert states == {"DEDUPED": 7, "SKIPPED_DUPLICATE": 1, "FAILED": 1}
+    finalized = execute_sql(
+        f"sqlite:///{ledger_file}",
+        "SELECT job_id, count(*) FROM artifact_ops WHERE op_type = 'FINALIZE' "
+        "AND status = 'SUCCEEDED' GROUP BY job_id",
+    )
+    assert len(finalized) == 8
+    assert {count for _, count in finalized} == {1}
+    stored = sorted(path.name for path in (demo_dir / "artifacts").rglob("*") if path.is_file())
+    assert len(stored) == 7  # the duplicate's bytes are not kept twice
+    large = hashlib.sha256(generated_body("dataset", 8 * 1024 * 1024)).hexdigest()
+    assert large in stored
 
 
 def test_demo_default_directory_is_relative_to_the_working_directory(tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def cli(
 
 
 def cli_all(commands: Sequence[Sequence[str]], *, cwd: Path, env: dict[str, str]) -> list[Finished]:
-    """Independent commands at once (they only read), to keep the file fast."""
+    """Start every command at once, then wait for each: overlapping runs, and a faster file."""
     running = [start(*args, cwd=cwd, env=env) for args in commands]
     return [process.finish() for process in running]
 

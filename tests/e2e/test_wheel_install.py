@@ -108,7 +108,7 @@ def test_non_editable_install_upgrades_a_database_from_any_directory(tmp_path: P
 
     docstokg = str(bin_dir / "docstokg")
     upgraded = run([docstokg, "db", "upgrade", "--db", "sqlite:///x.db"], elsewhere)
-    assert "schema_version: 4" in upgraded.stdout
+    assert "schema_version: 5" in upgraded.stdout
     assert (elsewhere / "x.db").is_file()
 
     current = run([docstokg, "db", "current", "--db", "sqlite:///x.db", "--json"], elsewhere)

@@ -346,6 +346,8 @@ def test_two_runs_on_one_ledger_share_the_work_and_fetch_everything_once(
         summary_a = future_a.result(timeout=60)
         summary_b = future_b.result(timeout=60)
 
+    assert watch_b.done_at_begin is not None
+    assert watch_b.done_at_begin < 7  # /slow was still A's when B planned
     for summary in (summary_a, summary_b):
         assert summary.exit_code == 0
         assert [job.state for job in summary.jobs] == [JobState.DEDUPED.value] * 7

@@ -129,7 +129,8 @@ def _interrupted_run(
         running = pool.submit(download.run)
         with stop_on_signals(download.request_stop):
             if server.wait_paused(LARGE, timeout=30):
-                part = _wait_for_part(settings.out_dir, manifest, PAUSE_AT)
+                # The writer's buffer may hold the last few KiB back from the file.
+                part = _wait_for_part(settings.out_dir, manifest, PAUSE_AT - 64 * KiB)
                 out.print(
                     f"[bold yellow]Interrupting run 1[/] while {LARGE} is at {part:,} of "
                     f"{LARGE_BYTES:,} bytes (as Ctrl-C would): its .part stays in .staging."
