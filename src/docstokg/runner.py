@@ -35,6 +35,7 @@ from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import JobRecord, JobSpec, Ledger
 from docstokg.manifest import Manifest, ManifestProblem
+from docstokg.metrics import serving as serving_metrics
 from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
 from docstokg.reporting import NullReporter, RunReporter
 from docstokg.services import (
@@ -71,6 +72,7 @@ class RunSettings:
     config: IdempotencyConfig
     workers: int = 4
     db_url: str | None = None  # the ledger's database when config.enabled
+    metrics_port: int | None = None  # serve Prometheus /metrics on 127.0.0.1 while running
 
     @property
     def limits(self) -> DownloadLimits:
@@ -240,7 +242,7 @@ class DownloadRun:
     # --- the ledger on ---------------------------------------------------------------
 
     def _run_with_ledger(self, fetcher: Fetcher) -> list[JobReport]:
-        settings, config = self._settings, self._settings.config
+        settings = self._settings
         if settings.db_url is None:
             raise ValueError("RunSettings.db_url is required when the ledger is enabled")
         with Ledger.connect(settings.db_url) as ledger:
@@ -257,22 +259,30 @@ class DownloadRun:
                 self._maintain(ledger, fetcher.store)
 
             maintenance()
-            targets = self._plan(ledger)
-            job_ids = [target.job_id for target in targets]
-            done = len(job_ids) - count_unfinished(ledger, job_ids)
-            self._reporter.begin(len(job_ids), done=done)
-            pipeline = LedgerPipeline(ledger, fetcher, backoff=settings.backoff)
-            completion = _Completion(ledger, job_ids, poll_s=self._poll_s)
-            with LeaseKeeper(
-                ledger,
-                ttl_s=config.lease_ttl_s,
-                maintenance=maintenance,
-                maintenance_every_s=config.reconciliation_interval_s,
-            ) as keeper:
-                self._run_workers(
-                    lambda number: self._ledger_worker(ledger, pipeline, keeper, completion, number)
-                )
-            records = {job.job_id: job for job in jobs_among(ledger, job_ids)}
+            with serving_metrics(ledger, settings.metrics_port):
+                return self._plan_and_work(ledger, fetcher, maintenance)
+
+    def _plan_and_work(
+        self, ledger: Ledger, fetcher: Fetcher, maintenance: Callable[[], None]
+    ) -> list[JobReport]:
+        """Plan the manifest and work until every one of its jobs has ended."""
+        settings, config = self._settings, self._settings.config
+        targets = self._plan(ledger)
+        job_ids = [target.job_id for target in targets]
+        done = len(job_ids) - count_unfinished(ledger, job_ids)
+        self._reporter.begin(len(job_ids), done=done)
+        pipeline = LedgerPipeline(ledger, fetcher, backoff=settings.backoff)
+        completion = _Completion(ledger, job_ids, poll_s=self._poll_s)
+        with LeaseKeeper(
+            ledger,
+            ttl_s=config.lease_ttl_s,
+            maintenance=maintenance,
+            maintenance_every_s=config.reconciliation_interval_s,
+        ) as keeper:
+            self._run_workers(
+                lambda number: self._ledger_worker(ledger, pipeline, keeper, completion, number)
+            )
+        records = {job.job_id: job for job in jobs_among(ledger, job_ids)}
         return [_report(target, records.get(target.job_id)) for target in targets]
 
     @property

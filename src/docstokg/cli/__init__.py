@@ -16,6 +16,7 @@ from rich.markup import escape
 from docstokg.cli.config import config_app
 from docstokg.cli.db import db_app
 from docstokg.cli.demo import demo
+from docstokg.cli.job import job_app
 from docstokg.cli.output import err
 from docstokg.cli.run import run
 from docstokg.errors import ConfigurationError, DocstokgError
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.command()(run)
 app.command()(demo)
 app.add_typer(db_app, name="db")
+app.add_typer(job_app, name="job")
 app.add_typer(config_app, name="config")
 
 

@@ -26,7 +26,7 @@ JOB_TABLE_ROWS = 50
 PROBLEMS_SHOWN = 20
 
 
-def run(  # noqa: PLR0917 - Typer maps each parameter to an argument or option
+def run(
     manifest: Annotated[
         Path,
         typer.Argument(
@@ -74,6 +74,16 @@ def run(  # noqa: PLR0917 - Typer maps each parameter to an argument or option
             show_default=False,
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while running "
+            "(ledger on only).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Download every artifact of MANIFEST into --out, each exactly once.
@@ -105,11 +115,17 @@ def run(  # noqa: PLR0917 - Typer maps each parameter to an argument or option
             "listed above: each needs work_id, artifact_id and an http(s) url"
         )
     enabled = settings.config.enabled
+    if metrics_port is not None and not enabled:
+        raise ConfigurationError(
+            f"--metrics-port {metrics_port} needs the ledger (the metrics are read from it); "
+            "add --idempotency"
+        )
     run_settings = RunSettings(
         out_dir=out_dir,
         config=settings.config,
         workers=workers,
         db_url=resolve_db_url(db, settings, out_dir) if enabled else None,
+        metrics_port=metrics_port,
     )
     configure_logging()
     reporter: RunReporter = RichReporter(err) if err.is_terminal else LogReporter()

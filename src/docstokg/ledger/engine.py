@@ -208,7 +208,10 @@ def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # maintenance (VACUUM) that must run outside any transaction
+        read_only = options.get(READ_ONLY_OPTION, False)
         # Straight to the driver: this runs for every unit of work, and the
         # full execution pipeline would cost more than the BEGIN itself.
         driver = connection.connection.driver_connection

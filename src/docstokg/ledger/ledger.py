@@ -105,6 +105,23 @@ class Ledger:
         """The Alembic revision and ``_meta.schema_version``; creates nothing."""
         return migrate.describe(self._url, **self._engine_options)
 
+    def compact(self) -> None:
+        """Give the space of deleted rows back: VACUUM, outside any transaction.
+
+        SQLite rewrites the file (and truncates its WAL); PostgreSQL marks the
+        space reusable and refreshes the planner's statistics.  It takes the
+        write lock for as long as it runs: a maintenance-window operation.
+        """
+        self._connections.close_all()
+        with self._engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "sqlite":
+                autocommit.exec_driver_sql("VACUUM")
+                autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                autocommit.exec_driver_sql("VACUUM (ANALYZE) artifact_ops")
+                autocommit.exec_driver_sql("VACUUM (ANALYZE) artifact_jobs")
+
     def close(self) -> None:
         self._connections.close_all()
         self._engine.dispose()

@@ -59,6 +59,10 @@ IN_PROGRESS_SQL = "status = 'IN_PROGRESS'"
 # The one job that stored a content: at most one DEDUPED job per sha256, so two
 # workers finishing identical bytes at once cannot both claim to own them.
 STORED_CONTENT_SQL = "state = 'DEDUPED'"
+# Operators' questions: which jobs were retried, which ops were given up on.
+RETRIED_SQL = "attempts > 0"
+ABANDONED_SQL = "status = 'ABANDONED'"
+TIMED_SQL = "duration_s IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -92,6 +96,16 @@ class ArtifactJob(Base):
             postgresql_where=text(NOT_FINISHED_SQL),
         ),
         Index("ix_artifact_jobs_sha256", "sha256"),
+        # job status --window-s: jobs created since, by state (covering).
+        Index("ix_artifact_jobs_created_state", "created_at", "state"),
+        # job stats: jobs that reached a state since (finished per minute).
+        Index("ix_artifact_jobs_state_updated", "state", "updated_at"),
+        Index(
+            "ix_artifact_jobs_retried",
+            "attempts",
+            sqlite_where=text(RETRIED_SQL),
+            postgresql_where=text(RETRIED_SQL),
+        ),
         Index(
             "uq_artifact_jobs_stored_content",
             "sha256",
@@ -137,6 +151,20 @@ class ArtifactOp(Base):
             sqlite_where=text(IN_PROGRESS_SQL),
             postgresql_where=text(IN_PROGRESS_SQL),
         ),
+        # job stats: duration percentiles by kind, read off the index in order.
+        Index(
+            "ix_artifact_ops_kind_duration",
+            "op_type",
+            "duration_s",
+            sqlite_where=text(TIMED_SQL),
+            postgresql_where=text(TIMED_SQL),
+        ),
+        Index(
+            "ix_artifact_ops_abandoned",
+            "op_type",
+            sqlite_where=text(ABANDONED_SQL),
+            postgresql_where=text(ABANDONED_SQL),
+        ),
         CheckConstraint(
             "status IN ({})".format(", ".join(f"'{status}'" for status in OP_STATUSES)),
             name="status",
@@ -156,6 +184,8 @@ class ArtifactOp(Base):
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
     lease_epoch: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
+    # finished_at - started_at of the last run, set when it finishes (indexed for stats).
+    duration_s: Mapped[float | None] = mapped_column(EpochSeconds)
 
 
 def _table_of(model: type[Base]) -> Table:

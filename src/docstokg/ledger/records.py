@@ -69,6 +69,7 @@ class OpRecord:
     attempt: int
     lease_epoch: int
     error: str | None
+    duration_s: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,6 +278,22 @@ class JobRepository:
         rows = self._connection.execute(sql.FINALIZED_FILES, {"now": now})
         return [(job_id, final_path) for job_id, final_path in rows]
 
+    def refill_attempts(self, job_ids: Collection[str] | None, *, now: float) -> list[str]:
+        """Give exhausted FAILED jobs (those of ``job_ids``, or all) a fresh attempt budget."""
+        if job_ids is None:
+            rows = self._connection.execute(sql.REFILL_ALL_EXHAUSTED, {"now": now})
+            return [job_id for (job_id,) in rows]
+        return [
+            job_id
+            for batch in batched(job_ids, ID_BATCH_SIZE)
+            for (job_id,) in self._connection.execute(
+                sql.REFILL_EXHAUSTED, {"job_ids": batch, "now": now}
+            )
+        ]
+
+    def count_expired_leases(self, *, now: float) -> int:
+        return len(self._connection.execute(sql.EXPIRED_LEASES, {"now": now}).all())
+
     def requeue(self, job_ids: Collection[str], *, error: str, now: float) -> list[str]:
         """Send finalized jobs back to FAILED (attempts kept) so they are fetched again."""
         if not job_ids:
@@ -321,6 +337,7 @@ class OpRepository:
             .where(ops_table.c.op_key == op_key, ops_table.c.finished_at.is_(None))
             .values(
                 finished_at=now,
+                duration_s=now - ops_table.c.started_at,
                 result_code=result_code,
                 result_json=result_json,
                 status=OP_SUCCEEDED if result_code == "OK" else OP_FAILED,
@@ -374,6 +391,17 @@ class OpRepository:
     def abandon_stale(self, *, now: float, threshold_s: float, error: str) -> int:
         params = {"now": now, "threshold_s": threshold_s, "b_error": error}
         return len(self._connection.execute(sql.ABANDON_STALE_OPS, params).all())
+
+    def count_stale(self, *, now: float, threshold_s: float) -> int:
+        """How many IN_PROGRESS ops :meth:`abandon_stale` would mark (for a dry run)."""
+        params = {"now": now, "threshold_s": threshold_s}
+        return int(self._connection.execute(sql.COUNT_STALE_OPS, params).scalar_one())
+
+    def delete_for_jobs_ended_before(self, cutoff: float) -> int:
+        """Delete the op rows of jobs that ended before ``cutoff``; returns how many."""
+        return int(
+            self._connection.execute(sql.DELETE_OPS_OF_ENDED_JOBS, {"cutoff": cutoff}).rowcount
+        )
 
     def abandon_for_jobs(self, job_ids: Collection[str], *, error: str) -> int:
         if not job_ids:

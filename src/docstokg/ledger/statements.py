@@ -20,9 +20,11 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Text,
+    TextClause,
     and_,
     bindparam,
     case,
+    delete,
     exists,
     func,
     literal,
@@ -45,7 +47,7 @@ from docstokg.ledger.models import (
 )
 from docstokg.ledger.prepared import Prepared
 from docstokg.ledger.records import JobRecord, OpRecord
-from docstokg.states import RESTART_ON_GRANT, JobState
+from docstokg.states import RESTART_ON_GRANT, SUCCESS_STATES, JobState
 
 jobs = jobs_table.c
 ops = ops_table.c
@@ -341,6 +343,7 @@ RESTART_OP = Prepared(
         result_code=None,
         result_json=None,
         error=None,
+        duration_s=None,
     )
     .returning(ops.attempt)
 )
@@ -358,6 +361,7 @@ SUCCEED_OP = Prepared(
     .values(
         status=OP_SUCCEEDED,
         finished_at=_now,
+        duration_s=_now - ops.started_at,
         result_code="OK",
         result_json=bindparam("b_result_json"),
     )
@@ -366,7 +370,13 @@ SUCCEED_OP = Prepared(
 FAIL_OP = Prepared(
     update(ops_table)
     .where(*_op_is_ours)
-    .values(status=OP_FAILED, finished_at=_now, result_code="ERROR", error=bindparam("b_error"))
+    .values(
+        status=OP_FAILED,
+        finished_at=_now,
+        duration_s=_now - ops.started_at,
+        result_code="ERROR",
+        error=bindparam("b_error"),
+    )
     .returning(ops.op_key)
 )
 # A recorded success whose work was undone (its staged file vanished): the
@@ -390,16 +400,42 @@ _live_holder_of_op = exists(
         jobs.job_id == ops.job_id, jobs.lease_until >= _now, jobs.lease_epoch == ops.lease_epoch
     )
 )
+_STALE_OP: tuple[ColumnElement[bool] | TextClause, ...] = (
+    text(IN_PROGRESS_SQL),  # literal, for the partial index ix_artifact_ops_in_progress
+    ops.started_at <= _now - bindparam("threshold_s", type_=ops.started_at.type),
+    ~_live_holder_of_op,
+)
 ABANDON_STALE_OPS = (
     update(ops_table)
-    .where(
-        text(IN_PROGRESS_SQL),  # literal, for the partial index ix_artifact_ops_in_progress
-        ops.started_at <= _now - bindparam("threshold_s", type_=ops.started_at.type),
-        ~_live_holder_of_op,
-    )
+    .where(*_STALE_OP)
     .values(status=OP_ABANDONED, finished_at=_now, error=bindparam("b_error"))
     .returning(ops.op_key)
 )
+COUNT_STALE_OPS = select(func.count()).select_from(ops_table).where(*_STALE_OP)
+EXPIRED_LEASES = select(jobs.job_id).where(jobs.lease_until < _now)
+
+# --- operators' repairs -------------------------------------------------------------------
+
+_EXHAUSTED: tuple[ColumnElement[bool], ...] = (
+    jobs.state == JobState.FAILED.value,
+    jobs.attempts >= jobs.max_attempts,
+)
+# A fresh attempt budget: the job is claimable again at once (last_error is kept).
+_REFILL_VALUES = {"attempts": 0, "next_attempt_at": _now, "updated_at": _now}
+REFILL_ALL_EXHAUSTED = (
+    update(jobs_table).where(*_EXHAUSTED).values(**_REFILL_VALUES).returning(jobs.job_id)
+)
+REFILL_EXHAUSTED = (
+    update(jobs_table)
+    .where(jobs.job_id.in_(bindparam("job_ids", expanding=True)), *_EXHAUSTED)
+    .values(**_REFILL_VALUES)
+    .returning(jobs.job_id)
+)
+_ended_before = select(jobs.job_id).where(
+    or_(jobs.state.in_(sorted(s.value for s in SUCCESS_STATES)), and_(*_EXHAUSTED)),
+    jobs.updated_at < bindparam("cutoff", type_=jobs.updated_at.type),
+)
+DELETE_OPS_OF_ENDED_JOBS = delete(ops_table).where(ops.job_id.in_(_ended_before))
 ABANDON_OPS_OF_JOBS = (
     update(ops_table)
     .where(

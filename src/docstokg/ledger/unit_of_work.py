@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from docstokg.errors import LedgerError
 from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
+from docstokg.ledger.reports import ReportRepository
 from docstokg.ledger.repositories import JobRepository, OpRepository
 from docstokg.ledger.statements import DATABASE_NOW
 
@@ -64,6 +65,7 @@ class UnitOfWork:
         self._session: Session | None = None
         self._jobs: JobRepository | None = None
         self._ops: OpRepository | None = None
+        self._reports: ReportRepository | None = None
 
     def __enter__(self) -> Self:
         if self._connection is not None:
@@ -110,6 +112,13 @@ class UnitOfWork:
         return self._ops
 
     @property
+    def reports(self) -> ReportRepository:
+        """Operators' counts and summaries (read-only queries)."""
+        if self._reports is None:
+            self._reports = ReportRepository(self._require(self._connection))
+        return self._reports
+
+    @property
     def session(self) -> Session:
         """An ORM session inside this transaction, for tests' factories.
 
@@ -153,6 +162,7 @@ class UnitOfWork:
         connection, transaction, session = self._connection, self._transaction, self._session
         self._connection = self._transaction = self._session = None
         self._jobs = self._ops = None
+        self._reports = None
         try:
             if session is not None:
                 if commit:

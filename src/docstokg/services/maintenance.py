@@ -63,6 +63,7 @@ def reconcile_jobs(
     max_age_s: float = 3600,
     *,
     artifacts_root: Path | None = None,
+    dry_run: bool = False,
 ) -> ReconcileReport:
     """Delete stale ``.part`` files and requeue finalized jobs whose file vanished.
 
@@ -71,6 +72,7 @@ def reconcile_jobs(
     (absolute, or relative to ``artifacts_root``, default the staging folder's
     parent) no longer exists goes back to FAILED with its ops ABANDONED, so the
     next holder fetches it again.  Disk is read outside any transaction.
+    ``dry_run`` reports what would be deleted and requeued, changing nothing.
     """
     staging_root = Path(staging_root)
     base = Path(artifacts_root) if artifacts_root is not None else staging_root.parent
@@ -97,10 +99,14 @@ def reconcile_jobs(
         elif _leased_now(ledger, job_id):  # granted since the first look: keep it
             report.parts_kept_live.append(part)
         else:
-            part.unlink(missing_ok=True)
+            if not dry_run:
+                part.unlink(missing_ok=True)
             report.parts_deleted.append(part)
 
     missing = [job_id for job_id, final_path in finalized if not (base / final_path).exists()]
+    if dry_run:
+        report.jobs_requeued.extend(missing)
+        return report
     if missing:
         with ledger.unit_of_work() as uow:
             requeued = uow.jobs.requeue(missing, error="final file missing (reconcile)", now=now)

@@ -1,0 +1,76 @@
+"""What operators ask, answered from indexes (schema_version 6).
+
+``artifact_ops.duration_s`` holds how long an op's last run took (set when it
+finishes; backfilled here from finished_at - started_at), so duration
+percentiles by kind are read off an index instead of computed over every op.
+Indexes serve ``docstokg job status --window-s`` (jobs created since, by
+state), ``job stats`` (jobs that reached a state since; retried jobs;
+abandoned ops) without scanning the tables.
+
+Revision ID: 0005_operations
+Revises: 0004_content_index
+Create Date: 2026-11-29
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005_operations"
+down_revision: str | Sequence[str] | None = "0004_content_index"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+RETRIED = "attempts > 0"
+ABANDONED = "status = 'ABANDONED'"
+TIMED = "duration_s IS NOT NULL"
+
+_meta = sa.table("_meta", sa.column("key", sa.Text), sa.column("value", sa.Text))
+_ops = sa.table(
+    "artifact_ops",
+    sa.column("started_at", sa.Float),
+    sa.column("finished_at", sa.Float),
+    sa.column("duration_s", sa.Float),
+)
+
+
+def _epoch_seconds() -> sa.types.TypeEngine[float]:
+    return sa.Double().with_variant(sa.REAL(), "sqlite")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("artifact_ops") as batch:
+        batch.add_column(sa.Column("duration_s", _epoch_seconds(), nullable=True))
+    op.execute(
+        _ops.update()
+        .where(_ops.c.finished_at.is_not(None))
+        .values(duration_s=_ops.c.finished_at - _ops.c.started_at)
+    )
+    op.create_index("ix_artifact_jobs_created_state", "artifact_jobs", ["created_at", "state"])
+    op.create_index("ix_artifact_jobs_state_updated", "artifact_jobs", ["state", "updated_at"])
+    _partial_index("ix_artifact_jobs_retried", "artifact_jobs", ["attempts"], RETRIED)
+    _partial_index(
+        "ix_artifact_ops_kind_duration", "artifact_ops", ["op_type", "duration_s"], TIMED
+    )
+    _partial_index("ix_artifact_ops_abandoned", "artifact_ops", ["op_type"], ABANDONED)
+    op.execute(_meta.update().where(_meta.c.key == "schema_version").values(value="6"))
+
+
+def _partial_index(name: str, table: str, columns: list[str], where: str) -> None:
+    op.create_index(
+        name, table, columns, sqlite_where=sa.text(where), postgresql_where=sa.text(where)
+    )
+
+
+def downgrade() -> None:
+    op.execute(_meta.update().where(_meta.c.key == "schema_version").values(value="5"))
+    op.drop_index("ix_artifact_ops_abandoned", table_name="artifact_ops")
+    op.drop_index("ix_artifact_ops_kind_duration", table_name="artifact_ops")
+    op.drop_index("ix_artifact_jobs_retried", table_name="artifact_jobs")
+    op.drop_index("ix_artifact_jobs_state_updated", table_name="artifact_jobs")
+    op.drop_index("ix_artifact_jobs_created_state", table_name="artifact_jobs")
+    with op.batch_alter_table("artifact_ops") as batch:
+        batch.drop_column("duration_s")
