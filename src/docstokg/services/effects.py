@@ -161,15 +161,8 @@ class JobSteps:
             check_transition(advance_to, allowed_from)
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
-            self._record_ran(uow, now)
-            if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
-                replayed, outcome = _replay_within(
-                    uow, lease, opkey, advance_to, allowed_from, now=now
-                )
-                uow.commit()
-                self._ran = None
-                if outcome is not None and advance_to is not None:
-                    outcome.raise_if_invalid(lease, advance_to, allowed_from)
+            replayed = self._start(uow, kind, opkey, advance_to, allowed_from, now=now)
+            if replayed is not None:
                 return replayed
             uow.commit()
             self._ran = None
@@ -205,16 +198,8 @@ class JobSteps:
         lease = self._lease
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
-            self._record_ran(uow, now)
-            if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is None:
-                replayed, outcome = _replay_within(
-                    uow, lease, opkey, advance_to, allowed_from, now=now
-                )
-                uow.commit()
-                self._ran = None
-                if outcome is not None:
-                    target = advance_to(replayed) if callable(advance_to) else advance_to
-                    outcome.raise_if_invalid(lease, target, allowed_from)
+            replayed = self._start(uow, kind, opkey, advance_to, allowed_from, now=now)
+            if replayed is not None:
                 return replayed
             encoded = _encode(write(uow, now), kind, self._max_result_bytes)
             decoded: EffectResult = json.loads(encoded)
@@ -230,6 +215,32 @@ class JobSteps:
             uow.commit()
             self._ran = None
         return decoded
+
+    def _start(
+        self,
+        uow: UnitOfWork,
+        kind: str,
+        opkey: str,
+        advance_to: Target | None,
+        allowed_from: Collection[JobState],
+        *,
+        now: float,
+    ) -> EffectResult | None:
+        """Record the waiting result and start ``opkey``: None if started, else its replay.
+
+        A replay commits (with the waiting result and the replayed move) here.
+        """
+        lease = self._lease
+        self._record_ran(uow, now)
+        if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is not None:
+            return None
+        replayed, outcome = _replay_within(uow, lease, opkey, advance_to, allowed_from, now=now)
+        uow.commit()
+        self._ran = None
+        if outcome is not None and advance_to is not None:
+            target = advance_to(replayed) if callable(advance_to) else advance_to
+            outcome.raise_if_invalid(lease, target, allowed_from)
+        return replayed
 
     def flush(self) -> None:
         """Commit the last effect's result (and its move), if one is waiting."""
