@@ -620,11 +620,11 @@ def test_claim_and_status_queries_use_an_index(ledger: Ledger, clock: ManualCloc
         by_state_plan = _explain(connection, by_state, {})
 
     assert "ix_artifact_jobs_claim" in claim_plan, claim_plan
-    assert "idx_artifact_jobs_state" in in_state_plan, in_state_plan
+    assert "ix_artifact_jobs_state_updated" in in_state_plan, in_state_plan
     if ledger.dialect == "sqlite":
         # The per-state tally reads the state index alone, not the table.
-        assert "COVERING INDEX idx_artifact_jobs_state" in by_state_plan, by_state_plan
-        assert "COVERING INDEX idx_artifact_jobs_state" in in_state_plan, in_state_plan
+        assert "COVERING INDEX ix_artifact_jobs_state_updated" in by_state_plan, by_state_plan
+        assert "COVERING INDEX ix_artifact_jobs_state_updated" in in_state_plan, in_state_plan
     else:
         # No enable_seqscan = off: the planner picks the indexes on its own.  (A
         # tally of every state reads the whole table, for which a sequential

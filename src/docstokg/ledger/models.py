@@ -86,7 +86,6 @@ class ArtifactJob(Base):
         UniqueConstraint("work_id", "artifact_id", "canonical_url"),
         UniqueConstraint("idempotency_key"),
         CheckConstraint(f"state IN ({JOB_STATES_SQL})", name="state"),
-        Index("idx_artifact_jobs_state", "state"),
         Index("idx_artifact_jobs_lease", "lease_until"),
         Index(
             "ix_artifact_jobs_claim",
@@ -98,7 +97,8 @@ class ArtifactJob(Base):
         Index("ix_artifact_jobs_sha256", "sha256"),
         # job status --window-s: jobs created since, by state (covering).
         Index("ix_artifact_jobs_created_state", "created_at", "state"),
-        # job stats: jobs that reached a state since (finished per minute).
+        # Jobs in a state (counts, failures), and those that reached it since a
+        # time (finished per minute).  It replaces v3's idx_artifact_jobs_state.
         Index("ix_artifact_jobs_state_updated", "state", "updated_at"),
         Index(
             "ix_artifact_jobs_retried",

@@ -5,7 +5,8 @@ finishes; backfilled here from finished_at - started_at), so duration
 percentiles by kind are read off an index instead of computed over every op.
 Indexes serve ``docstokg job status --window-s`` (jobs created since, by
 state), ``job stats`` (jobs that reached a state since; retried jobs;
-abandoned ops) without scanning the tables.
+abandoned ops) without scanning the tables.  ``(state, updated_at)`` replaces
+v3's ``idx_artifact_jobs_state`` (the downgrade puts it back).
 
 Revision ID: 0005_operations
 Revises: 0004_content_index
@@ -51,6 +52,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_artifact_jobs_created_state", "artifact_jobs", ["created_at", "state"])
     op.create_index("ix_artifact_jobs_state_updated", "artifact_jobs", ["state", "updated_at"])
+    # Every query idx_artifact_jobs_state served, the new index serves, and one
+    # index fewer is one write fewer on every state move.
+    op.drop_index("idx_artifact_jobs_state", table_name="artifact_jobs")
     _partial_index("ix_artifact_jobs_retried", "artifact_jobs", ["attempts"], RETRIED)
     _partial_index(
         "ix_artifact_ops_kind_duration", "artifact_ops", ["op_type", "duration_s"], TIMED
@@ -70,6 +74,7 @@ def downgrade() -> None:
     op.drop_index("ix_artifact_ops_abandoned", table_name="artifact_ops")
     op.drop_index("ix_artifact_ops_kind_duration", table_name="artifact_ops")
     op.drop_index("ix_artifact_jobs_retried", table_name="artifact_jobs")
+    op.create_index("idx_artifact_jobs_state", "artifact_jobs", ["state"])
     op.drop_index("ix_artifact_jobs_state_updated", table_name="artifact_jobs")
     op.drop_index("ix_artifact_jobs_created_state", table_name="artifact_jobs")
     with op.batch_alter_table("artifact_ops") as batch:
