@@ -62,7 +62,7 @@ class LedgerCollector(Collector):
         )
         yield CounterMetricFamily(
             "docstokg_retries",
-            "Attempts used up by failed jobs (reset by `docstokg job retry`).",
+            "Extra runs of job steps: retries after failures, takeovers after crashes.",
             value=retry_attempts,
         )
         failures = CounterMetricFamily(

@@ -241,7 +241,7 @@ def stats(
         f"{report.finished_in_window:,} ({report.finished_per_minute:,.1f}/min)",
     )
     summary.add_row(
-        "jobs retried / attempts used", f"{report.retried_jobs:,} / {report.retry_attempts:,}"
+        "jobs retried / extra step runs", f"{report.retried_jobs:,} / {report.retry_attempts:,}"
     )
     summary.add_row("abandoned ops", f"{report.abandoned_ops:,}")
     summary.add_row("database size", f"{report.database_bytes:,} bytes")
@@ -332,7 +332,8 @@ def show(
          if job.lease_owner else f"none (epoch {job.lease_epoch})"),
         ("next attempt", _when(job.next_attempt_at)),
         ("last error", job.last_error or ""),
-        ("file", f"{job.final_path or ''} ({job.size_bytes or 0:,} bytes, {job.content_type})"),
+        ("file", f"{job.final_path} ({job.size_bytes or 0:,} bytes, {job.content_type})"
+         if job.final_path else "(none yet)"),
         ("sha256", job.sha256 or ""),
     ):  # fmt: skip
         head.add_row(name, escape(str(value)))

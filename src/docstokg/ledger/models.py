@@ -60,7 +60,8 @@ IN_PROGRESS_SQL = "status = 'IN_PROGRESS'"
 # workers finishing identical bytes at once cannot both claim to own them.
 STORED_CONTENT_SQL = "state = 'DEDUPED'"
 # Operators' questions: which jobs were retried, which ops were given up on.
-RETRIED_SQL = "attempts > 0"
+RETRIED_SQL = "attempt > 1"
+FAILED_SQL = "state = 'FAILED'"
 ABANDONED_SQL = "status = 'ABANDONED'"
 TIMED_SQL = "duration_s IS NOT NULL"
 
@@ -100,11 +101,15 @@ class ArtifactJob(Base):
         # Jobs in a state (counts, failures), and those that reached it since a
         # time (finished per minute).  It replaces v3's idx_artifact_jobs_state.
         Index("ix_artifact_jobs_state_updated", "state", "updated_at"),
+        # job status / stats: FAILED jobs by error and budget, without a row lookup each.
         Index(
-            "ix_artifact_jobs_retried",
+            "ix_artifact_jobs_failed",
+            "last_error",
             "attempts",
-            sqlite_where=text(RETRIED_SQL),
-            postgresql_where=text(RETRIED_SQL),
+            "max_attempts",
+            "created_at",
+            sqlite_where=text(FAILED_SQL),
+            postgresql_where=text(FAILED_SQL),
         ),
         Index(
             "uq_artifact_jobs_stored_content",
@@ -158,6 +163,14 @@ class ArtifactOp(Base):
             "duration_s",
             sqlite_where=text(TIMED_SQL),
             postgresql_where=text(TIMED_SQL),
+        ),
+        # job stats: steps that ran more than once (retries and takeovers).
+        Index(
+            "ix_artifact_ops_retried",
+            "job_id",
+            "attempt",
+            sqlite_where=text(RETRIED_SQL),
+            postgresql_where=text(RETRIED_SQL),
         ),
         Index(
             "ix_artifact_ops_abandoned",

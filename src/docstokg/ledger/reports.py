@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, select, text
 
 from docstokg.ledger.models import (
     ABANDONED_SQL,
+    FAILED_SQL,
     RETRIED_SQL,
     TIMED_SQL,
     jobs_table,
@@ -27,6 +28,8 @@ from docstokg.states import SUCCESS_STATES, JobState
 jobs = jobs_table.c
 ops = ops_table.c
 _SUCCESS_VALUES = sorted(state.value for state in SUCCESS_STATES)
+# Literal, so that the partial index ix_artifact_jobs_failed serves the query.
+_FAILED = text(FAILED_SQL)
 _LEASE_COLUMNS = (
     jobs.job_id,
     jobs.lease_owner,
@@ -79,7 +82,13 @@ class ReportRepository:
         """Jobs per state (every state present), optionally only those created since."""
         query = select(jobs.state, func.count()).group_by(jobs.state)
         if created_since is not None:
-            query = query.where(jobs.created_at >= created_since)
+            # Grouped by an expression, not the column: otherwise SQLite walks
+            # the whole (state, ...) index to avoid a sort, reading every row's
+            # created_at, instead of the few index entries created since.
+            state = (jobs.state + "").label("state")
+            query = (
+                select(state, func.count()).where(jobs.created_at >= created_since).group_by(state)
+            )
         counts = dict.fromkeys(JobState, 0)
         for state, count in self._connection.execute(query):
             counts[JobState(state)] = count
@@ -87,9 +96,7 @@ class ReportRepository:
 
     def exhausted_count(self, *, created_since: float | None = None) -> int:
         """FAILED jobs with no attempt left (the others will be retried)."""
-        query = select(func.count()).where(
-            jobs.state == JobState.FAILED.value, jobs.attempts >= jobs.max_attempts
-        )
+        query = select(func.count()).where(_FAILED, jobs.attempts >= jobs.max_attempts)
         if created_since is not None:
             query = query.where(jobs.created_at >= created_since)
         return int(self._connection.execute(query).scalar_one())
@@ -128,10 +135,18 @@ class ReportRepository:
         return int(self._connection.execute(query).scalar_one())
 
     def retries(self) -> tuple[int, int]:
-        """(jobs that failed at least once, attempts they used up in all)."""
-        retried = text(RETRIED_SQL)  # literal: the partial index ix_artifact_jobs_retried
+        """(jobs with a step that ran more than once, the extra runs in all).
+
+        Counted from the ops, whose attempt grows each time a step runs
+        again: a retry after a failure, or a takeover after a crash.  A
+        permanent failure (which uses up a job's budget at once) is no retry.
+        """
+        retried = text(RETRIED_SQL)  # literal: the partial index ix_artifact_ops_retried
         row = self._connection.execute(
-            select(func.count(), func.coalesce(func.sum(jobs.attempts), 0)).where(retried)
+            select(
+                func.count(func.distinct(ops.job_id)),
+                func.coalesce(func.sum(ops.attempt - 1), 0),
+            ).where(retried)
         ).one()
         return int(row[0]), int(row[1])
 
@@ -140,7 +155,7 @@ class ReportRepository:
         exhausted = jobs.attempts >= jobs.max_attempts
         rows = self._connection.execute(
             select(jobs.last_error, exhausted, func.count())
-            .where(jobs.state == JobState.FAILED.value)
+            .where(_FAILED)
             .group_by(jobs.last_error, exhausted)
         )
         return [FailureGroup(error, bool(out), count) for error, out, count in rows]

@@ -281,5 +281,6 @@ def _top_reasons(groups: Collection[FailureGroup], top: int) -> list[FailureReas
         examples.setdefault(reason, group.error)
     return [
         FailureReason(reason, count, exhausted[reason], examples.get(reason))
-        for reason, count in counts.most_common(top)
+        # Most frequent first; ties by name, so the output is the same on every run.
+        for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
     ]

@@ -4,8 +4,9 @@
 finishes; backfilled here from finished_at - started_at), so duration
 percentiles by kind are read off an index instead of computed over every op.
 Indexes serve ``docstokg job status --window-s`` (jobs created since, by
-state), ``job stats`` (jobs that reached a state since; retried jobs;
-abandoned ops) without scanning the tables.  ``(state, updated_at)`` replaces
+state), ``job stats`` (jobs that reached a state since; FAILED jobs by error
+and budget; steps that ran more than once; abandoned ops) without scanning
+the tables.  ``(state, updated_at)`` replaces
 v3's ``idx_artifact_jobs_state`` (the downgrade puts it back).
 
 Revision ID: 0005_operations
@@ -25,7 +26,8 @@ down_revision: str | Sequence[str] | None = "0004_content_index"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-RETRIED = "attempts > 0"
+RETRIED = "attempt > 1"
+FAILED = "state = 'FAILED'"
 ABANDONED = "status = 'ABANDONED'"
 TIMED = "duration_s IS NOT NULL"
 
@@ -55,7 +57,13 @@ def upgrade() -> None:
     # Every query idx_artifact_jobs_state served, the new index serves, and one
     # index fewer is one write fewer on every state move.
     op.drop_index("idx_artifact_jobs_state", table_name="artifact_jobs")
-    _partial_index("ix_artifact_jobs_retried", "artifact_jobs", ["attempts"], RETRIED)
+    _partial_index(
+        "ix_artifact_jobs_failed",
+        "artifact_jobs",
+        ["last_error", "attempts", "max_attempts", "created_at"],
+        FAILED,
+    )
+    _partial_index("ix_artifact_ops_retried", "artifact_ops", ["job_id", "attempt"], RETRIED)
     _partial_index(
         "ix_artifact_ops_kind_duration", "artifact_ops", ["op_type", "duration_s"], TIMED
     )
@@ -73,7 +81,8 @@ def downgrade() -> None:
     op.execute(_meta.update().where(_meta.c.key == "schema_version").values(value="5"))
     op.drop_index("ix_artifact_ops_abandoned", table_name="artifact_ops")
     op.drop_index("ix_artifact_ops_kind_duration", table_name="artifact_ops")
-    op.drop_index("ix_artifact_jobs_retried", table_name="artifact_jobs")
+    op.drop_index("ix_artifact_ops_retried", table_name="artifact_ops")
+    op.drop_index("ix_artifact_jobs_failed", table_name="artifact_jobs")
     op.create_index("idx_artifact_jobs_state", "artifact_jobs", ["state"])
     op.drop_index("ix_artifact_jobs_state_updated", table_name="artifact_jobs")
     op.drop_index("ix_artifact_jobs_created_state", table_name="artifact_jobs")
