@@ -54,6 +54,7 @@ from docstokg.config import ENABLE_ENV, KEYS, IdempotencyConfig, env_var
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger.engine import connect_error, parse_url
+from docstokg.metrics import exposition
 
 pytestmark = pytest.mark.slow
 
@@ -727,6 +728,41 @@ def test_runbook_4_names_the_top_failure_reason_and_the_retry_repairs_the_budget
     assert retried["skipped"] == {}
     after = fixed.json("job status")
     assert (after["failed_exhausted"], after["failed_retrying"]) == (0, 11)
+
+
+def failures_total(ledger: Ledger) -> dict[str, float]:
+    samples = {}
+    for line in exposition(ledger).decode().splitlines():
+        found = re.fullmatch(r'docstokg_failures_total\{reason="(\w+)"\} (\S+)', line)
+        if found:
+            samples[found.group(1)] = float(found.group(2))
+    return samples
+
+
+def test_runbook_4_alerts_on_a_failures_counter_that_never_goes_down(db_url: str) -> None:
+    """Prevention says: alert on the rate of docstokg_failures_total.  A counter must not fall.
+
+    A failure that will be retried is a failure all the same; when its job is
+    granted again (and later succeeds) the counter has to keep it, or rate()
+    and increase() read the drop as a reset and report a burst of failures.
+    """
+    error = "HTTP 503 Service Unavailable for https://example.org/1.pdf (transient: retried later)"
+    clock = TickingClock(time.time())
+    with Ledger.connect(db_url, clock=clock) as ledger:
+        plan_jobs(ledger, [("W1", "pdf", "https://example.org/1.pdf")])
+        lease = lease_next_job(ledger, owner=LIVE_OWNER, ttl_s=60)
+        assert lease is not None
+        fail_job(ledger, lease, error=error, retryable=True)
+        before = failures_total(ledger)
+        assert before == {"http_503": 1.0}
+        clock.now += HOUR  # the backoff is over: a worker takes the job again
+        again = lease_next_job(ledger, owner=LIVE_OWNER, ttl_s=60)
+        assert again is not None
+        after = failures_total(ledger)
+    assert after.get("http_503", 0.0) >= before["http_503"], (
+        f"docstokg_failures_total fell from {before} to {after}: it is exposed as a "
+        "counter but counts the jobs that are FAILED right now"
+    )
 
 
 # --- runbook 5: many workers on one SQLite file ------------------------------------------------

@@ -1,61 +1,11 @@
-"""``docstokg demo``: the whole product in one minute, on a loopback server and a SQLite ledger."""
+"""``docstokg demo``: the README's "run the main job"."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-
-from docstokg.cli.output import configure_logging, out
-from docstokg.cli.run import print_summary, stop_on_signals
-from docstokg.config import IdempotencyConfig
-from docstokg.demo.server import Artifact, ArtifactServer, Fault, PathStats, generated_body
-from docstokg.download import ArtifactStore
-from docstokg.keys import job_id_for, job_key
-from docstokg.manifest import Manifest, read_manifest
-from docstokg.reporting import LogReporter
-from docstokg.runner import DownloadRun, RunSettings, RunSummary
-
-LARGE = "/large/dataset.bin"
-LARGE_BYTES = 8 * 1024 * 1024
-PAUSE_AT = 3 * 1024 * 1024
-KiB = 1024
-
-
-def _serve_artifacts(server: ArtifactServer) -> list[dict[str, str]]:
-    """Add the demo's artifacts; returns the manifest rows (one of them malformed)."""
-    rows = []
-    for number in range(1, 6):
-        url = server.add(
-            f"/papers/{number}.pdf", Artifact(generated_body(f"paper{number}", 96 * KiB))
-        )
-        rows.append({"work_id": f"W{number}", "artifact_id": "pdf", "url": url})
-    # The same bytes as paper 2, published again under another URL.
-    mirror = server.add("/mirror/2.pdf", Artifact(generated_body("paper2", 96 * KiB)))
-    rows.append({"work_id": "W2", "artifact_id": "mirror-pdf", "url": mirror})
-    flaky = server.add(
-        "/flaky/6.pdf",
-        Artifact(
-            generated_body("paper6", 64 * KiB),
-            faults=[Fault(503, {"Retry-After": "1"})],
-        ),
-    )
-    rows.append({"work_id": "W6", "artifact_id": "pdf", "url": flaky})
-    gone = server.add("/gone/7.pdf", Artifact(b"", status=404))
-    rows.append({"work_id": "W7", "artifact_id": "pdf", "url": gone})
-    large = server.add(
-        LARGE, Artifact(generated_body("dataset", LARGE_BYTES), pause_after=PAUSE_AT)
-    )
-    rows.append({"work_id": "W8", "artifact_id": "dataset", "url": large})
-    rows.append({"work_id": "W9", "artifact_id": "pdf", "url": "ftp://example.org/9.pdf"})
-    return rows
 
 
 def demo(
@@ -76,104 +26,6 @@ def demo(
     request and fetches nothing that is already stored. Then the summary and
     the job table.
     """
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    configure_logging()
-    config = IdempotencyConfig(
-        enabled=True, lease_ttl_s=30, stale_file_age_s=3600, backoff_base_s=0.5, max_attempts=3
-    )
-    with ArtifactServer() as server:
-        manifest_path = directory / "manifest.jsonl"
-        lines = [json.dumps(row) for row in _serve_artifacts(server)]
-        manifest_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        manifest = read_manifest(manifest_path)
-        settings = RunSettings(
-            out_dir=directory,
-            config=config,
-            workers=workers,
-            db_url=f"sqlite:///{(directory / 'manifest.sqlite3').resolve()}",
-        )
-        out.rule("[bold]Run 1[/]: the ledger on; interrupted mid-download")
-        out.print(
-            f"Serving {len(lines) - 1} artifacts on {server.base_url}; manifest {manifest_path}"
-        )
-        for problem in manifest.problems:
-            out.print(f"[yellow]skipped[/] line {problem.line}: {escape(problem.reason)}")
-        first = _interrupted_run(manifest, settings, server)
-        _print_states("After run 1", first)
-        before = server.total()
+    from docstokg.demo.walkthrough import run_demo  # the runner's imports, only when used
 
-        out.rule("[bold]Run 2[/]: the same command again")
-        second_run = DownloadRun(manifest, settings, reporter=LogReporter())
-        with stop_on_signals(second_run.request_stop):
-            second = second_run.run()
-        _explain_second_run(server, before)
-        out.rule("[bold]Result[/]")
-        print_summary(second)
-        out.print(
-            f"Artifacts are in {escape(str(directory / 'artifacts'))}, named by SHA-256; the "
-            f"ledger is {escape(str(directory / 'manifest.sqlite3'))}."
-        )
-        out.print("Inspect it: docstokg db current --db " + escape(str(settings.db_url)))
-    if second.exit_code not in (0, 1):
-        raise typer.Exit(second.exit_code)
-
-
-def _interrupted_run(
-    manifest: Manifest, settings: RunSettings, server: ArtifactServer
-) -> RunSummary:
-    """Run in a thread; once the large download is paused a third in, stop the run."""
-    download = DownloadRun(manifest, settings, reporter=LogReporter())
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-run-1") as pool:
-        running = pool.submit(download.run)
-        with stop_on_signals(download.request_stop):
-            if server.wait_paused(LARGE, timeout=30):
-                # The writer's buffer may hold the last few KiB back from the file.
-                part = _wait_for_part(settings.out_dir, manifest, PAUSE_AT - 64 * KiB)
-                out.print(
-                    f"[bold yellow]Interrupting run 1[/] while {LARGE} is at {part:,} of "
-                    f"{LARGE_BYTES:,} bytes (as Ctrl-C would): its .part stays in .staging."
-                )
-            download.request_stop()
-            server.release(LARGE)
-            return running.result()
-
-
-def _wait_for_part(out_dir: Path, manifest: Manifest, size: int) -> int:
-    """Until the large download's .part holds ``size`` bytes (the server pauses there)."""
-    [row] = [row for row in manifest.rows if row.url.endswith(LARGE)]
-    job_id = job_id_for(job_key(row.work_id, row.artifact_id, row.url))
-    part = ArtifactStore(out_dir).part_path(job_id)
-    deadline = time.monotonic() + 30
-    have = 0
-    while time.monotonic() < deadline:
-        have = part.stat().st_size if part.exists() else 0
-        if have >= size:
-            break
-        time.sleep(0.02)  # a demo watching a file grow, not a test synchronising
-    return have
-
-
-def _print_states(title: str, summary: RunSummary) -> None:
-    table = Table(title=title)
-    for column in ("work_id", "artifact_id", "state"):
-        table.add_column(column)
-    for job in summary.jobs:
-        table.add_row(escape(job.work_id), escape(job.artifact_id), job.label)
-    out.print(table)
-
-
-def _explain_second_run(server: ArtifactServer, before: PathStats) -> None:
-    after = server.total()
-    large = server.stats(LARGE)
-    out.print(
-        f"Run 2 made {after.get_requests - before.get_requests} GET requests "
-        f"({after.range_gets - before.range_gets} ranged): finished artifacts were not "
-        "fetched again."
-    )
-    if large.range_headers:
-        out.print(
-            f"{LARGE} resumed with [bold]Range: {large.range_headers[-1]}[/] and If-Range "
-            f"{large.if_range_headers[-1] if large.if_range_headers else '(none)'}."
-        )
+    raise typer.Exit(run_demo(directory, workers))

@@ -22,7 +22,6 @@ from docstokg.cli.output import JsonOption, out, print_json
 from docstokg.config import load_settings, resolve_db_url
 from docstokg.errors import ConfigurationError
 from docstokg.ledger import JobRecord, Ledger, OpRecord, migrate
-from docstokg.metrics import exposition
 from docstokg.services.operations import (
     job_cleanup,
     job_leases,
@@ -475,6 +474,8 @@ def metrics(
     config: ConfigFile = None,
 ) -> None:
     """Print the Prometheus text exposition (the same as `run --metrics-port` serves)."""
+    from docstokg.metrics import exposition  # prometheus_client, only for this command
+
     with _existing_ledger(db, out_dir, config) as ledger:
         text = exposition(ledger)
     typer.echo(text.decode("utf-8"), nl=False)

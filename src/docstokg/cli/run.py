@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -18,8 +18,9 @@ from docstokg.cli.output import JsonOption, configure_logging, err, out, print_j
 from docstokg.config import load_settings, resolve_db_url
 from docstokg.errors import ConfigurationError
 from docstokg.manifest import Manifest, read_manifest
-from docstokg.reporting import LogReporter, RichReporter, RunReporter
-from docstokg.runner import DownloadRun, RunSettings, RunSummary
+
+if TYPE_CHECKING:
+    from docstokg.runner import RunSummary
 
 # Jobs listed one by one in the summary; beyond this only the failed ones are.
 JOB_TABLE_ROWS = 50
@@ -106,6 +107,10 @@ def run(
       DOCSTOKG_ENABLE_IDEMPOTENCY=true docstokg run papers.csv --out store \\
         --db postgresql+psycopg://ledger@db-host/docstokg
     """
+    # Imported here, not at the top: `docstokg job ...` should not pay for httpx.
+    from docstokg.reporting import LogReporter, RichReporter, RunReporter
+    from docstokg.runner import DownloadRun, RunSettings
+
     settings = load_settings(config, enabled_flag=idempotency)
     parsed = read_manifest(manifest)
     _report_problems(parsed)

@@ -21,12 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -50,6 +46,10 @@ from docstokg.ledger.engine import (
     sqlite_path,
 )
 from docstokg.ledger.models import meta_table
+
+if TYPE_CHECKING:  # Alembic is imported where it is used: reading a status needs none of it
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 BASELINE_REVISION = "0001_v3_baseline"
 SCHEMA_VERSION_KEY = "schema_version"
@@ -113,6 +113,8 @@ class UpgradeResult:
 
 def alembic_config() -> Config:
     """A Config pointing at the revisions shipped inside the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(files("docstokg") / "migrations"))
     return config
@@ -120,6 +122,8 @@ def alembic_config() -> Config:
 
 @cache
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -187,6 +191,8 @@ def upgrade(url: str | URL, revision: str = "head", **engine_options: Any) -> Up
                     f"{exc.strerror or exc}"
                 ) from exc
 
+    from alembic import command
+
     engine = create_ledger_engine(
         parsed, foreign_keys=False, poolclass=NullPool, **_connection_options(engine_options)
     )
@@ -244,6 +250,8 @@ def _describe(connection: Connection) -> SchemaStatus:
     tables = set(inspect(connection).get_table_names())
     revision = None
     if "alembic_version" in tables:
+        from alembic.runtime.migration import MigrationContext
+
         heads = MigrationContext.configure(connection).get_current_heads()
         revision = ",".join(heads) if heads else None
     schema_version = None
