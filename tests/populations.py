@@ -97,6 +97,9 @@ OP_ATTEMPTS = {("f503_retry", "HEAD"): 2, ("deduped_hour", "STREAM"): 3, ("strea
 # Retries are counted from the ops: jobs with a step that ran again, and the extra runs.
 RETRIED_JOBS = 3
 RETRY_ATTEMPTS = 1 + 2 + 1
+# Runs of a step that did not succeed: FAILED ops now, plus every run again.
+# HEAD: f404_b, f503_out, f503_retry FAILED, and f503_retry's second run; STREAM: 2 + 1.
+STEP_FAILURES = {"HEAD": 3 + 1, "STREAM": 2 + 1}
 # (reason, jobs, of which out of attempts), most frequent first
 FAILURES = [("http_404", 3, 3), ("http_503", 2, 1), ("timeout", 1, 0)]
 # kind: (runs, p50, p95), by nearest rank (0-based rank ceil(q * n) - 1 of the sorted values)

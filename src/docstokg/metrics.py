@@ -1,10 +1,12 @@
-"""Prometheus metrics read from the ledger: ``docstokg job metrics`` and ``run --metrics-port``.
+"""Prometheus metrics: ``docstokg job metrics`` and ``docstokg run --metrics-port``.
 
-A collector asks the ledger at every scrape, so the numbers are the same ones
-``docstokg job status|stats`` print, whichever process finished the jobs.
-Values derived from rows that operators may reset (``job retry`` refills
-attempts, ``job vacuum`` deletes ops) are exposed as counters because they
-only grow between such repairs; a repair shows up as a counter reset.
+:class:`LedgerCollector` asks the ledger at every scrape, so its numbers are
+the ones ``docstokg job status|stats`` print, whichever process finished the
+jobs.  Its two counters are derived from op rows and only grow (``job vacuum``,
+which deletes ops, shows up as a counter reset).  A running ``docstokg run``
+adds :class:`RunCounters`: the failures its own workers met, by reason — a
+true counter, which the ledger cannot give (it keeps each job's last error,
+not every error).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, generate_latest, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -44,6 +46,7 @@ class LedgerCollector(Collector):
             live = reports.live_lease_count(now=uow.now())
             _, retry_attempts = reports.retries()
             groups = reports.failure_groups()
+            step_failures = reports.step_failures()
             histogram = reports.duration_histogram(DURATION_BUCKETS)
             abandoned = reports.abandoned_ops()
 
@@ -65,16 +68,22 @@ class LedgerCollector(Collector):
             "Extra runs of job steps: retries after failures, takeovers after crashes.",
             value=retry_attempts,
         )
-        failures = CounterMetricFamily(
-            "docstokg_failures", "FAILED jobs by reason class.", labels=["reason"]
+        steps = CounterMetricFamily(
+            "docstokg_step_failures", "Runs of a step that did not succeed.", labels=["kind"]
+        )
+        for kind, count in sorted(step_failures.items()):
+            steps.add_metric([kind], count)
+        yield steps
+        failed = GaugeMetricFamily(
+            "docstokg_failed_jobs", "Jobs FAILED now, by reason class.", labels=["reason"]
         )
         by_reason: dict[str, int] = {}
         for group in groups:
             reason = failure_reason(group.error)
             by_reason[reason] = by_reason.get(reason, 0) + group.count
         for reason, count in sorted(by_reason.items()):
-            failures.add_metric([reason], count)
-        yield failures
+            failed.add_metric([reason], count)
+        yield failed
         durations = HistogramMetricFamily(
             "docstokg_op_duration_seconds",
             "How long each op kind's last run took.",
@@ -94,10 +103,38 @@ def _bound(bound: float) -> str:
     return repr(float(bound))
 
 
-def registry_for(ledger: Ledger) -> CollectorRegistry:
+class RunCounters:
+    """What one ``docstokg run`` process met: failed attempts by reason class."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.failures = Counter(
+            "docstokg_failures",
+            "Failed download attempts met by this run, by reason class.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def failed(self, error: str | None) -> None:
+        self.failures.labels(reason=failure_reason(error)).inc()
+
+
+def registry_for(ledger: Ledger, counters: RunCounters | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger))
+    if counters is not None:
+        registry.register(_Forward(counters.registry))
     return registry
+
+
+class _Forward(Collector):
+    """The metrics of another registry, collected into this one."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._source.collect()
 
 
 def exposition(ledger: Ledger) -> bytes:
@@ -106,7 +143,13 @@ def exposition(ledger: Ledger) -> bytes:
 
 
 @contextmanager
-def serving(ledger: Ledger, port: int | None, *, address: str = "127.0.0.1") -> Iterator[None]:
+def serving(
+    ledger: Ledger,
+    port: int | None,
+    *,
+    counters: RunCounters | None = None,
+    address: str = "127.0.0.1",
+) -> Iterator[None]:
     """Serve /metrics on ``address:port`` (a daemon thread) for the duration of the block.
 
     ``port`` None serves nothing.  Loopback by default: expose it further
@@ -116,7 +159,9 @@ def serving(ledger: Ledger, port: int | None, *, address: str = "127.0.0.1") -> 
         yield
         return
     try:
-        server, thread = start_http_server(port, addr=address, registry=registry_for(ledger))
+        server, thread = start_http_server(
+            port, addr=address, registry=registry_for(ledger, counters)
+        )
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}; pick a free "

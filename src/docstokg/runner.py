@@ -35,6 +35,7 @@ from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import JobRecord, JobSpec, Ledger
 from docstokg.manifest import Manifest, ManifestProblem
+from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
 from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
 from docstokg.reporting import NullReporter, RunReporter
@@ -194,6 +195,7 @@ class DownloadRun:
         self._settings = settings
         self._reporter = reporter or NullReporter()
         self._stop = threading.Event()
+        self._counters = RunCounters()
         self._bytes = 0
         self._bytes_lock = threading.Lock()
         # host:pid:run: an operator can tell which process (and which run in
@@ -259,7 +261,7 @@ class DownloadRun:
                 self._maintain(ledger, fetcher.store)
 
             maintenance()
-            with serving_metrics(ledger, settings.metrics_port):
+            with serving_metrics(ledger, settings.metrics_port, counters=self._counters):
                 return self._plan_and_work(ledger, fetcher, maintenance)
 
     def _plan_and_work(
@@ -351,6 +353,8 @@ class DownloadRun:
                     on_bytes=self._count_bytes,
                 )
             completion.ask_again()
+            if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
+                self._counters.failed(outcome.error)
             self._reporter.job_ended(outcome)
 
     # --- the ledger off --------------------------------------------------------------

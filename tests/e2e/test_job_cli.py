@@ -556,7 +556,8 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     assert types["docstokg_live_leases"] == "gauge"
     assert types["docstokg_op_duration_seconds"] == "histogram"
     assert types["docstokg_retries"] == "counter"
-    assert types["docstokg_failures"] == "counter"
+    assert types["docstokg_step_failures"] == "counter"
+    assert types["docstokg_failed_jobs"] == "gauge"
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in families
@@ -576,7 +577,7 @@ def test_metrics_exposition(sqlite_url: str, population: P.Population, tmp_path:
     assert {
         labels[0][1]: value
         for (name, labels), value in samples.items()
-        if name == "docstokg_failures_total"
+        if name == "docstokg_failed_jobs"
     } == {reason: count for reason, count, _ in P.FAILURES}
     counts = {
         labels[0][1]: value
@@ -960,7 +961,9 @@ def test_stats_and_metrics_count_the_retries_a_real_run_made(
     outcome = invoke("job", "metrics", "--out", str(out))
     assert outcome.code == 0, outcome
     samples = metric_samples(outcome.stdout)
-    assert samples["docstokg_failures_total", (("reason", "http_404"),)] == 1
+    assert samples["docstokg_failed_jobs", (("reason", "http_404"),)] == 1
+    # The 404's HEAD and the 503's first HEAD did not succeed; the 503's second did.
+    assert samples["docstokg_step_failures_total", (("kind", "HEAD"),)] == 2
     # The 404 was never retried: it must not count as a retried job, nor as retries.
     assert (stats["retried_jobs"], stats["retry_attempts"]) == (1, 1), stats
     assert samples["docstokg_retries_total", ()] == 1

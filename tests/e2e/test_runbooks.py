@@ -354,6 +354,19 @@ def test_the_page_has_the_sections_it_promises_and_links_the_design_notes() -> N
     assert "](README.md#" in document
 
 
+def github_slug(heading: str) -> str:
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def test_the_links_into_readme_name_headings_it_has() -> None:
+    readme = (AGENTS_MD.parent / "README.md").read_text(encoding="utf-8")
+    slugs = {github_slug(h) for h in re.findall(r"^#+ (.+)$", readme, re.MULTILINE)}
+    anchors = set(re.findall(r"\]\(README\.md#([^)]+)\)", agents_md()))
+    assert anchors, "AGENTS.md links no README section"
+    assert anchors <= slugs, f"no such README sections: {sorted(anchors - slugs)}"
+
+
 def test_every_setting_and_its_environment_variable_is_in_the_configuration_table() -> None:
     document = agents_md()
     rows = {
@@ -441,6 +454,7 @@ def test_runbook_1_finds_the_dead_workers_expired_lease_and_its_open_op(
     assert ops["HEAD"]["status"] == "SUCCEEDED"
     assert ops["STREAM"]["status"] == "IN_PROGRESS"
     assert ops["STREAM"]["epoch"] == shown["job"]["lease_epoch"] == dead.epoch
+    assert abs(float(seen.of("date +%s").stdout) - time.time()) < 60
     dry = seen.json("job cleanup")
     assert dry == {
         "dry_run": True,
@@ -703,7 +717,8 @@ def test_runbook_4_names_the_top_failure_reason_and_the_retry_repairs_the_budget
         ("connection", 1),
     }
     metrics = seen.of("job metrics").stdout
-    assert 'docstokg_failures_total{reason="http_404"} 8.0' in metrics
+    assert 'docstokg_failed_jobs{reason="http_404"} 8.0' in metrics
+    assert "docstokg_step_failures_total" in metrics
     assert "docstokg_jobs_exhausted 11.0" in metrics
     assert "docstokg_retries_total" in metrics
     shown = seen.json("job show")
@@ -730,39 +745,46 @@ def test_runbook_4_names_the_top_failure_reason_and_the_retry_repairs_the_budget
     assert (after["failed_exhausted"], after["failed_retrying"]) == (0, 11)
 
 
-def failures_total(ledger: Ledger) -> dict[str, float]:
+def step_failures_total(ledger: Ledger) -> dict[str, float]:
     samples = {}
     for line in exposition(ledger).decode().splitlines():
-        found = re.fullmatch(r'docstokg_failures_total\{reason="(\w+)"\} (\S+)', line)
+        found = re.fullmatch(r'docstokg_step_failures_total\{kind="(\w+)"\} (\S+)', line)
         if found:
             samples[found.group(1)] = float(found.group(2))
     return samples
 
 
 def test_runbook_4_alerts_on_a_failures_counter_that_never_goes_down(db_url: str) -> None:
-    """Prevention says: alert on the rate of docstokg_failures_total.  A counter must not fall.
+    """Prevention says: alert on the rate of docstokg_step_failures_total.  It must not fall.
 
-    A failure that will be retried is a failure all the same; when its job is
-    granted again (and later succeeds) the counter has to keep it, or rate()
-    and increase() read the drop as a reset and report a burst of failures.
+    A failure that will be retried is a failure all the same; when its step
+    runs again (and succeeds) the counter has to keep it, or rate() and
+    increase() read the drop as a reset and report a burst of failures.
     """
-    error = "HTTP 503 Service Unavailable for https://example.org/1.pdf (transient: retried later)"
     clock = TickingClock(time.time())
+
+    def refused() -> dict[str, Any]:
+        raise RuntimeError("HTTP 503 Service Unavailable (transient: retried later)")
+
     with Ledger.connect(db_url, clock=clock) as ledger:
         plan_jobs(ledger, [("W1", "pdf", "https://example.org/1.pdf")])
         lease = lease_next_job(ledger, owner=LIVE_OWNER, ttl_s=60)
         assert lease is not None
-        fail_job(ledger, lease, error=error, retryable=True)
-        before = failures_total(ledger)
-        assert before == {"http_503": 1.0}
+        head = op_key("HEAD", lease.job_id)
+        with pytest.raises(RuntimeError):
+            run_effect(ledger, lease, kind="HEAD", opkey=head, effect_fn=refused)
+        fail_job(ledger, lease, error="HTTP 503 Service Unavailable", retryable=True)
+        before = step_failures_total(ledger)
+        assert before == {"HEAD": 1.0}
+        assert 'docstokg_failed_jobs{reason="http_503"} 1.0' in exposition(ledger).decode()
         clock.now += HOUR  # the backoff is over: a worker takes the job again
         again = lease_next_job(ledger, owner=LIVE_OWNER, ttl_s=60)
         assert again is not None
-        after = failures_total(ledger)
-    assert after.get("http_503", 0.0) >= before["http_503"], (
-        f"docstokg_failures_total fell from {before} to {after}: it is exposed as a "
-        "counter but counts the jobs that are FAILED right now"
-    )
+        run_effect(ledger, again, kind="HEAD", opkey=head, effect_fn=lambda: {"status": 200})
+        after = step_failures_total(ledger)
+        text_after = exposition(ledger).decode()
+    assert after == before, f"docstokg_step_failures_total moved from {before} to {after}"
+    assert "docstokg_failed_jobs{" not in text_after  # the gauge did fall: no job FAILED now
 
 
 # --- runbook 5: many workers on one SQLite file ------------------------------------------------
@@ -819,6 +841,10 @@ def test_runbook_5_shows_the_writers_and_the_wal_of_a_busy_sqlite_ledger(tmp_pat
         assert suffix in listing, listing
     holders = seen.of("lsof").stdout
     assert re.search(rf"^\S+\s+{os.getpid()}\s", holders, re.MULTILINE), holders
+    processes = seen.of("ps -o").stdout
+    assert re.search(rf"^\s*{os.getpid()}\s+\S+\s+\S+\s+\S*python", processes, re.MULTILINE), (
+        processes
+    )
     assert "Type" in seen.of("df -T").stdout
     assert counts == {"leased_jobs": 32, "workers": workers}
 

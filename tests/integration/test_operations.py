@@ -471,7 +471,13 @@ def test_exposition_reports_the_population(ledger: Ledger, population: P.Populat
     assert families["docstokg_retries"].type == "counter"
     assert samples["docstokg_retries_total", ()] == P.RETRY_ATTEMPTS
     for reason, count, _ in P.FAILURES:
-        assert samples["docstokg_failures_total", (("reason", reason),)] == count
+        assert samples["docstokg_failed_jobs", (("reason", reason),)] == count
+    assert families["docstokg_step_failures"].type == "counter"
+    assert {
+        labels[0][1]: value
+        for (name, labels), value in samples.items()
+        if name == "docstokg_step_failures_total"
+    } == P.STEP_FAILURES
     assert families["docstokg_op_duration_seconds"].type == "histogram"
     for kind, (count, _, _) in P.DURATIONS.items():
         assert samples["docstokg_op_duration_seconds_count", (("kind", kind),)] == count
@@ -486,3 +492,22 @@ def test_exposition_reports_the_population(ledger: Ledger, population: P.Populat
         assert samples[
             "docstokg_op_duration_seconds_bucket", (("kind", "HEAD"), ("le", bound))
         ] == sum(1 for value in head if value <= float(bound))
+
+
+def test_a_run_adds_its_own_failures_counter_by_reason(
+    ledger: Ledger, population: P.Population
+) -> None:
+    from prometheus_client import generate_latest
+
+    from docstokg.metrics import RunCounters, registry_for
+
+    counters = RunCounters()
+    counters.failed("HTTP 404 Not Found for http://x/1 (permanent: not retried)")
+    counters.failed("HTTP 503 Service Unavailable for http://x/2")
+    counters.failed("HTTP 503 Service Unavailable for http://x/2")
+    text = generate_latest(registry_for(ledger, counters)).decode()
+    assert 'docstokg_failures_total{reason="http_404"} 1.0' in text
+    assert 'docstokg_failures_total{reason="http_503"} 2.0' in text
+    assert "# TYPE docstokg_failures_total counter" in text
+    # The ledger's own metrics are served beside it.
+    assert 'docstokg_jobs{state="DEDUPED"}' in text

@@ -62,7 +62,7 @@ STORED_CONTENT_SQL = "state = 'DEDUPED'"
 # Operators' questions: which jobs were retried, which ops were given up on.
 RETRIED_SQL = "attempt > 1"
 FAILED_SQL = "state = 'FAILED'"
-ABANDONED_SQL = "status = 'ABANDONED'"
+UNHEALTHY_SQL = "status IN ('FAILED', 'ABANDONED')"
 TIMED_SQL = "duration_s IS NOT NULL"
 
 
@@ -167,16 +167,19 @@ class ArtifactOp(Base):
         # job stats: steps that ran more than once (retries and takeovers).
         Index(
             "ix_artifact_ops_retried",
+            "op_type",
             "job_id",
             "attempt",
             sqlite_where=text(RETRIED_SQL),
             postgresql_where=text(RETRIED_SQL),
         ),
+        # job stats / metrics: ops given up on, and failed runs by kind.
         Index(
-            "ix_artifact_ops_abandoned",
+            "ix_artifact_ops_unhealthy",
             "op_type",
-            sqlite_where=text(ABANDONED_SQL),
-            postgresql_where=text(ABANDONED_SQL),
+            "status",
+            sqlite_where=text(UNHEALTHY_SQL),
+            postgresql_where=text(UNHEALTHY_SQL),
         ),
         CheckConstraint(
             "status IN ({})".format(", ".join(f"'{status}'" for status in OP_STATUSES)),

@@ -28,7 +28,7 @@ depends_on: str | Sequence[str] | None = None
 
 RETRIED = "attempt > 1"
 FAILED = "state = 'FAILED'"
-ABANDONED = "status = 'ABANDONED'"
+UNHEALTHY = "status IN ('FAILED', 'ABANDONED')"
 TIMED = "duration_s IS NOT NULL"
 
 _meta = sa.table("_meta", sa.column("key", sa.Text), sa.column("value", sa.Text))
@@ -63,11 +63,13 @@ def upgrade() -> None:
         ["last_error", "attempts", "max_attempts", "created_at"],
         FAILED,
     )
-    _partial_index("ix_artifact_ops_retried", "artifact_ops", ["job_id", "attempt"], RETRIED)
+    _partial_index(
+        "ix_artifact_ops_retried", "artifact_ops", ["op_type", "job_id", "attempt"], RETRIED
+    )
     _partial_index(
         "ix_artifact_ops_kind_duration", "artifact_ops", ["op_type", "duration_s"], TIMED
     )
-    _partial_index("ix_artifact_ops_abandoned", "artifact_ops", ["op_type"], ABANDONED)
+    _partial_index("ix_artifact_ops_unhealthy", "artifact_ops", ["op_type", "status"], UNHEALTHY)
     op.execute(_meta.update().where(_meta.c.key == "schema_version").values(value="6"))
 
 
@@ -79,7 +81,7 @@ def _partial_index(name: str, table: str, columns: list[str], where: str) -> Non
 
 def downgrade() -> None:
     op.execute(_meta.update().where(_meta.c.key == "schema_version").values(value="5"))
-    op.drop_index("ix_artifact_ops_abandoned", table_name="artifact_ops")
+    op.drop_index("ix_artifact_ops_unhealthy", table_name="artifact_ops")
     op.drop_index("ix_artifact_ops_kind_duration", table_name="artifact_ops")
     op.drop_index("ix_artifact_ops_retried", table_name="artifact_ops")
     op.drop_index("ix_artifact_jobs_failed", table_name="artifact_jobs")
