@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ class HeldLease:
 
     lease: Lease
     lost: threading.Event = field(default_factory=threading.Event)
+    until: float = 0.0  # lease_until as last granted or renewed
+
+    def __post_init__(self) -> None:
+        self.until = self.lease.lease_until
 
 
 class LeaseKeeper:
@@ -89,14 +94,16 @@ class LeaseKeeper:
             held_now = list(self._held)
         for held in held_now:
             try:
-                renew_lease(self._ledger, held.lease, ttl_s=self._ttl_s)
+                held.until = renew_lease(self._ledger, held.lease, ttl_s=self._ttl_s).lease_until
             except LeaseLost:
                 log.warning("lost the lease on job %s; its worker stops", held.lease.job_id)
                 held.lost.set()
             except (LedgerError, SQLAlchemyError) as exc:
-                # The next tick tries again; if the lease expires meanwhile,
-                # fencing refuses the worker's writes and it stops then.
                 log.warning("could not renew the lease on job %s: %s", held.lease.job_id, exc)
+                if time.time() >= held.until:
+                    # Expired for all we know: another worker may own the job
+                    # (and its .part) by now, so stop before touching either.
+                    held.lost.set()
 
     def _run_maintenance(self) -> None:
         assert self._maintenance is not None

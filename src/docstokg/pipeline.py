@@ -17,6 +17,7 @@ without moving a file.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,13 @@ from enum import StrEnum
 import httpx
 
 from docstokg.download import ArtifactStore, DownloadLimits, Probe, Streamed, probe, stream_to_part
-from docstokg.errors import DownloadInterrupted, FetchError, LeaseLost, TransientFetchError
+from docstokg.errors import (
+    DocstokgError,
+    DownloadInterrupted,
+    FetchError,
+    LeaseLost,
+    TransientFetchError,
+)
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger
 from docstokg.services import (
@@ -43,6 +50,7 @@ from docstokg.services import (
 from docstokg.states import JobState
 
 HEAD, STREAM, FINALIZE = "HEAD", "STREAM", "FINALIZE"
+log = logging.getLogger(__name__)
 
 StopCheck = Callable[[], bool]
 ByteCounter = Callable[[int], None]
@@ -135,9 +143,12 @@ class LedgerPipeline:
         except LeaseLost as exc:
             return JobOutcome(target, Outcome.LOST, error=str(exc))
         except FetchError as exc:
-            if not exc.retryable:  # no attempt will resume it: do not leave it to the reconciler
+            failed = self._fail(lease, target, exc.reason, exc.retryable, exc.retry_after_s)
+            if failed.outcome is Outcome.FAILED and not exc.retryable:
+                # Out of attempts, and recorded so under our lease (a lost lease
+                # would be LOST: the new holder may be resuming this very file).
                 self._fetcher.store.part_path(lease.job_id).unlink(missing_ok=True)
-            return self._fail(lease, target, exc.reason, exc.retryable, exc.retry_after_s)
+            return failed
         except OSError as exc:  # the disk, not the server: a full disk may have room later
             return self._fail(lease, target, f"{type(exc).__name__}: {exc}", True, None)
         outcome = Outcome.STORED if decided["outcome"] == JobState.DEDUPED else Outcome.DUPLICATE
@@ -148,6 +159,23 @@ class LedgerPipeline:
             size_bytes=content.size_bytes,
             final_path=content.final_path,
         )
+
+    def give_up(self, lease: Lease, exc: Exception) -> JobOutcome:
+        """A job broke in a way no step expects (a bug): record it as a failure and go on.
+
+        The traceback goes to the log; the job uses an attempt, so a job that
+        breaks every time ends FAILED with the error for an operator to see,
+        instead of taking its worker, and the run, down.  If even recording
+        fails (the database is gone), the original error propagates.
+        """
+        target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
+        log.exception("job %s failed unexpectedly", lease.job_id, exc_info=exc)
+        try:
+            return self._fail(
+                lease, target, f"internal error: {type(exc).__name__}: {exc}", True, None
+            )
+        except DocstokgError as recording:
+            raise exc from recording
 
     def _fetch_and_store(
         self, steps: JobSteps, should_stop: StopCheck, on_bytes: ByteCounter

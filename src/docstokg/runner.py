@@ -21,7 +21,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
@@ -347,11 +347,14 @@ class DownloadRun:
                 release_lease(ledger, lease)
                 return
             with keeper.holding(lease) as held:
-                outcome = pipeline.process(
-                    lease,
-                    should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
-                    on_bytes=self._count_bytes,
-                )
+                try:
+                    outcome = pipeline.process(
+                        lease,
+                        should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
+                        on_bytes=self._count_bytes,
+                    )
+                except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the run
+                    outcome = pipeline.give_up(lease, exc)
             completion.ask_again()
             if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
                 self._counters.failed(outcome.error)
@@ -423,12 +426,11 @@ class DownloadRun:
             max_workers=self._settings.workers, thread_name_prefix="docstokg-worker"
         ) as pool:
             futures = [pool.submit(work, number) for number in range(self._settings.workers)]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                self._stop.set()
-                raise
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [future for future in done if future.exception() is not None]
+            if failed:
+                self._stop.set()  # the others stop at their next chunk or claim
+                failed[0].result()
 
     def _count_bytes(self, count: int) -> None:
         with self._bytes_lock:

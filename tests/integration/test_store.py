@@ -106,10 +106,17 @@ def test_finalize_creates_missing_directories(tmp_path: Path) -> None:
     assert (tmp_path / "fresh" / relpath).read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("job_id", ["../x", "a/b", "", "abc.part", "ABCDEF\n", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "job_id", ["../x", "a/b", "", ".hidden", "a..b", "ABCDEF\n", "/etc/passwd", "a\\b"]
+)
 def test_part_path_refuses_ids_that_could_escape(store: ArtifactStore, job_id: str) -> None:
-    with pytest.raises(ValueError, match="is not a hex job id"):
+    with pytest.raises(ValueError, match="is not a safe file name"):
         store.part_path(job_id)
+
+
+def test_part_path_accepts_ids_adopted_from_v3(store: ArtifactStore) -> None:
+    assert store.part_path("legacy-00007") == store.staging_dir / "legacy-00007.part"
+    assert store.part_path("job_7.v3") == store.staging_dir / "job_7.v3.part"
 
 
 def test_part_path_accepts_hex_and_dashes(store: ArtifactStore) -> None:

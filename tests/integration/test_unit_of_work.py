@@ -147,3 +147,20 @@ def test_a_database_from_a_newer_docstokg_is_not_written(db_url: str) -> None:
     with Ledger.connect(db_url) as ledger:
         with pytest.raises(UnknownRevision, match="f00d_from_the_future"), ledger.unit_of_work():
             pass
+
+
+def test_a_write_unit_of_work_inside_another_on_sqlite_is_refused_not_a_deadlock(
+    tmp_path: Path,
+) -> None:
+    from docstokg.errors import LedgerError
+
+    with Ledger.connect(f"sqlite:///{tmp_path / 'nested.sqlite3'}") as ledger:
+        ledger.upgrade()
+        with ledger.unit_of_work() as outer:
+            with pytest.raises(LedgerError, match="already open in this thread"):
+                ledger.unit_of_work().__enter__()
+            with ledger.unit_of_work(read_only=True) as reader:  # reading inside is fine
+                assert reader.jobs.count_by_state()
+            outer.commit()
+        with ledger.unit_of_work() as again:  # the gate was left open for the next one
+            again.commit()

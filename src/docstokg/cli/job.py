@@ -364,7 +364,9 @@ def cleanup(
 ) -> None:
     """Clear expired leases, mark abandoned ops, delete stale .part files; say how many.
 
-    A .part is stale when it is older than stale_file_age_s and no live lease
+    Final paths are checked under --out when given, else under the staging
+    folder's parent (pass OUT/.staging). A .part is stale when it is older
+    than stale_file_age_s and no live lease
     owns its job; ops are abandoned when IN_PROGRESS for longer than the lease
     TTL under a holder that lost its lease. Safe while workers run.
     """
@@ -374,6 +376,7 @@ def cleanup(
             ledger,
             dry_run=dry_run,
             staging=staging,
+            artifacts_root=out_dir,
             stale_file_age_s=settings.config.stale_file_age_s,
             abandoned_threshold_s=settings.config.lease_ttl_s,
         )

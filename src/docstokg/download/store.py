@@ -15,7 +15,10 @@ from pathlib import Path
 
 from docstokg.errors import TransientFetchError
 
-_JOB_ID = re.compile(r"[0-9a-fA-F-]+")
+# New job ids are hex UUIDs; ids adopted from a v3 ledger may be any short
+# name.  Letters, digits, dot, dash, underscore, not starting with a dot: no
+# separator, no "..", so no staging path can leave the staging folder.
+_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -33,11 +36,11 @@ class ArtifactStore:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
 
     def part_path(self, job_id: str) -> Path:
-        """Where job ``job_id`` stages its download; refuses ids that are not hex/dashes."""
-        if not _JOB_ID.fullmatch(job_id):
+        """Where job ``job_id`` stages its download; refuses ids that could name another path."""
+        if not _JOB_ID.fullmatch(job_id) or ".." in job_id:
             raise ValueError(
-                f"job_id {job_id!r} is not a hex job id (digits, a-f and dashes only); "
-                "refusing to build a staging path from it"
+                f"job_id {job_id!r} is not a safe file name (letters, digits, '.', '-', '_', "
+                "not starting with '.', no '..'); refusing to build a staging path from it"
             )
         return self.staging_dir / f"{job_id}.part"
 

@@ -24,7 +24,7 @@ from docstokg.ledger.engine import (
     create_ledger_engine,
     parse_url,
 )
-from docstokg.ledger.unit_of_work import Clock, UnitOfWork
+from docstokg.ledger.unit_of_work import Clock, UnitOfWork, WriteGate
 
 
 class Ledger:
@@ -45,7 +45,7 @@ class Ledger:
         # which sleeps in growing steps and lets a writer wait milliseconds for
         # a lock freed microseconds after it asked.  Other processes still meet
         # the busy handler.
-        self._write_gate = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._write_gate = WriteGate() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:

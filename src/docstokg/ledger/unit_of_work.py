@@ -41,6 +41,32 @@ Clock = Callable[[], float]
 _T = TypeVar("_T")
 
 
+class WriteGate:
+    """SQLite's one writer, queued for in this process: a lock that refuses re-entry.
+
+    Threads wait here, first come first served, instead of in SQLite's busy
+    handler, which sleeps in growing steps.  A thread that opens a write unit
+    of work inside another would wait for itself forever: it is told so.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder = threading.local()
+
+    def enter(self) -> None:
+        if getattr(self._holder, "inside", False):
+            raise LedgerError(
+                "a write unit of work is already open in this thread; commit (or leave) it "
+                "before opening another: SQLite has one writer, and it is this thread"
+            )
+        self._lock.acquire()
+        self._holder.inside = True
+
+    def leave(self) -> None:
+        self._holder.inside = False
+        self._lock.release()
+
+
 class UnitOfWork:
     """One transaction, and the repositories that work inside it."""
 
@@ -51,7 +77,7 @@ class UnitOfWork:
         *,
         clock: Clock | None,
         read_only: bool = False,
-        write_gate: threading.Lock | None = None,
+        write_gate: WriteGate | None = None,
     ) -> None:
         self._write_gate = write_gate
         self._gate_held = False
@@ -72,7 +98,7 @@ class UnitOfWork:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
         connection = None
         if self._write_gate is not None:
-            self._write_gate.acquire()
+            self._write_gate.enter()
             self._gate_held = True
         try:
             connection, self._kept = self._connections.acquire()
@@ -183,7 +209,7 @@ class UnitOfWork:
     def _open_gate(self) -> None:
         if self._gate_held and self._write_gate is not None:
             self._gate_held = False
-            self._write_gate.release()
+            self._write_gate.leave()
 
     @staticmethod
     def _require(value: _T | None) -> _T:

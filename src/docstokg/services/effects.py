@@ -21,7 +21,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from docstokg.errors import EffectResultTooLarge, InvalidTransition, LeaseLost, LedgerError
+from sqlalchemy.exc import SQLAlchemyError
+
+from docstokg.errors import DocstokgError, EffectResultTooLarge, LeaseLost, LedgerError
 from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.services.transitions import (
@@ -143,7 +145,7 @@ class JobSteps:
         elif self._ran is not None:
             # Keep what the last effect did if the lease still allows it; the
             # error already on its way is the one the caller must see.
-            with suppress(LeaseLost, InvalidTransition):
+            with suppress(DocstokgError, SQLAlchemyError):
                 self.flush()
 
     def effect(

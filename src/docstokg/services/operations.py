@@ -177,10 +177,15 @@ def job_cleanup(
     *,
     dry_run: bool,
     staging: Path | None = None,
+    artifacts_root: Path | None = None,
     stale_file_age_s: float = 3600.0,
     abandoned_threshold_s: float = 600.0,
 ) -> CleanupReport:
-    """Clear expired leases, abandon stale ops, delete stale ``.part`` files (or count them)."""
+    """Clear expired leases, abandon stale ops, delete stale ``.part`` files (or count them).
+
+    ``artifacts_root`` is the run's output folder, which final paths are
+    relative to (default: the staging folder's parent, as in OUT/.staging).
+    """
     if dry_run:
         with ledger.unit_of_work(read_only=True) as uow:
             now = uow.now()
@@ -189,14 +194,16 @@ def job_cleanup(
         parts: list[Path] = []
         requeued: list[str] = []
         if staging is not None:
-            report = reconcile_jobs(ledger, staging, stale_file_age_s, dry_run=True)
+            report = reconcile_jobs(
+                ledger, staging, stale_file_age_s, artifacts_root=artifacts_root, dry_run=True
+            )
             parts, requeued = report.parts_deleted, report.jobs_requeued
         return CleanupReport(True, leases, ops, parts, requeued)
     leases = cleanup_stale_leases(ledger)
     ops = cleanup_stale_ops(ledger, abandoned_threshold_s=abandoned_threshold_s)
     if staging is None:
         return CleanupReport(False, leases, ops)
-    report = reconcile_jobs(ledger, staging, stale_file_age_s)
+    report = reconcile_jobs(ledger, staging, stale_file_age_s, artifacts_root=artifacts_root)
     return CleanupReport(False, leases, ops, report.parts_deleted, report.jobs_requeued)
 
 

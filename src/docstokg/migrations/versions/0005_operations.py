@@ -37,6 +37,7 @@ _ops = sa.table(
     sa.column("started_at", sa.Float),
     sa.column("finished_at", sa.Float),
     sa.column("duration_s", sa.Float),
+    sa.column("status", sa.Text),
 )
 
 
@@ -49,7 +50,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("duration_s", _epoch_seconds(), nullable=True))
     op.execute(
         _ops.update()
-        .where(_ops.c.finished_at.is_not(None))
+        # As the code does: successes and failures are timed; abandoned ops are not.
+        .where(_ops.c.finished_at.is_not(None), _ops.c.status.in_(["SUCCEEDED", "FAILED"]))
         .values(duration_s=_ops.c.finished_at - _ops.c.started_at)
     )
     op.create_index("ix_artifact_jobs_created_state", "artifact_jobs", ["created_at", "state"])
