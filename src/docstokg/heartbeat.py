@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from time import monotonic
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -56,15 +55,27 @@ class LeaseKeeper:
         self._held: set[HeldLease] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="docstokg-lease-keeper", daemon=True)
+        # Two threads: a slow reconciliation pass (a big staging folder, a wait
+        # for SQLite's write lock) must never hold up the renewals.
+        self._threads = [
+            threading.Thread(target=self._renew_loop, name="docstokg-lease-keeper", daemon=True)
+        ]
+        if maintenance is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self._maintenance_loop, name="docstokg-reconciler", daemon=True
+                )
+            )
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._closed.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     @contextmanager
     def holding(self, lease: Lease) -> Iterator[HeldLease]:
@@ -77,17 +88,13 @@ class LeaseKeeper:
             with self._lock:
                 self._held.discard(held)
 
-    def _run(self) -> None:
-        next_maintenance = monotonic() + self._maintenance_every_s
-        tick = min(self._renew_every_s, self._maintenance_every_s)
-        next_renewal = monotonic() + self._renew_every_s
-        while not self._closed.wait(tick):
-            if monotonic() >= next_renewal:
-                self._renew_all()
-                next_renewal = monotonic() + self._renew_every_s
-            if self._maintenance is not None and monotonic() >= next_maintenance:
-                self._run_maintenance()
-                next_maintenance = monotonic() + self._maintenance_every_s
+    def _renew_loop(self) -> None:
+        while not self._closed.wait(self._renew_every_s):
+            self._renew_all()
+
+    def _maintenance_loop(self) -> None:
+        while not self._closed.wait(self._maintenance_every_s):
+            self._run_maintenance()
 
     def _renew_all(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,9 +27,17 @@ from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.errors import LedgerError
 from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
+from docstokg.ledger.models import OP_SUCCEEDED
 from tests.conftest import ManualClock
 from tests.lifecycle import job_of, plan, take
-from tests.runner_kit import assert_stored, job_record, make_run, part_files, write_manifest
+from tests.runner_kit import (
+    assert_stored,
+    job_record,
+    make_run,
+    ops_by_type,
+    part_files,
+    write_manifest,
+)
 
 TTL = 0.6  # the keeper renews every TTL/3 = 0.2 s
 POLL_S = 0.02
@@ -152,60 +160,59 @@ def test_a_lease_granted_to_another_worker_is_flagged_lost_and_left_alone(
 
 
 class CountingMaintenance:
-    """Counts its calls, optionally raising each time; ``third_call`` is set on the third."""
+    """Counts its calls, raising ``errors`` in turn; ``reached`` is set on call ``until``."""
 
-    def __init__(self, raises: BaseException | None = None) -> None:
-        self.raises = raises
+    def __init__(self, errors: Sequence[BaseException], *, until: int) -> None:
+        self.errors = errors
+        self.until = until
         self.calls = 0
-        self.third_call = threading.Event()
-        self.third_call_at: float | None = None
+        self.reached = threading.Event()
+        self.reached_at: float | None = None
 
     def __call__(self) -> None:
         self.calls += 1
-        if self.calls == 3:
-            self.third_call_at = time.monotonic()
-            self.third_call.set()
-        if self.raises is not None:
-            raise self.raises
+        if self.calls == self.until:
+            self.reached_at = time.monotonic()
+            self.reached.set()
+        if self.errors:
+            raise self.errors[(self.calls - 1) % len(self.errors)]
 
 
-@pytest.mark.parametrize(
-    "raises",
-    [
-        None,
-        OSError("staging folder unreadable"),
-        LedgerError("database went away"),
-        OperationalError("UPDATE artifact_jobs", {}, Exception("connection reset")),
-    ],
-    ids=["returns", "OSError", "LedgerError", "SQLAlchemyError"],
+# What a reconciliation pass may raise: the disk, the ledger, the driver below it.
+MAINTENANCE_ERRORS = (
+    OSError("staging folder unreadable"),
+    LedgerError("database went away"),
+    OperationalError("UPDATE artifact_jobs", {}, Exception("connection reset")),
 )
-def test_maintenance_runs_every_interval_and_survives_its_own_errors(
-    real_ledger: Ledger, raises: BaseException | None
-) -> None:
-    maintenance = CountingMaintenance(raises)
+
+
+def test_maintenance_runs_every_interval_and_survives_its_own_errors(real_ledger: Ledger) -> None:
+    # Calls 1-3 raise OSError, LedgerError, SQLAlchemyError; call 4 (and later) too: the
+    # keeper's thread must outlive every one of them and keep its schedule.
+    maintenance = CountingMaintenance(MAINTENANCE_ERRORS, until=len(MAINTENANCE_ERRORS) + 1)
     every_s = 0.05
     entered = time.monotonic()
     with LeaseKeeper(real_ledger, ttl_s=30.0, maintenance=maintenance, maintenance_every_s=every_s):
-        assert maintenance.third_call.wait(timeout=DEADLINE_S), (
-            f"maintenance ran {maintenance.calls} time(s), not 3"
+        assert maintenance.reached.wait(timeout=DEADLINE_S), (
+            f"maintenance ran {maintenance.calls} time(s), not {maintenance.until}"
         )
-    assert maintenance.third_call_at is not None
-    # Periodic, not a busy loop: the third call waited out three intervals.
-    assert maintenance.third_call_at - entered >= 3 * every_s
+    assert maintenance.reached_at is not None
+    # Periodic, not a busy loop: call N waited out N intervals.
+    assert maintenance.reached_at - entered >= maintenance.until * every_s
 
 
 def test_a_failing_maintenance_does_not_stop_renewals(real_ledger: Ledger) -> None:
     ledger = real_ledger
     job_id = plan(ledger)
     lease = take(ledger, "worker-a", ttl_s=TTL)
-    maintenance = CountingMaintenance(OSError("staging folder unreadable"))
+    maintenance = CountingMaintenance(MAINTENANCE_ERRORS, until=len(MAINTENANCE_ERRORS))
     with (
         LeaseKeeper(ledger, ttl_s=TTL, maintenance=maintenance, maintenance_every_s=0.05) as keeper,
         keeper.holding(lease) as held,
     ):
-        assert maintenance.third_call.wait(timeout=DEADLINE_S)
+        assert maintenance.reached.wait(timeout=DEADLINE_S)
         after_failures = lease_until_of(ledger, job_id)
-        # No renewal hook: poll the row for a renewal after three failed passes.
+        # No renewal hook: poll the row for a renewal after every kind of failed pass.
         assert poll_until(lambda: lease_until_of(ledger, job_id) > after_failures)
         assert not held.lost.is_set()
 
@@ -289,3 +296,8 @@ def test_a_run_renews_a_long_download_and_reconciles_staging_while_it_runs(
     finished = job_record(db_url, report.job_id)
     assert finished.state is JobState.DEDUPED
     assert finished.lease_epoch == epoch
+    # The STREAM op, IN_PROGRESS for longer than a TTL, was never taken for abandoned.
+    stream_ops = ops_by_type(db_url, report.job_id)["STREAM"]
+    assert [(op.status, op.attempt, op.lease_epoch) for op in stream_ops] == [
+        (OP_SUCCEEDED, 1, epoch)
+    ]
