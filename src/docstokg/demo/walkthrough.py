@@ -58,15 +58,7 @@ def _serve_artifacts(server: ArtifactServer) -> list[dict[str, str]]:
 
 
 def run_demo(directory: Path, workers: int) -> int:
-    """Download a small manifest from a loopback server with the ledger on, crash-style.
-
-    The server serves five papers, a mirror with the same bytes as one of
-    them, a URL that fails once with 503 and then recovers, a 404, and an
-    8 MiB dataset. The first run is interrupted while the dataset is a third
-    downloaded (as Ctrl-C would); the second run resumes it with a Range
-    request and fetches nothing that is already stored. Then the summary and
-    the job table.
-    """
+    """The demo `docstokg demo` describes; returns its exit code (0 when it went as planned)."""
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
