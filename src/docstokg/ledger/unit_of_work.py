@@ -110,7 +110,7 @@ class UnitOfWork:
                 self._connections.release(connection, kept=self._kept, broken=True)
             self._open_gate()
             raise connect_error(self._url, exc) from exc
-        except BaseException:
+        except BaseException:  # even Ctrl-C here must free the gate, then propagate as is
             self._open_gate()
             raise
         self._connection = connection
