@@ -409,9 +409,7 @@ class DownloadRun:
                 return outcome, attempt - 1
             if attempt == max_attempts:
                 break
-            delay = backoff.delay_s(attempt)
-            if outcome.retry_after_s is not None:
-                delay = max(delay, min(outcome.retry_after_s, backoff.cap_s))
+            delay = backoff.delay_s(attempt, outcome.retry_after_s)
             self._reporter.note(f"retrying {target.url} in {delay:.1f}s: {outcome.error}")
             if self._stop.wait(delay):
                 return JobOutcome(target, Outcome.INTERRUPTED, error=outcome.error), attempt

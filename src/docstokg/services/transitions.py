@@ -26,9 +26,13 @@ class Backoff:
     base_s: float = 2.0
     cap_s: float = 600.0
 
-    def delay_s(self, attempt: int) -> float:
+    def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """The wait before the next attempt; at least a server's Retry-After, capped at cap_s."""
         ceiling = min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
-        return ceiling * random.uniform(0.5, 1.0)
+        delay = ceiling * random.uniform(0.5, 1.0)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.cap_s))
+        return delay
 
 
 DEFAULT_BACKOFF = Backoff()
@@ -166,10 +170,7 @@ def _fail(
         attempt = job.attempts + 1
         retry_at = None
         if retryable and attempt < job.max_attempts:
-            delay = backoff.delay_s(attempt)
-            if retry_after_s is not None:
-                delay = max(delay, min(retry_after_s, backoff.cap_s))
-            retry_at = now + delay
+            retry_at = now + backoff.delay_s(attempt, retry_after_s)
         recorded = uow.jobs.fail(
             lease,
             error=error[:MAX_ERROR_CHARS],
