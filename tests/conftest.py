@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from docstokg import Ledger
+from docstokg.demo.server import ArtifactServer
 from tests.pgcluster import ThrowawayPostgres
 
 BACKENDS = tuple(
@@ -84,3 +85,10 @@ def clock() -> ManualClock:
 def ledger(db_url: str, clock: ManualClock) -> Iterator[Ledger]:
     with Ledger.connect(db_url, clock=clock) as opened:
         yield opened
+
+
+@pytest.fixture
+def server() -> Iterator[ArtifactServer]:
+    """A loopback artifact server (Range support, counters, injectable faults), stopped after."""
+    with ArtifactServer() as serving:
+        yield serving

@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -840,12 +840,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as serving:
-        yield serving
 
 
 def test_run_serves_metrics_while_it_runs(server: ArtifactServer, tmp_path: Path) -> None:

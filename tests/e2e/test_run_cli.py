@@ -190,12 +190,6 @@ def assert_clean_error(result: Finished, *fragments: str) -> None:
 # --- artifacts and manifests --------------------------------------------------------------
 
 
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as serving:
-        yield serving
-
-
 @dataclass(frozen=True)
 class Served:
     path: str

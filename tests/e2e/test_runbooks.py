@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,12 +309,6 @@ class WorkerKilled(BaseException):
 
 def _die() -> dict[str, object]:
     raise WorkerKilled
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as serving:
-        yield serving
 
 
 # --- the page itself ---------------------------------------------------------------------------

@@ -54,12 +54,6 @@ class _InThread(Generic[T]):
 
 
 @pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as running:
-        yield running
-
-
-@pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10.0) as http:
         yield http

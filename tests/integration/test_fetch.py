@@ -39,12 +39,6 @@ LIMITS = DownloadLimits(connect_timeout_s=5.0, read_timeout_s=10.0, chunk_bytes=
 
 
 @pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as server:
-        yield server
-
-
-@pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with make_client(LIMITS, max_connections=4) as client:
         yield client

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from time import monotonic
@@ -37,13 +36,6 @@ from tests.runner_kit import (
     run_download,
     write_manifest,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as started:
-        yield started
-
 
 # -- one download, and doing it again -------------------------------------------------
 

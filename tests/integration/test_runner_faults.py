@@ -10,7 +10,6 @@ the server's counters.  Tests that take a database run on both backends.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,12 +37,6 @@ from tests.runner_kit import (
 
 BIG = 1_000_000
 PAUSE_AT = 300_000
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as started:
-        yield started
 
 
 def stream_result(db_url: str, job_id: str) -> dict[str, object]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,6 @@ from tests.runner_kit import (
     run_download,
     write_manifest,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with ArtifactServer() as running:
-        yield running
 
 
 def test_a_job_adopted_from_v3_with_a_non_uuid_id_is_downloaded(

@@ -112,7 +112,7 @@ def status(
         print_json(
             {
                 "window_s": report.window_s,
-                "counts": {state.value: count for state, count in report.counts.items()},
+                "counts": _counts_json(report.counts),
                 "failed_exhausted": report.exhausted,
                 "failed_retrying": report.counts[JobState.FAILED] - report.exhausted,
                 "total": report.total,
@@ -205,7 +205,7 @@ def stats(
         print_json(
             {
                 "window_s": report.window_s,
-                "counts": {state.value: count for state, count in report.counts.items()},
+                "counts": _counts_json(report.counts),
                 "failed_exhausted": report.exhausted,
                 "finished_in_window": report.finished_in_window,
                 "finished_per_minute": round(report.finished_per_minute, 3),
@@ -259,6 +259,10 @@ def stats(
         for d in report.durations:
             durations.add_row(d.kind, f"{d.count:,}", f"{d.p50_s:.3f} s", f"{d.p95_s:.3f} s")
         out.print(durations)
+
+
+def _counts_json(counts: dict[JobState, int]) -> dict[str, int]:
+    return {state.value: count for state, count in counts.items()}
 
 
 def _job_json(job: JobRecord) -> dict[str, object]:
