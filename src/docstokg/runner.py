@@ -195,6 +195,7 @@ class DownloadRun:
         self._settings = settings
         self._reporter = reporter or NullReporter()
         self._stop = threading.Event()
+        self._news = _News()
         self._counters = RunCounters()
         self._bytes = 0
         self._bytes_lock = threading.Lock()
@@ -210,6 +211,7 @@ class DownloadRun:
     def request_stop(self) -> None:
         """Stop claiming; downloads under way stop at their next chunk and keep their .part."""
         self._stop.set()
+        self._news.announce()
 
     @property
     def stopping(self) -> bool:
@@ -336,12 +338,14 @@ class DownloadRun:
         owner = f"{self._owner}:w{number}"
         ttl_s = self._settings.config.lease_ttl_s
         while not self._stop.is_set():
+            seen = self._news.count  # before the claim: a job ending after it wakes us
             lease = lease_next_job(ledger, owner=owner, ttl_s=ttl_s)
             if lease is None:
                 if completion.all_ended():
                     return
-                # Jobs are held by other live workers or waiting out a backoff.
-                self._stop.wait(self._poll_s)
+                # Jobs are held by other workers (here or elsewhere) or wait out a
+                # backoff: look again when a job ends here, or after a poll.
+                self._news.wait_after(seen, self._poll_s)
                 continue
             if self._stop.is_set():  # asked to stop while the claim was on its way
                 release_lease(ledger, lease)
@@ -356,6 +360,7 @@ class DownloadRun:
                 except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the run
                     outcome = pipeline.give_up(lease, exc)
             completion.ask_again()
+            self._news.announce()
             if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
                 self._counters.failed(outcome.error)
             self._reporter.job_ended(outcome)
@@ -434,6 +439,34 @@ class DownloadRun:
         with self._bytes_lock:
             self._bytes += count
         self._reporter.advance_bytes(count)
+
+
+class _News:
+    """Something idle workers wait for: a job ended in this process, or a stop was asked.
+
+    A counter under a condition: a worker notes the count before it looks for
+    work, and waits only while the count is unchanged, so news that arrives
+    between its look and its wait is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        with self._changed:
+            return self._count
+
+    def announce(self) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+
+    def wait_after(self, seen: int, timeout_s: float) -> None:
+        """Return once the count has moved past ``seen``, or after ``timeout_s``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._count != seen, timeout_s)
 
 
 class _Completion:

@@ -24,7 +24,8 @@ from docstokg.ledger.engine import (
     create_ledger_engine,
     parse_url,
 )
-from docstokg.ledger.unit_of_work import Clock, UnitOfWork, WriteGate
+from docstokg.ledger.group_commit import GroupCommit
+from docstokg.ledger.unit_of_work import Clock, UnitOfWork
 
 
 class Ledger:
@@ -40,12 +41,12 @@ class Ledger:
         self._connections = ThreadConnections(engine)
         self._schema_checked = threading.Event()
         self._schema_lock = threading.Lock()
-        # SQLite has one writer at a time.  Threads of this process queue for it
-        # here, first come first served, instead of in SQLite's busy handler,
-        # which sleeps in growing steps and lets a writer wait milliseconds for
-        # a lock freed microseconds after it asked.  Other processes still meet
-        # the busy handler.
-        self._write_gate = WriteGate() if engine.dialect.name == "sqlite" else None
+        # SQLite has one writer at a time.  The write units of work of this
+        # process take turns on one writer connection and commit in groups
+        # (see group_commit), instead of queuing in SQLite's busy handler, which
+        # sleeps in growing steps, and paying a commit each.  Other processes
+        # still meet the busy handler.
+        self._writer = GroupCommit(engine, url) if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
@@ -89,14 +90,14 @@ class Ledger:
             self._url,
             clock=self._clock,
             read_only=read_only,
-            write_gate=None if read_only else self._write_gate,
+            writer=None if read_only else self._writer,
         )
 
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:
         """Create, adopt or upgrade the schema to ``revision`` through Alembic."""
         result = migrate.upgrade(self._url, revision, **self._engine_options)
         # Connections opened before the upgrade may have cached the old schema.
-        self._connections.close_all()
+        self._close_connections()
         self._engine.dispose()
         self._schema_checked.clear()
         return result
@@ -112,7 +113,7 @@ class Ledger:
         space reusable and refreshes the planner's statistics.  It takes the
         write lock for as long as it runs: a maintenance-window operation.
         """
-        self._connections.close_all()
+        self._close_connections()
         with self._engine.connect() as connection:
             autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
             if self.dialect == "sqlite":
@@ -123,8 +124,13 @@ class Ledger:
                 autocommit.exec_driver_sql("VACUUM (ANALYZE) artifact_jobs")
 
     def close(self) -> None:
-        self._connections.close_all()
+        self._close_connections()
         self._engine.dispose()
+
+    def _close_connections(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._connections.close_all()
 
     def _check_schema(self) -> None:
         with self._schema_lock:  # one thread checks; the others wait for its verdict

@@ -36,6 +36,20 @@ class Prepared:
 
     def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Execute with ``params`` (by name) and return every row as a tuple."""
+        return self._run(connection, params, fetch=True)  # type: ignore[return-value]
+
+    def count(self, connection: Connection, params: Mapping[str, Any]) -> int:
+        """Execute a write with ``params`` and return how many rows it changed.
+
+        For the fenced writes whose only answer is "did it take effect": a
+        RETURNING clause would cost the driver several more calls into SQLite,
+        each of which lets go of the interpreter lock while a writer waits.
+        """
+        return self._run(connection, params, fetch=False)  # type: ignore[return-value]
+
+    def _run(
+        self, connection: Connection, params: Mapping[str, Any], *, fetch: bool
+    ) -> list[Sequence[Any]] | int:
         sql, order, defaults = self._compiled(connection)
         values = {**defaults, **params}
         dbapi = connection.dialect.loaded_dbapi
@@ -45,6 +59,8 @@ class Prepared:
                 cursor.execute(sql, values)
             else:
                 cursor.execute(sql, [values[name] for name in order])
+            if not fetch:
+                return int(cursor.rowcount)
             return cursor.fetchall() if cursor.description else []
         except dbapi.Error as exc:
             # Wrapped as SQLAlchemy would, so callers meet one family of errors.

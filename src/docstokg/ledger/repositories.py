@@ -209,7 +209,7 @@ class JobRepository:
         return None if row is None else float(row[0])
 
     def release(self, lease: Lease) -> bool:
-        return sql.RELEASE.first(self._connection, _fence(lease, 0.0)) is not None
+        return sql.RELEASE.count(self._connection, _fence(lease, 0.0)) == 1
 
     def holds(self, lease: Lease, *, now: float) -> bool:
         """Is ``lease`` the job's current, unexpired lease?"""
@@ -228,7 +228,7 @@ class JobRepository:
             "finishes": to_state in SUCCESS_STATES,
             **{slot: origins[n % len(origins)] for n, slot in enumerate(sql.ADVANCE_FROM_SLOTS)},
         }
-        return sql.ADVANCE.first(self._connection, params) is not None
+        return sql.ADVANCE.count(self._connection, params) == 1
 
     def fail(
         self,
@@ -259,7 +259,7 @@ class JobRepository:
     ) -> bool:
         params = {**_fence(lease, now), "b_sha256": sha256, "b_final_path": final_path,
                   "b_size_bytes": size_bytes, "b_content_type": content_type}  # fmt: skip
-        return self._connection.execute(sql.RECORD_RESULT, params).first() is not None
+        return sql.RECORD_RESULT.count(self._connection, params) == 1
 
     # --- maintenance ----------------------------------------------------------------
 
@@ -356,31 +356,31 @@ class OpRepository:
 
     # --- fenced effect bookkeeping ------------------------------------------------------
 
-    def start(self, lease: Lease, *, op_key: str, op_type: str, now: float) -> int | None:
-        """Mark the op IN_PROGRESS under ``lease``; returns its attempt number.
+    def start(self, lease: Lease, *, op_key: str, op_type: str, now: float) -> bool:
+        """Mark the op IN_PROGRESS under ``lease``; True if it started.
 
         A new op is inserted; one that is not a success (its holder died, lost
-        the lease, or it failed) is taken over.  None when the lease is not
-        current or the op already succeeded; the caller tells which apart.
+        the lease, or it failed) is taken over, its attempt counted.  False
+        when the lease is not current or the op already succeeded; the caller
+        tells which apart.
         """
         params = {**_fence(lease, now), "b_op_key": op_key, "b_op_type": op_type}
-        started = self._start.first(self._connection, params)
-        if started is None:
-            started = sql.RESTART_OP.first(self._connection, params)
-        return None if started is None else int(started[0])
+        if self._start.count(self._connection, params) == 1:
+            return True
+        return sql.RESTART_OP.count(self._connection, params) == 1
 
     def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_result_json": result_json}
-        return sql.SUCCEED_OP.first(self._connection, params) is not None
+        return sql.SUCCEED_OP.count(self._connection, params) == 1
 
     def fail(self, lease: Lease, *, op_key: str, error: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_error": error}
-        return sql.FAIL_OP.first(self._connection, params) is not None
+        return sql.FAIL_OP.count(self._connection, params) == 1
 
     def reopen(self, lease: Lease, *, op_key: str, error: str, now: float) -> bool:
         """Mark a succeeded op of the lease's job ABANDONED, so it runs again (fenced)."""
         params = {**_fence(lease, now), "b_op_key": op_key, "b_error": error}
-        return sql.REOPEN_OP.first(self._connection, params) is not None
+        return sql.REOPEN_OP.count(self._connection, params) == 1
 
     def succeeded_result(self, op_key: str) -> str | None:
         result: str | None = self._connection.execute(

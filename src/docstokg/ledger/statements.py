@@ -191,7 +191,6 @@ RELEASE = Prepared(
         jobs.lease_epoch == bindparam("epoch"),
     )
     .values(lease_owner=None, lease_until=None)
-    .returning(jobs.job_id)
 )
 HOLDS_LEASE = Prepared(select(literal(1)).where(LEASE_IS_CURRENT))
 # One slot per state, so the statement compiles once: unused slots repeat a state.
@@ -206,7 +205,6 @@ ADVANCE = Prepared(
         lease_owner=case((bindparam("finishes", type_=Boolean), None), else_=jobs.lease_owner),
         lease_until=case((bindparam("finishes", type_=Boolean), None), else_=jobs.lease_until),
     )
-    .returning(jobs.job_id)
 )
 FAIL = (
     update(jobs_table)
@@ -229,7 +227,7 @@ FAIL = (
     )
     .returning(jobs.attempts, jobs.max_attempts)
 )
-RECORD_RESULT = (
+RECORD_RESULT = Prepared(
     update(jobs_table)
     .where(LEASE_IS_CURRENT)
     .values(
@@ -239,7 +237,6 @@ RECORD_RESULT = (
         content_type=bindparam("b_content_type"),
         updated_at=_now,
     )
-    .returning(jobs.job_id)
 )
 # The job that owns a content: the one DEDUPED job with this sha256 (at most
 # one, by the unique partial index uq_artifact_jobs_stored_content).
@@ -317,7 +314,6 @@ START_OP = {
             ).where(LEASE_IS_CURRENT),
         )
         .on_conflict_do_nothing(index_elements=["op_key"])
-        .returning(ops.attempt)
     )
     for name, dialect in DIALECTS.items()
 }
@@ -345,7 +341,6 @@ RESTART_OP = Prepared(
         error=None,
         duration_s=None,
     )
-    .returning(ops.attempt)
 )
 _op_is_ours: tuple[ColumnElement[bool], ...] = (
     ops.op_key == bindparam("b_op_key"),
@@ -365,7 +360,6 @@ SUCCEED_OP = Prepared(
         result_code="OK",
         result_json=bindparam("b_result_json"),
     )
-    .returning(ops.op_key)
 )
 FAIL_OP = Prepared(
     update(ops_table)
@@ -377,7 +371,6 @@ FAIL_OP = Prepared(
         result_code="ERROR",
         error=bindparam("b_error"),
     )
-    .returning(ops.op_key)
 )
 # A recorded success whose work was undone (its staged file vanished): the
 # current holder reopens it, so the next run_effect runs it again.
@@ -390,7 +383,6 @@ REOPEN_OP = Prepared(
         _job_lease_is_current,
     )
     .values(status=OP_ABANDONED, error=bindparam("b_error"))
-    .returning(ops.op_key)
 )
 SUCCEEDED_RESULT = select(ops.result_json).where(
     ops.op_key == bindparam("b_op_key"), ops.status == OP_SUCCEEDED

@@ -19,7 +19,6 @@ transaction is made only when asked for (test factories use it).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -33,38 +32,13 @@ from sqlalchemy.orm import Session
 from docstokg.errors import LedgerError
 from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
+from docstokg.ledger.group_commit import GroupCommit
 from docstokg.ledger.reports import ReportRepository
 from docstokg.ledger.repositories import JobRepository, OpRepository
 from docstokg.ledger.statements import DATABASE_NOW
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")
-
-
-class WriteGate:
-    """SQLite's one writer, queued for in this process: a lock that refuses re-entry.
-
-    Threads wait here, first come first served, instead of in SQLite's busy
-    handler, which sleeps in growing steps.  A thread that opens a write unit
-    of work inside another would wait for itself forever: it is told so.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holder = threading.local()
-
-    def enter(self) -> None:
-        if getattr(self._holder, "inside", False):
-            raise LedgerError(
-                "a write unit of work is already open in this thread; commit (or leave) it "
-                "before opening another: SQLite has one writer, and it is this thread"
-            )
-        self._lock.acquire()
-        self._holder.inside = True
-
-    def leave(self) -> None:
-        self._holder.inside = False
-        self._lock.release()
 
 
 class UnitOfWork:
@@ -77,10 +51,9 @@ class UnitOfWork:
         *,
         clock: Clock | None,
         read_only: bool = False,
-        write_gate: WriteGate | None = None,
+        writer: GroupCommit | None = None,
     ) -> None:
-        self._write_gate = write_gate
-        self._gate_held = False
+        self._writer = writer
         self._connections = connections
         self._kept = False
         self._url = url
@@ -96,10 +69,10 @@ class UnitOfWork:
     def __enter__(self) -> Self:
         if self._connection is not None:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
+        if self._writer is not None:
+            self._connection = self._writer.enter()
+            return self
         connection = None
-        if self._write_gate is not None:
-            self._write_gate.enter()
-            self._gate_held = True
         try:
             connection, self._kept = self._connections.acquire()
             if connection.get_execution_options().get(READ_ONLY_OPTION, False) != self._read_only:
@@ -108,11 +81,7 @@ class UnitOfWork:
         except DBAPIError as exc:
             if connection is not None:
                 self._connections.release(connection, kept=self._kept, broken=True)
-            self._open_gate()
             raise connect_error(self._url, exc) from exc
-        except BaseException:  # even Ctrl-C here must free the gate, then propagate as is
-            self._open_gate()
-            raise
         self._connection = connection
         return self
 
@@ -123,7 +92,7 @@ class UnitOfWork:
         traceback: TracebackType | None,
     ) -> None:
         if self._connection is not None:
-            self._end(commit=False)
+            self._end(commit=False, failing=exc_type is not None)
 
     @property
     def jobs(self) -> JobRepository:
@@ -184,11 +153,14 @@ class UnitOfWork:
         self._require(self._connection)
         self._end(commit=False)
 
-    def _end(self, *, commit: bool) -> None:
+    def _end(self, *, commit: bool, failing: bool = False) -> None:
         connection, transaction, session = self._connection, self._transaction, self._session
         self._connection = self._transaction = self._session = None
         self._jobs = self._ops = None
         self._reports = None
+        if self._writer is not None:
+            self._end_shared(session, commit=commit, failing=failing)
+            return
         try:
             if session is not None:
                 if commit:
@@ -204,12 +176,20 @@ class UnitOfWork:
         finally:
             if connection is not None:
                 self._connections.release(connection, kept=self._kept)
-            self._open_gate()
 
-    def _open_gate(self) -> None:
-        if self._gate_held and self._write_gate is not None:
-            self._gate_held = False
-            self._write_gate.leave()
+    def _end_shared(self, session: Session | None, *, commit: bool, failing: bool) -> None:
+        """End this unit of work's part of the writer's shared transaction (SQLite)."""
+        writer = self._writer
+        assert writer is not None
+        try:
+            if session is not None:
+                if commit:
+                    session.commit()  # releases its savepoint into ours
+                session.close()
+        except BaseException:
+            writer.leave(commit=False, failing=True)
+            raise
+        writer.leave(commit=commit, failing=failing)
 
     @staticmethod
     def _require(value: _T | None) -> _T:

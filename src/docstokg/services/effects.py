@@ -234,7 +234,7 @@ class JobSteps:
         """
         lease = self._lease
         self._record_ran(uow, now)
-        if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now) is not None:
+        if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now):
             return None
         replayed, outcome = _replay_within(uow, lease, opkey, advance_to, allowed_from, now=now)
         uow.commit()
