@@ -40,10 +40,10 @@ from docstokg.services import (
     JobSteps,
     StoredContent,
     advance_state,
-    dedupe_step,
+    claim_and_start,
     fail_job,
     get_job,
-    index_step,
+    index_and_dedupe_steps,
     redo_effect,
     release_lease,
 )
@@ -126,13 +126,26 @@ class LedgerPipeline:
         self._fetcher = fetcher
         self._backoff = backoff
 
-    def process(self, lease: Lease, *, should_stop: StopCheck, on_bytes: ByteCounter) -> JobOutcome:
+    def claim(self, *, owner: str, ttl_s: float) -> JobSteps | None:
+        """Lease the next job for ``owner``, its HEAD started in the same commit; None if none."""
+        return claim_and_start(
+            self._ledger,
+            owner=owner,
+            ttl_s=ttl_s,
+            first_kind=HEAD,
+            first_opkey=lambda job_id: op_key(HEAD, job_id),
+        )
+
+    def process(
+        self, steps: JobSteps, *, should_stop: StopCheck, on_bytes: ByteCounter
+    ) -> JobOutcome:
+        """The claimed job through every step (see :meth:`claim`)."""
+        lease = steps.lease
         target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
         try:
-            with JobSteps(self._ledger, lease) as steps:
+            with steps:
                 content = self._fetch_and_store(steps, should_stop, on_bytes)
-                index_step(steps, content)
-                decided = dedupe_step(steps, content)
+                decided = index_and_dedupe_steps(steps, content)
         except DownloadInterrupted as exc:
             # Handing the job back now lets another worker resume its .part at
             # once, instead of after the lease expires.

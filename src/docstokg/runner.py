@@ -45,7 +45,6 @@ from docstokg.services import (
     cleanup_stale_ops,
     count_unfinished,
     jobs_among,
-    lease_next_job,
     plan_job_if_absent,
     plan_jobs,
     reconcile_jobs,
@@ -339,21 +338,22 @@ class DownloadRun:
         ttl_s = self._settings.config.lease_ttl_s
         while not self._stop.is_set():
             seen = self._news.count  # before the claim: a job ending after it wakes us
-            lease = lease_next_job(ledger, owner=owner, ttl_s=ttl_s)
-            if lease is None:
+            steps = pipeline.claim(owner=owner, ttl_s=ttl_s)
+            if steps is None:
                 if completion.all_ended():
                     return
                 # Jobs are held by other workers (here or elsewhere) or wait out a
                 # backoff: look again when a job ends here, or after a poll.
                 self._news.wait_after(seen, self._poll_s)
                 continue
+            lease = steps.lease
             if self._stop.is_set():  # asked to stop while the claim was on its way
                 release_lease(ledger, lease)
                 return
             with keeper.holding(lease) as held:
                 try:
                     outcome = pipeline.process(
-                        lease,
+                        steps,
                         should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
                         on_bytes=self._count_bytes,
                     )

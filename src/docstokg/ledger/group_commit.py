@@ -1,23 +1,35 @@
 """Group commit: SQLite's one writer, shared in turn by the write units of work of a process.
 
 SQLite lets one connection write at a time, and a commit costs far more than
-the few statements of a state transition (each dirty page is a WAL frame
-written on its own).  With many worker threads most of a write unit of work's
-time went into waiting for the write lock while others committed one by one.
+the few statements of a state transition (every dirty page is a WAL frame
+written on its own).  With many worker threads, units of work spent most of
+their time queuing for the write lock while others committed one by one.
 
-Here the write units of work of this process queue for one writer connection.
-Each runs its statements inside a ``SAVEPOINT`` of a transaction that the
-writers before it may have opened; when it is done it releases its savepoint
-and, if another unit of work is already waiting, hands the open transaction
-on instead of committing.  The last of such a group (or the one that fills a
-group of ``max_group``) commits for all of them, and every member's
-``commit()`` returns only once that COMMIT has succeeded.
+Here the write units of work of a process take turns on one writer
+connection.  Each runs inside the transaction the units of work before it
+left open, in a ``SAVEPOINT`` when there are such (so that its rollback undoes
+its own writes only).  When it ends and another unit of work is already
+queuing, it hands the open transaction on instead of committing; the unit of
+work that finds nobody queuing (or fills a group of ``max_group``) commits
+the whole group, before it returns.  A group never waits for anyone's network
+or disk I/O: it stays open only while units of work are ready to run in it.
 
-What each caller sees is unchanged: its unit of work is atomic (a savepoint
-rolled back on error undoes its writes alone), it sees the writes of the
-units of work that committed before it, and when ``commit()`` returns its
-writes are in the database file.  If the group's COMMIT fails, every member's
-``commit()`` raises, and nothing of any member is kept.
+What a caller sees:
+
+* Its unit of work is atomic (a savepoint rolled back on error undoes its
+  writes alone) and sees every write committed before it, in order.
+* ``commit()`` returns once its writes are ordered into the writer's
+  transaction; a unit of work that hands the group on does not wait for the
+  COMMIT.  The group is committed by a later member before that member
+  returns, so a crash loses a suffix of the units of work, never one in the
+  middle: exactly as if the process had died a moment earlier.  Effects are
+  written for that (a step whose record is lost runs again).
+* A thread's next read-only unit of work (on its own connection) first waits
+  for the group holding its writes, so it always reads its own writes.
+* If a group's COMMIT fails (a full disk, an I/O error), units of work that
+  had handed it on have lost their writes without being told: from then on
+  every write unit of work of this process raises :class:`LedgerError`, and
+  the process must stop and start over from what the database holds.
 """
 
 from __future__ import annotations
@@ -33,21 +45,24 @@ from sqlalchemy.exc import DBAPIError
 from docstokg.errors import LedgerError
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
 
-# Units of work per COMMIT at most: a bound on how long a member waits for the
-# others, and on how long other processes wait for SQLite's write lock.
+# Units of work per COMMIT at most: a bound on how long other processes wait
+# for SQLite's write lock, and on how much a failed COMMIT takes with it.
 DEFAULT_MAX_GROUP = 16
 _SAVEPOINT = "docstokg_uow"
 
+Failure = DBAPIError | LedgerError
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, eq=False)
 class _Group:
     """One open transaction and the units of work released into it."""
 
     transaction: RootTransaction
     members: int = 0  # units of work whose writes it holds
+    handed_on: int = 0  # of which returned before its COMMIT
     savepoint: bool = False  # the unit of work inside it now works in a savepoint
     finished: bool = False
-    failure: DBAPIError | LedgerError | None = None
+    failure: Failure | None = None
 
 
 class GroupCommit:
@@ -58,44 +73,36 @@ class GroupCommit:
         self._url = url
         self._max_group = max_group
         self._lock = threading.Lock()
-        self._free = threading.Condition(self._lock)  # a unit of work may take the writer
+        self._free = threading.Condition(self._lock)  # the writer may be taken
         self._ended = threading.Condition(self._lock)  # a group committed (or failed)
         self._busy = False  # a unit of work holds the writer
-        self._waiting = 0  # units of work queued for it
+        self._waiting = 0  # units of work queuing for it
         self._group: _Group | None = None
         self._connection: Connection | None = None
-        self._inside = threading.local()
+        self._lost: Failure | None = None  # a failed group took writes already reported done
+        self._thread = threading.local()  # .inside: holds the writer; .pending: its last group
 
     # --- a unit of work's side ------------------------------------------------------
 
     def enter(self) -> Connection:
         """Wait for the writer; returns its connection, in the open group's transaction."""
-        if getattr(self._inside, "active", False):
+        if getattr(self._thread, "inside", False):
             raise LedgerError(
                 "a write unit of work is already open in this thread; commit (or leave) it "
                 "before opening another: SQLite has one writer, and it is this thread"
             )
-        with self._lock:
-            self._waiting += 1
-            try:
-                while self._busy:
-                    self._free.wait()
-            except BaseException:  # interrupted while queuing: the writer may be ours to pass
-                self._waiting -= 1
-                self._pass_writer_on()
-                raise
-            self._waiting -= 1
-            self._busy = True
-        self._inside.active = True
+        self._take_writer()
+        self._thread.inside = True
         try:
+            self._refuse_if_lost()
             connection, group = self._join_group()
             # Only the writes of members before it need protecting from its
-            # rollback; the first one can roll back the whole transaction.
+            # rollback; the first one may roll back the whole transaction.
             group.savepoint = group.members > 0
             if group.savepoint:
                 _run(connection, f"SAVEPOINT {_SAVEPOINT}")
         except DBAPIError as exc:
-            self._end_group(failure=None)  # what the members before us wrote still commits
+            self._end_group(failure=None)  # what the members before it wrote still commits
             raise connect_error(self._url, exc) from exc
         except BaseException:  # even Ctrl-C must hand the writer on, then propagate as is
             self._end_group(failure=None)
@@ -103,60 +110,107 @@ class GroupCommit:
         return connection
 
     def leave(self, *, commit: bool, failing: bool = False) -> None:
-        """End the caller's part of the group; return once the group has committed.
+        """End the caller's part of the open group (see the module's docstring).
 
-        With ``commit`` the caller's writes join the group (its savepoint is
-        simply left in place: the group's COMMIT commits it).  Without, they are
-        rolled back; the caller still waits for the group if it may have read
-        the writes of members before it, so nothing it saw can vanish after it
-        returns.  Raises if the group's COMMIT failed (all members' writes are
-        then lost), except when ``failing``: the caller's own error is the one
-        to see, and it waits for nobody.
+        With ``commit`` its writes join the group (its savepoint is simply
+        left in place: the group's COMMIT commits it); otherwise they are
+        rolled back.  Raises if the group could not be committed, except when
+        ``failing``: the caller's own error is then the one to see.
         """
         group = self._group
-        if group is None:
-            raise LedgerError("this unit of work does not hold the writer; it cannot end here")
-        if not commit and not group.savepoint:  # the group holds nothing but this one's writes
+        if group is None or not getattr(self._thread, "inside", False):
+            raise LedgerError("this thread does not hold the ledger's writer; nothing to end")
+        if not commit and not group.savepoint:  # the group holds only this one's writes
             self._end_group(failure=None, roll_back=True)
             return
-        try:
-            if not commit:
+        if not commit:
+            try:
                 connection = self._require_connection()
                 _run(connection, f"ROLLBACK TO {_SAVEPOINT}")
                 _run(connection, f"RELEASE {_SAVEPOINT}")
-        except DBAPIError as exc:
-            # SQLite rolled back the whole transaction (a full disk, an I/O
-            # error): the other members' writes went with it.
-            self._end_group(failure=exc)
-            if not failing:
-                raise connect_error(self._url, exc) from exc
-            return
-        except BaseException:
-            self._end_group(failure=LedgerError("a unit of work was interrupted while ending"))
-            raise
-        saw_writes = commit or group.members > 0
+            except DBAPIError as exc:
+                # SQLite rolled back the whole transaction (a full disk, an I/O
+                # error): the writes of the members before it went with it.
+                self._end_group(failure=exc)
+                if not failing:
+                    raise connect_error(self._url, exc) from exc
+                return
+            except BaseException:
+                self._end_group(failure=LedgerError("a unit of work was interrupted while ending"))
+                raise
         group.savepoint = False
         if commit:
             group.members += 1
-        must_wait = saw_writes and not failing
         if self._hand_on(group):
-            if must_wait:
-                self._wait_for(group)
+            self._thread.pending = group
             return
         self._end_group(failure=None)
-        if must_wait:
+        if not failing:
             self._raise_if_failed(group)
+
+    def settle(self) -> None:
+        """Wait until the writes of this thread's units of work are committed.
+
+        Called before a read on another connection, so that a thread always
+        reads its own writes.
+        """
+        group: _Group | None = getattr(self._thread, "pending", None)
+        if group is None:
+            return
+        self._thread.pending = None
+        with self._lock:
+            while not group.finished:
+                if not self._busy and self._waiting == 0 and self._group is group:
+                    # Nobody is left to end it (the unit of work it was handed
+                    # to was interrupted while queuing): it is ours to end.
+                    self._busy = True
+                    break
+                self._ended.wait()
+        if not group.finished:
+            self._thread.inside = True
+            self._end_group(failure=None)
+        self._raise_if_failed(group)
 
     # --- the writer's life ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the writer connection (between runs; no unit of work may be open)."""
+        """Commit what is pending and close the writer connection (no thread may be writing)."""
         with self._lock:
-            if self._busy or self._group is not None:
-                raise LedgerError("the ledger was closed while a unit of work was writing")
-            connection, self._connection = self._connection, None
+            if self._busy:
+                raise LedgerError("the ledger was closed while a unit of work was writing in it")
+            orphaned = self._group is not None
+            if orphaned:
+                self._busy = True
+        if orphaned:
+            self._thread.inside = True
+            self._end_group(failure=None)
+        connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    def _take_writer(self) -> None:
+        interrupted: BaseException | None = None
+        with self._lock:
+            self._waiting += 1
+            try:
+                while self._busy:
+                    self._free.wait()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once the writer is passed on
+                interrupted = exc
+            self._waiting -= 1
+            if interrupted is None:
+                self._busy = True
+                return
+            # Interrupted while queuing: the writer may have been passed to us.
+            orphaned = self._orphaned()
+            if orphaned:
+                self._busy = True
+            elif self._waiting:
+                self._free.notify()
+        if orphaned:
+            self._thread.inside = True
+            self._end_group(failure=None)
+        raise interrupted
 
     def _join_group(self) -> tuple[Connection, _Group]:
         """The writer's connection and the open group (begun here if none is)."""
@@ -177,41 +231,17 @@ class GroupCommit:
         return connection, self._group
 
     def _hand_on(self, group: _Group) -> bool:
-        """Pass the open group to a waiting unit of work instead of committing, if one waits."""
+        """Pass the open group to a queuing unit of work instead of committing, if one queues."""
         with self._lock:
             if self._waiting == 0 or group.members >= self._max_group:
                 return False
+            group.handed_on += 1
             self._busy = False
             self._free.notify()
-        self._inside.active = False
+        self._thread.inside = False
         return True
 
-    def _wait_for(self, group: _Group) -> None:
-        """Wait until ``group`` has ended; end it ourselves if nobody else is left to."""
-        with self._lock:
-            while not group.finished:
-                if not self._busy and self._waiting == 0 and self._group is group:
-                    # The unit of work it was handed to never came (it was
-                    # interrupted while queuing): the group is ours to end.
-                    self._busy = True
-                    break
-                self._ended.wait()
-        if not group.finished:
-            self._end_group(failure=None)
-        self._raise_if_failed(group)
-
-    def _pass_writer_on(self) -> None:
-        """With the lock held and the writer free: wake whoever must take it, or end the group."""
-        if self._busy:
-            return
-        if self._waiting:
-            self._free.notify()
-        elif self._group is not None:
-            self._ended.notify_all()  # a member waiting for the group will end it
-
-    def _end_group(
-        self, *, failure: DBAPIError | LedgerError | None, roll_back: bool = False
-    ) -> None:
+    def _end_group(self, *, failure: Failure | None, roll_back: bool = False) -> None:
         """Commit the open group (roll back after ``failure``, or if asked); free the writer."""
         group, self._group = self._group, None
         try:
@@ -222,13 +252,16 @@ class GroupCommit:
                 else:
                     self._roll_back(group)
         finally:
-            self._inside.active = False
+            self._thread.inside = False
             with self._lock:
                 if group is not None:
+                    if group.failure is not None and group.handed_on:
+                        self._lost = group.failure
                     group.finished = True
                     self._ended.notify_all()
                 self._busy = False
-                self._pass_writer_on()
+                if self._waiting:
+                    self._free.notify()
 
     def _commit(self, group: _Group) -> None:
         try:
@@ -247,21 +280,37 @@ class GroupCommit:
             if connection is not None:
                 connection.invalidate()
 
+    def _orphaned(self) -> bool:
+        """With the lock held: is a group open that nobody holds or queues for?"""
+        return not self._busy and self._waiting == 0 and self._group is not None
+
+    def _refuse_if_lost(self) -> None:
+        lost = self._lost
+        if lost is not None:
+            raise LedgerError(
+                "an earlier commit of this process failed, taking with it writes that were "
+                f"already reported done ({_describe(lost)}); stop this process and run again: "
+                "the ledger holds everything up to its last successful commit"
+            ) from lost
+
     def _raise_if_failed(self, group: _Group) -> None:
         failure = group.failure
         if failure is None:
             return
         if isinstance(failure, DBAPIError):
             raise connect_error(self._url, failure) from failure
-        raise LedgerError(
-            f"nothing was committed: the transaction this unit of work shared was rolled "
-            f"back ({failure})"
-        ) from failure
+        raise LedgerError(f"nothing was committed: {failure}") from failure
 
     def _require_connection(self) -> Connection:
         if self._connection is None:
             raise LedgerError("the writer connection is gone; open a new unit of work")
         return self._connection
+
+
+def _describe(failure: Failure) -> str:
+    if isinstance(failure, DBAPIError):
+        return " ".join(str(failure.orig).split())
+    return str(failure)
 
 
 def _run(connection: Connection, statement: str) -> None:

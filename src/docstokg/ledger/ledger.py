@@ -90,7 +90,7 @@ class Ledger:
             self._url,
             clock=self._clock,
             read_only=read_only,
-            writer=None if read_only else self._writer,
+            writer=self._writer,
         )
 
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:

@@ -1,4 +1,4 @@
-"""The unit of work: one database transaction around one step.
+"""The unit of work: one step in the ledger, all of it or nothing.
 
 Usage::
 
@@ -7,9 +7,15 @@ Usage::
         uow.commit()
 
 Commit is explicit; leaving the block without it, or with an exception, rolls
-back.  The transaction starts when the block is entered (on SQLite with
-``BEGIN IMMEDIATE``, so the write lock is held from the first read), and the
-block is meant to be short: no network or disk I/O inside it.
+back.  The block is meant to be short: no network or disk I/O inside it.
+
+On PostgreSQL a unit of work is one transaction on the thread's connection.
+On SQLite (one writer at a time) the write units of work of a process take
+turns on one writer connection and commit in groups (see
+:mod:`docstokg.ledger.group_commit`): each is still atomic and sees every
+write before it, and the writer's lock is taken with ``BEGIN IMMEDIATE`` so a
+read can never fail half-way upgrading to a write.  Read-only units of work
+run on the thread's own connection, after this thread's writes are committed.
 
 A unit of work is a Core connection and its transaction, not an ORM session:
 repositories run compiled Core statements, which keeps a state transition to a
@@ -70,8 +76,10 @@ class UnitOfWork:
         if self._connection is not None:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
         if self._writer is not None:
-            self._connection = self._writer.enter()
-            return self
+            if not self._read_only:
+                self._connection = self._writer.enter()
+                return self
+            self._writer.settle()  # this thread's writes first: it reads them on another connection
         connection = None
         try:
             connection, self._kept = self._connections.acquire()
@@ -158,7 +166,7 @@ class UnitOfWork:
         self._connection = self._transaction = self._session = None
         self._jobs = self._ops = None
         self._reports = None
-        if self._writer is not None:
+        if self._writer is not None and not self._read_only:
             self._end_shared(session, commit=commit, failing=failing)
             return
         try:

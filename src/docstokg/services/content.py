@@ -6,6 +6,7 @@ in one transaction, so they are exactly-once outright.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from docstokg.errors import LeaseLost
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
-from docstokg.services.effects import EffectResult, JobSteps
+from docstokg.services.effects import EffectResult, JobSteps, LedgerStep
 from docstokg.states import JobState
 
 INDEX = "INDEX"
@@ -44,7 +45,32 @@ def dedupe_job(ledger: Ledger, lease: Lease, content: StoredContent) -> EffectRe
 
 def index_step(steps: JobSteps, content: StoredContent) -> EffectResult:
     """INDEX as the next of ``steps``: its op, the job's result and its move in one commit."""
+    [indexed] = steps.ledger_steps(_index(steps.lease, content))
+    return indexed
+
+
+def dedupe_step(steps: JobSteps, content: StoredContent) -> EffectResult:
+    """DEDUPE as the next of ``steps``: DEDUPED if the job is the first to store its content."""
+    [decided] = _deciding(lambda: steps.ledger_steps(_dedupe(steps.lease, content)))
+    return decided
+
+
+def index_and_dedupe_steps(steps: JobSteps, content: StoredContent) -> EffectResult:
+    """INDEX then DEDUPE as the next of ``steps``, in one unit of work; DEDUPE's result.
+
+    Neither leaves the database, so nothing is gained by a commit between
+    them: the job goes from FINALIZED to its end (with the last effect's
+    waiting result) in one transaction, or stays where it was.
+    """
     lease = steps.lease
+    _, decided = _deciding(
+        lambda: steps.ledger_steps(_index(lease, content), _dedupe(lease, content))
+    )
+    return decided
+
+
+def _index(lease: Lease, content: StoredContent) -> LedgerStep:
+    """INDEX: the job's sha256, size, final_path and content type; FINALIZED → INDEXED."""
 
     def write(uow: UnitOfWork, now: float) -> EffectResult:
         recorded = uow.jobs.record_result(
@@ -64,26 +90,17 @@ def index_step(steps: JobSteps, content: StoredContent) -> EffectResult:
             "content_type": content.content_type,
         }
 
-    return steps.ledger_step(
-        kind=INDEX,
-        opkey=op_key(INDEX, lease.job_id),
-        write=write,
-        advance_to=JobState.INDEXED,
-        allowed_from={JobState.FINALIZED},
+    return LedgerStep(
+        INDEX, op_key(INDEX, lease.job_id), write, JobState.INDEXED, frozenset({JobState.FINALIZED})
     )
 
 
-def dedupe_step(steps: JobSteps, content: StoredContent) -> EffectResult:
-    """DEDUPE as the next of ``steps``: DEDUPED if the job is the first to store its content.
+def _dedupe(lease: Lease, content: StoredContent) -> LedgerStep:
+    """DEDUPE: DEDUPED if the job is the first to store its content, else SKIPPED_DUPLICATE.
 
     A duplicate points at the stored job's file (the same content-addressed
-    path, so no bytes are kept twice) and names that job in its result.  Two
-    jobs deciding at once on PostgreSQL can both see no owner; the unique
-    partial index lets only one commit as DEDUPED, and the other decides again
-    and finds it.  (SQLite's BEGIN IMMEDIATE serialises them in the first place.)
+    path, so no bytes are kept twice) and names that job in its result.
     """
-    lease = steps.lease
-    opkey = op_key(DEDUPE, lease.job_id)
 
     def write(uow: UnitOfWork, now: float) -> EffectResult:
         owner = uow.jobs.stored_copy(content.sha256, excluding=lease.job_id)
@@ -104,18 +121,20 @@ def dedupe_step(steps: JobSteps, content: StoredContent) -> EffectResult:
     def chosen(result: EffectResult) -> JobState:
         return JobState(result["outcome"])
 
-    def decide() -> EffectResult:
-        return steps.ledger_step(
-            kind=DEDUPE,
-            opkey=opkey,
-            write=write,
-            advance_to=chosen,
-            allowed_from={JobState.INDEXED},
-        )
+    return LedgerStep(
+        DEDUPE, op_key(DEDUPE, lease.job_id), write, chosen, frozenset({JobState.INDEXED})
+    )
 
+
+def _deciding(run: Callable[[], list[EffectResult]]) -> list[EffectResult]:
+    """Run steps that include DEDUPE, deciding again if another job won the content meanwhile.
+
+    Two jobs deciding at once on PostgreSQL can both see no owner; the unique
+    partial index lets only one commit as DEDUPED, and the other's unit of
+    work fails as a whole; run again, it finds the owner.  (SQLite's single
+    writer serialises them in the first place.)
+    """
     try:
-        return decide()
+        return run()
     except IntegrityError:
-        # Another job committed as the owner of this content between our look
-        # and our move: look again, and this time find it.
-        return decide()
+        return run()

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from docstokg.errors import DocstokgError, EffectResultTooLarge, LeaseLost, LedgerError
 from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.ledger.models import OP_SUCCEEDED
+from docstokg.services.leasing import check_owner_and_ttl
 from docstokg.services.transitions import (
     MAX_ERROR_CHARS,
     Advance,
@@ -99,6 +100,25 @@ Target = JobState | Callable[[EffectResult], JobState]
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerStep:
+    """A step whose only effect is a write to the ledger (see :meth:`JobSteps.ledger_step`)."""
+
+    kind: str
+    opkey: str
+    write: Callable[[UnitOfWork, float], Mapping[str, Any]]
+    advance_to: Target
+    allowed_from: frozenset[JobState]
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """A step that was already recorded: its result, and how to refuse its move if invalid."""
+
+    result: EffectResult
+    invalid: Callable[[], None] | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Ran:
     """An effect that ran and whose result waits for the next commit."""
 
@@ -125,12 +145,20 @@ class JobSteps:
     """
 
     def __init__(
-        self, ledger: Ledger, lease: Lease, *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+        self,
+        ledger: Ledger,
+        lease: Lease,
+        *,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        started: str | None = None,
     ) -> None:
         self._ledger = ledger
         self._lease = lease
         self._max_result_bytes = max_result_bytes
         self._ran: _Ran | None = None
+        # An op already started under this lease (by claim_and_start): its
+        # effect runs at once, without a unit of work of its own.
+        self._started = started
 
     @property
     def lease(self) -> Lease:
@@ -161,13 +189,19 @@ class JobSteps:
         lease = self._lease
         if advance_to is not None:
             check_transition(advance_to, allowed_from)
-        with self._ledger.unit_of_work() as uow:
-            now = uow.now()
-            replayed = self._start(uow, kind, opkey, advance_to, allowed_from, now=now)
-            if replayed is not None:
-                return replayed
-            uow.commit()
-            self._ran = None
+        if self._started == opkey and self._ran is None:
+            self._started = None  # started with the claim: nothing to commit first
+        else:
+            with self._ledger.unit_of_work() as uow:
+                now = uow.now()
+                self._record_ran(uow, now)
+                replay = self._start(uow, kind, opkey, advance_to, allowed_from, now=now)
+                uow.commit()
+                self._ran = None
+            if replay is not None:
+                if replay.invalid is not None:
+                    replay.invalid()
+                return replay.result
 
         try:
             result = effect_fn()
@@ -197,26 +231,44 @@ class JobSteps:
         either the op, its write and the move all commit, or none does.  A
         recorded success is replayed, and its move replayed too.
         """
+        step = LedgerStep(kind, opkey, write, advance_to, frozenset(allowed_from))
+        [result] = self.ledger_steps(step)
+        return result
+
+    def ledger_steps(self, *steps: LedgerStep) -> list[EffectResult]:
+        """Several ledger steps, one after the other, in one unit of work: all commit or none.
+
+        Each is as :meth:`ledger_step`; a later one sees what the earlier ones
+        wrote.  The last effect's waiting result commits with them.
+        """
         lease = self._lease
+        results: list[EffectResult] = []
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
-            replayed = self._start(uow, kind, opkey, advance_to, allowed_from, now=now)
-            if replayed is not None:
-                return replayed
-            encoded = _encode(write(uow, now), kind, self._max_result_bytes)
-            decoded: EffectResult = json.loads(encoded)
-            target = advance_to(decoded) if callable(advance_to) else advance_to
-            check_transition(target, allowed_from)
-            if not uow.ops.succeed(lease, op_key=opkey, result_json=encoded, now=now):
-                raise LeaseLost(
-                    lease.job_id, lease.owner, lease.epoch, f"recording the {kind} result"
+            self._record_ran(uow, now)
+            for step in steps:
+                replay = self._start(uow, step.kind, step.opkey, step.advance_to,
+                                     step.allowed_from, now=now)  # fmt: skip
+                if replay is not None:
+                    results.append(replay.result)
+                    if replay.invalid is not None:  # keep what is recorded, then refuse the move
+                        uow.commit()
+                        self._ran = None
+                        replay.invalid()
+                    continue
+                encoded = _encode(step.write(uow, now), step.kind, self._max_result_bytes)
+                decoded: EffectResult = json.loads(encoded)
+                target = step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
+                check_transition(target, step.allowed_from)
+                if not uow.ops.succeed(lease, op_key=step.opkey, result_json=encoded, now=now):
+                    raise _lost(lease, f"recording the {step.kind} result")
+                advance_within(uow, lease, target, step.allowed_from, now=now).raise_if_invalid(
+                    lease, target, step.allowed_from
                 )
-            advance_within(uow, lease, target, allowed_from, now=now).raise_if_invalid(
-                lease, target, allowed_from
-            )
+                results.append(decoded)
             uow.commit()
             self._ran = None
-        return decoded
+        return results
 
     def _start(
         self,
@@ -227,22 +279,23 @@ class JobSteps:
         allowed_from: Collection[JobState],
         *,
         now: float,
-    ) -> EffectResult | None:
-        """Record the waiting result and start ``opkey``: None if started, else its replay.
-
-        A replay commits (with the waiting result and the replayed move) here.
-        """
+    ) -> _Replay | None:
+        """Start ``opkey`` in ``uow``: None if it started, else its recorded result (replayed)."""
         lease = self._lease
-        self._record_ran(uow, now)
+        if self._started == opkey:  # started with the claim (see claim_and_start)
+            self._started = None
+            return None
         if uow.ops.start(lease, op_key=opkey, op_type=kind, now=now):
             return None
         replayed, outcome = _replay_within(uow, lease, opkey, advance_to, allowed_from, now=now)
-        uow.commit()
-        self._ran = None
-        if outcome is not None and advance_to is not None:
-            target = advance_to(replayed) if callable(advance_to) else advance_to
+        if outcome is not Advance.INVALID or advance_to is None:
+            return _Replay(replayed, None)
+        target = advance_to(replayed) if callable(advance_to) else advance_to
+
+        def refuse() -> None:
             outcome.raise_if_invalid(lease, target, allowed_from)
-        return replayed
+
+        return _Replay(replayed, refuse)
 
     def flush(self) -> None:
         """Commit the last effect's result (and its move), if one is waiting."""
@@ -270,6 +323,35 @@ class JobSteps:
             uow.commit()
             self._ran = None
             outcome.raise_if_invalid(lease, ran.advance_to, ran.allowed_from)
+
+
+def claim_and_start(
+    ledger: Ledger,
+    *,
+    owner: str,
+    ttl_s: float,
+    first_kind: str,
+    first_opkey: Callable[[str], str],
+) -> JobSteps | None:
+    """Lease the next job and start its first effect in the same unit of work.
+
+    The claim and the start of the first step commit together, which saves
+    a unit of work per job; ``first_opkey(job_id)`` names the op.  Returns the
+    job's steps (whose first :meth:`JobSteps.effect` with that op key runs
+    at once), or None when no job is claimable, as :func:`lease_next_job`.
+    A job taken over part-way (its first op already succeeded) starts
+    nothing here; its steps replay as usual.
+    """
+    check_owner_and_ttl(owner, ttl_s)
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=now)
+        if lease is None:
+            return None
+        opkey = first_opkey(lease.job_id)
+        started = uow.ops.start(lease, op_key=opkey, op_type=first_kind, now=now)
+        uow.commit()
+    return JobSteps(ledger, lease, started=opkey if started else None)
 
 
 def redo_effect(ledger: Ledger, lease: Lease, *, opkey: str, reason: str) -> bool:

@@ -17,7 +17,7 @@ def lease_next_job(ledger: Ledger, *, owner: str, ttl_s: float) -> Lease | None:
     holder resumes where the last one stopped.  One conditional UPDATE does it
     (with SKIP LOCKED on PostgreSQL), so two workers never get the same job.
     """
-    _check_owner_and_ttl(owner, ttl_s)
+    check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
         lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=uow.now())
         uow.commit()
@@ -32,7 +32,7 @@ def renew_lease(ledger: Ledger, lease: Lease, *, ttl_s: float) -> Lease:
     :class:`LeaseLost` if the job was granted to someone else, cleaned up, or
     has finished.
     """
-    _check_owner_and_ttl(lease.owner, ttl_s)
+    check_owner_and_ttl(lease.owner, ttl_s)
     with ledger.unit_of_work() as uow:
         lease_until = uow.jobs.renew(lease, ttl_s=ttl_s, now=uow.now())
         if lease_until is None:
@@ -49,7 +49,7 @@ def release_lease(ledger: Ledger, lease: Lease) -> bool:
     return released
 
 
-def _check_owner_and_ttl(owner: str, ttl_s: float) -> None:
+def check_owner_and_ttl(owner: str, ttl_s: float) -> None:
     if not owner:
         raise ConfigurationError("a lease owner must be a non-empty name, such as host:pid:thread")
     if not ttl_s > 0:
