@@ -38,6 +38,7 @@ from docstokg.ledger import Lease, Ledger
 from docstokg.services import (
     Backoff,
     JobSteps,
+    NextClaim,
     StoredContent,
     advance_state,
     claim_and_start,
@@ -129,23 +130,33 @@ class LedgerPipeline:
     def claim(self, *, owner: str, ttl_s: float) -> JobSteps | None:
         """Lease the next job for ``owner``, its HEAD started in the same commit; None if none."""
         return claim_and_start(
-            self._ledger,
-            owner=owner,
-            ttl_s=ttl_s,
-            first_kind=HEAD,
-            first_opkey=lambda job_id: op_key(HEAD, job_id),
+            self._ledger, owner=owner, ttl_s=ttl_s, first_kind=HEAD, first_opkey=_head_opkey
         )
 
+    @staticmethod
+    def next_claim(*, owner: str, ttl_s: float) -> NextClaim:
+        """What :meth:`process` needs to claim the worker's next job as the current one ends."""
+        return NextClaim(owner, ttl_s, HEAD, _head_opkey)
+
     def process(
-        self, steps: JobSteps, *, should_stop: StopCheck, on_bytes: ByteCounter
+        self,
+        steps: JobSteps,
+        *,
+        should_stop: StopCheck,
+        on_bytes: ByteCounter,
+        then_claim: NextClaim | None = None,
     ) -> JobOutcome:
-        """The claimed job through every step (see :meth:`claim`)."""
+        """The claimed job through every step (see :meth:`claim`).
+
+        With ``then_claim``, a job that ends stored or duplicate also claims
+        the worker's next job in its last commit: ``steps.next_job``.
+        """
         lease = steps.lease
         target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
         try:
             with steps:
                 content = self._fetch_and_store(steps, should_stop, on_bytes)
-                decided = index_and_dedupe_steps(steps, content)
+                decided = index_and_dedupe_steps(steps, content, then_claim=then_claim)
         except DownloadInterrupted as exc:
             # Handing the job back now lets another worker resume its .part at
             # once, instead of after the lease expires.
@@ -275,6 +286,10 @@ class LedgerPipeline:
             error=reason,
             retry_after_s=retry_after_s,
         )
+
+
+def _head_opkey(job_id: str) -> str:
+    return op_key(HEAD, job_id)
 
 
 class PlainPipeline:

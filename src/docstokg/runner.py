@@ -41,6 +41,8 @@ from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, Plai
 from docstokg.reporting import NullReporter, RunReporter
 from docstokg.services import (
     Backoff,
+    JobSteps,
+    NextClaim,
     cleanup_stale_leases,
     cleanup_stale_ops,
     count_unfinished,
@@ -336,34 +338,49 @@ class DownloadRun:
     ) -> None:
         owner = f"{self._owner}:w{number}"
         ttl_s = self._settings.config.lease_ttl_s
-        while not self._stop.is_set():
-            seen = self._news.count  # before the claim: a job ending after it wakes us
-            steps = pipeline.claim(owner=owner, ttl_s=ttl_s)
-            if steps is None:
-                if completion.all_ended():
+        next_claim = pipeline.next_claim(owner=owner, ttl_s=ttl_s)
+        claimed: JobSteps | None = None  # the next job, claimed as the last one ended
+        try:
+            while not self._stop.is_set():
+                seen = self._news.count  # before the claim: a job ending after it wakes us
+                steps = claimed or pipeline.claim(owner=owner, ttl_s=ttl_s)
+                claimed = None
+                if steps is None:
+                    if completion.all_ended():
+                        return
+                    # Jobs are held by other workers (here or elsewhere) or wait out
+                    # a backoff: look again when a job ends here, or after a poll.
+                    self._news.wait_after(seen, self._poll_s)
+                    continue
+                if self._stop.is_set():  # asked to stop while the claim was on its way
+                    claimed = steps
                     return
-                # Jobs are held by other workers (here or elsewhere) or wait out a
-                # backoff: look again when a job ends here, or after a poll.
-                self._news.wait_after(seen, self._poll_s)
-                continue
-            lease = steps.lease
-            if self._stop.is_set():  # asked to stop while the claim was on its way
-                release_lease(ledger, lease)
-                return
-            with keeper.holding(lease) as held:
-                try:
-                    outcome = pipeline.process(
-                        steps,
-                        should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
-                        on_bytes=self._count_bytes,
-                    )
-                except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the run
-                    outcome = pipeline.give_up(lease, exc)
-            completion.ask_again()
-            self._news.announce()
-            if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
-                self._counters.failed(outcome.error)
-            self._reporter.job_ended(outcome)
+                outcome = self._process(pipeline, keeper, steps, next_claim)
+                claimed = steps.next_job
+                completion.ask_again()
+                self._news.announce()
+                if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
+                    self._counters.failed(outcome.error)
+                self._reporter.job_ended(outcome)
+        finally:
+            if claimed is not None:  # stopping: hand back the job not yet started
+                release_lease(ledger, claimed.lease)
+
+    def _process(
+        self, pipeline: LedgerPipeline, keeper: LeaseKeeper, steps: JobSteps, then: NextClaim
+    ) -> JobOutcome:
+        """One leased job through the pipeline, its lease renewed meanwhile."""
+        lease = steps.lease
+        with keeper.holding(lease) as held:
+            try:
+                return pipeline.process(
+                    steps,
+                    should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
+                    on_bytes=self._count_bytes,
+                    then_claim=None if self._stop.is_set() else then,
+                )
+            except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the run
+                return pipeline.give_up(lease, exc)
 
     # --- the ledger off --------------------------------------------------------------
 

@@ -23,9 +23,11 @@ import pytest
 from docstokg import JobState, LeaseLost, Ledger, lease_next_job, release_lease, renew_lease
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.ledger.models import OP_SUCCEEDED
+from docstokg.pipeline import Outcome
 from docstokg.services import plan_job_if_absent
 from tests.runner_kit import (
     SignalBegin,
+    StopOnOutcome,
     artifact_files,
     assert_stored,
     job_record,
@@ -352,3 +354,44 @@ def test_two_runs_on_one_ledger_share_the_work_and_fetch_everything_once(
         map(len, bodies.values())
     ) + len(slow)
     assert part_files(out) == []
+
+
+# -- the next job, claimed as the last one ends ---------------------------------------
+
+
+def test_a_stop_hands_back_the_job_claimed_ahead_and_a_rerun_fetches_it_once(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    """One worker claims its next job in the commit that ends the current one.
+
+    Stopped right after the first job, the run must give that next job back
+    (no lease left on any job) without having sent a request for it.
+    """
+    bodies = {f"/j{n}": generated_body(f"ahead-{n}", 40_000) for n in range(3)}
+    rows = [(f"W{n}", "pdf", server.add(path, Artifact(body=body)))
+            for n, (path, body) in enumerate(bodies.items())]  # fmt: skip
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "out"
+    reporter = StopOnOutcome(Outcome.STORED)
+    run = make_run(manifest, out, make_config(), db_url=empty_db_url, workers=1, reporter=reporter)
+    reporter.stop = run.request_stop
+
+    first = run.run()
+
+    assert [outcome.outcome for outcome in reporter.outcomes] == [Outcome.STORED]
+    assert first.exit_code == 130
+    requested = [path for path in bodies if server.stats(path).head_requests]
+    assert len(requested) == 1  # the stored job's; claims go by (created_at, job_id)
+    records = [job_record(empty_db_url, report.job_id) for report in first.jobs]
+    assert [record.lease_owner for record in records] == [None, None, None]
+    claimed_ahead = [record for record in records if record.lease_epoch == 1 and
+                     record.state is JobState.LEASED]  # fmt: skip
+    assert len(claimed_ahead) == 1  # granted, and handed back unstarted
+
+    second = run_download(manifest, out, make_config(), db_url=empty_db_url)
+
+    assert second.exit_code == 0
+    assert [report.state for report in second.jobs] == [JobState.DEDUPED.value] * 3
+    for path, body in bodies.items():
+        assert server.stats(path).full_gets == 1
+        assert server.stats(path).body_bytes_sent == len(body)

@@ -24,8 +24,9 @@ What a caller sees:
   returns, so a crash loses a suffix of the units of work, never one in the
   middle: exactly as if the process had died a moment earlier.  Effects are
   written for that (a step whose record is lost runs again).
-* A thread's next read-only unit of work (on its own connection) first waits
-  for the group holding its writes, so it always reads its own writes.
+* A read-only unit of work (on its thread's own connection) first waits for
+  the open group to commit, so it sees every write reported done before it
+  began, its own thread's included.
 * If a group's COMMIT fails (a full disk, an I/O error), units of work that
   had handed it on have lost their writes without being told: from then on
   every write unit of work of this process raises :class:`LedgerError`, and
@@ -75,6 +76,7 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # the writer may be taken
         self._ended = threading.Condition(self._lock)  # a group committed (or failed)
+        self._queued = threading.Condition(self._lock)  # a unit of work started queuing
         self._busy = False  # a unit of work holds the writer
         self._waiting = 0  # units of work queuing for it
         self._group: _Group | None = None
@@ -148,28 +150,41 @@ class GroupCommit:
         if not failing:
             self._raise_if_failed(group)
 
-    def settle(self) -> None:
-        """Wait until the writes of this thread's units of work are committed.
+    def wait_for_queue(self, count: int, timeout_s: float) -> bool:
+        """Block until ``count`` units of work queue for the writer; False after ``timeout_s``.
 
-        Called before a read on another connection, so that a thread always
-        reads its own writes.
+        For diagnostics, and for tests that need a group to form deterministically.
         """
-        group: _Group | None = getattr(self._thread, "pending", None)
-        if group is None:
+        with self._lock:
+            return self._queued.wait_for(lambda: self._waiting >= count, timeout_s)
+
+    def settle(self) -> None:
+        """Wait until every write already reported done is committed.
+
+        Called before a read on another connection, so that a read sees the
+        writes of every unit of work that returned before it began, this
+        thread's first of all.  Raises if the group holding this thread's own
+        writes failed.  (Inside a write unit of work there is nothing to wait
+        for: that unit of work's own writes are not committed yet anyway.)
+        """
+        if getattr(self._thread, "inside", False):
             return
+        mine: _Group | None = getattr(self._thread, "pending", None)
         self._thread.pending = None
         with self._lock:
-            while not group.finished:
+            group = self._group
+            while group is not None and not group.finished:
                 if not self._busy and self._waiting == 0 and self._group is group:
                     # Nobody is left to end it (the unit of work it was handed
                     # to was interrupted while queuing): it is ours to end.
                     self._busy = True
                     break
                 self._ended.wait()
-        if not group.finished:
+        if group is not None and not group.finished:
             self._thread.inside = True
             self._end_group(failure=None)
-        self._raise_if_failed(group)
+        if mine is not None:
+            self._raise_if_failed(mine)
 
     # --- the writer's life ----------------------------------------------------------
 
@@ -192,6 +207,7 @@ class GroupCommit:
         interrupted: BaseException | None = None
         with self._lock:
             self._waiting += 1
+            self._queued.notify_all()
             try:
                 while self._busy:
                     self._free.wait()

@@ -93,6 +93,11 @@ class Ledger:
             writer=self._writer,
         )
 
+    @property
+    def group_commit(self) -> GroupCommit | None:
+        """SQLite's shared writer (None on PostgreSQL), for diagnostics and tests."""
+        return self._writer
+
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:
         """Create, adopt or upgrade the schema to ``revision`` through Alembic."""
         result = migrate.upgrade(self._url, revision, **self._engine_options)

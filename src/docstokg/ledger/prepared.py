@@ -55,12 +55,14 @@ class Prepared:
         dbapi = connection.dialect.loaded_dbapi
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            if order is None:
-                cursor.execute(sql, values)
-            else:
-                cursor.execute(sql, [values[name] for name in order])
+            bound = values if order is None else [values[name] for name in order]
             if not fetch:
+                # executemany with one row: the same statement, minus the
+                # lastrowid lookup that execute() makes for every statement
+                # (one more release of the interpreter lock inside the writer).
+                cursor.executemany(sql, [bound])
                 return int(cursor.rowcount)
+            cursor.execute(sql, bound)
             return cursor.fetchall() if cursor.description else []
         except dbapi.Error as exc:
             # Wrapped as SQLAlchemy would, so callers meet one family of errors.

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from docstokg.errors import LeaseLost
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
-from docstokg.services.effects import EffectResult, JobSteps, LedgerStep
+from docstokg.services.effects import EffectResult, JobSteps, LedgerStep, NextClaim
 from docstokg.states import JobState
 
 INDEX = "INDEX"
@@ -55,17 +55,19 @@ def dedupe_step(steps: JobSteps, content: StoredContent) -> EffectResult:
     return decided
 
 
-def index_and_dedupe_steps(steps: JobSteps, content: StoredContent) -> EffectResult:
+def index_and_dedupe_steps(
+    steps: JobSteps, content: StoredContent, *, then_claim: NextClaim | None = None
+) -> EffectResult:
     """INDEX then DEDUPE as the next of ``steps``, in one unit of work; DEDUPE's result.
 
     Neither leaves the database, so nothing is gained by a commit between
     them: the job goes from FINALIZED to its end (with the last effect's
-    waiting result) in one transaction, or stays where it was.
+    waiting result) in one transaction, or stays where it was.  With
+    ``then_claim`` that transaction also claims the worker's next job
+    (``steps.next_job``).
     """
-    lease = steps.lease
-    _, decided = _deciding(
-        lambda: steps.ledger_steps(_index(lease, content), _dedupe(lease, content))
-    )
+    index, dedupe = _index(steps.lease, content), _dedupe(steps.lease, content)
+    _, decided = _deciding(lambda: steps.ledger_steps(index, dedupe, then_claim=then_claim))
     return decided
 
 

@@ -159,6 +159,7 @@ class JobSteps:
         # An op already started under this lease (by claim_and_start): its
         # effect runs at once, without a unit of work of its own.
         self._started = started
+        self._next_job: JobSteps | None = None
 
     @property
     def lease(self) -> Lease:
@@ -235,12 +236,18 @@ class JobSteps:
         [result] = self.ledger_steps(step)
         return result
 
-    def ledger_steps(self, *steps: LedgerStep) -> list[EffectResult]:
+    def ledger_steps(
+        self, *steps: LedgerStep, then_claim: NextClaim | None = None
+    ) -> list[EffectResult]:
         """Several ledger steps, one after the other, in one unit of work: all commit or none.
 
         Each is as :meth:`ledger_step`; a later one sees what the earlier ones
-        wrote.  The last effect's waiting result commits with them.
+        wrote.  The last effect's waiting result commits with them.  With
+        ``then_claim``, the same unit of work also claims the worker's next
+        job once the steps are recorded: see :attr:`next_job`.
         """
+        if then_claim is not None:
+            check_owner_and_ttl(then_claim.owner, then_claim.ttl_s)
         lease = self._lease
         results: list[EffectResult] = []
         with self._ledger.unit_of_work() as uow:
@@ -266,9 +273,16 @@ class JobSteps:
                     lease, target, step.allowed_from
                 )
                 results.append(decoded)
+            if then_claim is not None:
+                self._next_job = _claim_within(uow, self._ledger, then_claim, now=now)
             uow.commit()
             self._ran = None
         return results
+
+    @property
+    def next_job(self) -> JobSteps | None:
+        """The job claimed by the last :meth:`ledger_steps` with ``then_claim``, if one was."""
+        return self._next_job
 
     def _start(
         self,
@@ -325,6 +339,21 @@ class JobSteps:
             outcome.raise_if_invalid(lease, ran.advance_to, ran.allowed_from)
 
 
+@dataclass(frozen=True, slots=True)
+class NextClaim:
+    """A claim to make at the end of a job's last unit of work (see :meth:`JobSteps.ledger_steps`).
+
+    The job's worker claims its next job, and starts that job's first
+    effect (op key ``first_opkey(job_id)``), in the transaction that ends the
+    current one: one unit of work less per job.
+    """
+
+    owner: str
+    ttl_s: float
+    first_kind: str
+    first_opkey: Callable[[str], str]
+
+
 def claim_and_start(
     ledger: Ledger,
     *,
@@ -342,15 +371,24 @@ def claim_and_start(
     A job taken over part-way (its first op already succeeded) starts
     nothing here; its steps replay as usual.
     """
+    claim = NextClaim(owner, ttl_s, first_kind, first_opkey)
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
-        now = uow.now()
-        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=now)
-        if lease is None:
+        steps = _claim_within(uow, ledger, claim, now=uow.now())
+        if steps is None:
             return None
-        opkey = first_opkey(lease.job_id)
-        started = uow.ops.start(lease, op_key=opkey, op_type=first_kind, now=now)
         uow.commit()
+    return steps
+
+
+def _claim_within(
+    uow: UnitOfWork, ledger: Ledger, claim: NextClaim, *, now: float
+) -> JobSteps | None:
+    lease = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now)
+    if lease is None:
+        return None
+    opkey = claim.first_opkey(lease.job_id)
+    started = uow.ops.start(lease, op_key=opkey, op_type=claim.first_kind, now=now)
     return JobSteps(ledger, lease, started=opkey if started else None)
 
 

@@ -1,0 +1,180 @@
+"""Group commit on SQLite: units of work of several threads share one transaction in turn.
+
+Each test makes a group form deterministically: a first unit of work holds
+the writer until a second one is queuing for it (``wait_for_queue``), so the
+first hands the open transaction on instead of committing.  What the file
+holds is read with a separate sqlite3 connection, which sees committed data
+only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from docstokg import JobSpec, Ledger
+from docstokg.errors import DocstokgError, LedgerError
+from docstokg.ledger.group_commit import GroupCommit
+
+QUEUE_TIMEOUT_S = 30.0
+
+
+def spec(n: int) -> JobSpec:
+    return JobSpec(f"W{n}", "pdf", f"https://example.org/{n}")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite3"
+
+
+@pytest.fixture
+def ledger(path: Path) -> Iterator[Ledger]:
+    with Ledger.connect(f"sqlite:///{path}") as opened:
+        opened.upgrade()
+        yield opened
+
+
+def writer(ledger: Ledger) -> GroupCommit:
+    group_commit = ledger.group_commit
+    assert group_commit is not None
+    return group_commit
+
+
+def committed_work_ids(path: Path) -> set[str]:
+    """The work ids in the file, as another process would see them."""
+    with sqlite3.connect(path) as outside:
+        return {work_id for (work_id,) in outside.execute("SELECT work_id FROM artifact_jobs")}
+
+
+def plan_and_commit(ledger: Ledger, n: int, before_commit: Callable[[], object] = dict) -> None:
+    """Plan job ``n``; ``before_commit`` runs inside the unit of work, holding the writer."""
+    with ledger.unit_of_work() as uow:
+        uow.jobs.plan(spec(n), now=1.0)
+        before_commit()
+        uow.commit()
+
+
+def test_a_unit_of_work_hands_the_open_transaction_to_the_next_and_the_last_commits(
+    ledger: Ledger, path: Path
+) -> None:
+    second_may_commit = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        second: list[Future[None]] = []
+
+        def let_the_second_queue() -> None:
+            second.append(pool.submit(plan_and_commit, ledger, 2, second_may_commit.wait))
+            assert writer(ledger).wait_for_queue(1, QUEUE_TIMEOUT_S)
+
+        plan_and_commit(ledger, 1, let_the_second_queue)
+        # The first returned, and its write is ordered into the writer's
+        # transaction, which the second now holds: nothing is in the file yet.
+        assert committed_work_ids(path) == set()
+        second_may_commit.set()
+        second[0].result(timeout=QUEUE_TIMEOUT_S)
+    assert committed_work_ids(path) == {"W1", "W2"}  # one COMMIT, by the last of the group
+
+
+def test_a_read_waits_for_the_writes_reported_done_before_it(ledger: Ledger, path: Path) -> None:
+    second_may_commit = threading.Event()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures: list[Future[None]] = []
+
+        def let_the_second_queue() -> None:
+            futures.append(pool.submit(plan_and_commit, ledger, 2, second_may_commit.wait))
+            assert writer(ledger).wait_for_queue(1, QUEUE_TIMEOUT_S)
+
+        plan_and_commit(ledger, 1, let_the_second_queue)
+        assert committed_work_ids(path) == set()
+
+        def count_jobs() -> int:
+            with ledger.unit_of_work(read_only=True) as uow:
+                return sum(uow.jobs.count_by_state().values())
+
+        reading = pool.submit(count_jobs)
+        second_may_commit.set()
+        # Begun after the first unit of work returned: it must see its write.
+        assert reading.result(timeout=QUEUE_TIMEOUT_S) == 2
+        futures[0].result(timeout=QUEUE_TIMEOUT_S)
+
+
+def test_a_rollback_in_a_group_undoes_its_own_writes_only(ledger: Ledger, path: Path) -> None:
+    class Refused(Exception):
+        pass
+
+    def plan_then_fail() -> None:
+        with ledger.unit_of_work() as uow:
+            uow.jobs.plan(spec(2), now=1.0)
+            raise Refused
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        others: list[Future[None]] = []
+
+        def let_the_others_queue() -> None:
+            others.append(pool.submit(plan_then_fail))
+            others.append(pool.submit(plan_and_commit, ledger, 3))
+            assert writer(ledger).wait_for_queue(2, QUEUE_TIMEOUT_S)
+
+        plan_and_commit(ledger, 1, let_the_others_queue)
+        with pytest.raises(Refused):
+            others[0].result(timeout=QUEUE_TIMEOUT_S)
+        others[1].result(timeout=QUEUE_TIMEOUT_S)
+    # W2 was written in the group (after W1, maybe before W3) and undone alone.
+    assert committed_work_ids(path) == {"W1", "W3"}
+
+
+def test_a_failed_group_commit_stops_every_later_write(ledger: Ledger, path: Path) -> None:
+    """A COMMIT that fails took writes already reported done: the process must not go on."""
+    second_may_commit = threading.Event()
+
+    def orphan_op_checked_at_commit() -> None:
+        # A foreign key checked only at COMMIT: the group's COMMIT fails.
+        with ledger.unit_of_work() as uow:
+            uow.session.execute(text("PRAGMA defer_foreign_keys = ON"))
+            uow.session.execute(
+                text(
+                    "INSERT INTO artifact_ops (op_key, job_id, op_type, started_at, status, "
+                    "attempt, lease_epoch) VALUES ('k', 'no-such-job', 'HEAD', 1.0, "
+                    "'IN_PROGRESS', 1, 1)"
+                )
+            )
+            futures.append(pool.submit(plan_and_commit, ledger, 2, second_may_commit.wait))
+            assert writer(ledger).wait_for_queue(1, QUEUE_TIMEOUT_S)
+            uow.commit()  # hands on: returns before the COMMIT that will fail
+
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        orphan_op_checked_at_commit()
+        second_may_commit.set()
+        with pytest.raises(DocstokgError, match="FOREIGN KEY"):
+            futures[0].result(timeout=QUEUE_TIMEOUT_S)
+    assert committed_work_ids(path) == set()
+    with pytest.raises(LedgerError, match="an earlier commit of this process failed"):
+        plan_and_commit(ledger, 3)
+
+
+def test_many_threads_writing_at_once_all_commit(ledger: Ledger, path: Path) -> None:
+    threads, each = 8, 40
+
+    def plan_range(first: int) -> None:
+        for n in range(first, first + each):
+            plan_and_commit(ledger, n)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(plan_range, t * each) for t in range(threads)]:
+            future.result(timeout=120)
+    assert committed_work_ids(path) == {f"W{n}" for n in range(threads * each)}
+
+
+def test_a_write_unit_of_work_inside_another_in_one_thread_is_refused(ledger: Ledger) -> None:
+    with ledger.unit_of_work() as uow:
+        uow.jobs.plan(spec(1), now=1.0)
+        with pytest.raises(LedgerError, match="already open in this thread"):
+            ledger.unit_of_work().__enter__()
+        uow.commit()
