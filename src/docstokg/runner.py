@@ -27,13 +27,14 @@ from pathlib import Path
 from time import monotonic
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from docstokg.config import IdempotencyConfig
 from docstokg.download import ArtifactStore, DownloadLimits, make_client
+from docstokg.errors import DocstokgError
 from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
-from docstokg.ledger import JobRecord, JobSpec, Ledger
+from docstokg.ledger import JobRecord, JobSpec, Lease, Ledger
 from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
@@ -355,8 +356,10 @@ class DownloadRun:
                 if self._stop.is_set():  # asked to stop while the claim was on its way
                     claimed = steps
                     return
-                outcome = self._process(pipeline, keeper, steps, next_claim)
-                claimed = steps.next_job
+                try:
+                    outcome = self._process(pipeline, keeper, steps, next_claim)
+                finally:
+                    claimed = steps.next_job  # committed with the job's end, whatever came after
                 completion.ask_again()
                 self._news.announce()
                 if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
@@ -364,7 +367,19 @@ class DownloadRun:
                 self._reporter.job_ended(outcome)
         finally:
             if claimed is not None:  # stopping: hand back the job not yet started
-                release_lease(ledger, claimed.lease)
+                self._hand_back(ledger, claimed.lease)
+
+    @staticmethod
+    def _hand_back(ledger: Ledger, lease: Lease) -> None:
+        """Release a job claimed ahead and never started; if that fails, its lease expires."""
+        try:
+            release_lease(ledger, lease)
+        except (DocstokgError, SQLAlchemyError) as exc:  # an error on its way out wins
+            log.warning(
+                "could not hand back job %s (%s); another worker takes it once its lease expires",
+                lease.job_id,
+                exc,
+            )
 
     def _process(
         self, pipeline: LedgerPipeline, keeper: LeaseKeeper, steps: JobSteps, then: NextClaim

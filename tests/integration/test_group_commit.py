@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from docstokg import JobSpec, Ledger
+from docstokg import JobSpec, JobState, Ledger
 from docstokg.errors import DocstokgError, LedgerError
+from docstokg.ledger import UnitOfWork
 from docstokg.ledger.group_commit import GroupCommit
+from docstokg.services import LedgerStep, NextClaim, claim_and_start
 
 QUEUE_TIMEOUT_S = 30.0
 
@@ -136,14 +138,7 @@ def test_a_failed_group_commit_stops_every_later_write(ledger: Ledger, path: Pat
     def orphan_op_checked_at_commit() -> None:
         # A foreign key checked only at COMMIT: the group's COMMIT fails.
         with ledger.unit_of_work() as uow:
-            uow.session.execute(text("PRAGMA defer_foreign_keys = ON"))
-            uow.session.execute(
-                text(
-                    "INSERT INTO artifact_ops (op_key, job_id, op_type, started_at, status, "
-                    "attempt, lease_epoch) VALUES ('k', 'no-such-job', 'HEAD', 1.0, "
-                    "'IN_PROGRESS', 1, 1)"
-                )
-            )
+            insert_orphan_op(uow)
             futures.append(pool.submit(plan_and_commit, ledger, 2, second_may_commit.wait))
             assert writer(ledger).wait_for_queue(1, QUEUE_TIMEOUT_S)
             uow.commit()  # hands on: returns before the COMMIT that will fail
@@ -178,3 +173,58 @@ def test_a_write_unit_of_work_inside_another_in_one_thread_is_refused(ledger: Le
         with pytest.raises(LedgerError, match="already open in this thread"):
             ledger.unit_of_work().__enter__()
         uow.commit()
+
+
+def test_a_failed_commit_frees_the_file_and_the_next_unit_of_work_starts_afresh(
+    ledger: Ledger, path: Path
+) -> None:
+    """Nobody had handed on, so only the failing unit of work hears of it; the rest goes on."""
+    uow = ledger.unit_of_work().__enter__()
+    uow.jobs.plan(spec(1), now=1.0)
+    insert_orphan_op(uow)
+    with pytest.raises(DocstokgError, match="FOREIGN KEY"):
+        uow.commit()
+    # The writer's connection did not stay inside the failed transaction: the
+    # file's write lock is free for another process at once.
+    with sqlite3.connect(path, timeout=0) as outside:
+        outside.execute("BEGIN IMMEDIATE")
+        outside.rollback()
+    plan_and_commit(ledger, 2)
+    assert committed_work_ids(path) == {"W2"}
+
+
+def insert_orphan_op(uow: UnitOfWork) -> None:
+    """An op of no job, with foreign keys checked at COMMIT: the COMMIT fails."""
+    uow.session.execute(text("PRAGMA defer_foreign_keys = ON"))
+    uow.session.execute(
+        text(
+            "INSERT INTO artifact_ops (op_key, job_id, op_type, started_at, status, attempt, "
+            "lease_epoch) VALUES ('k', 'no-such-job', 'HEAD', 1.0, 'IN_PROGRESS', 1, 1)"
+        )
+    )
+
+
+def orphan_op_step(uow: UnitOfWork, now: float) -> dict[str, float]:
+    insert_orphan_op(uow)
+    return {"at": now}
+
+
+def test_a_claim_made_ahead_counts_only_once_its_commit_succeeded(
+    ledger: Ledger, path: Path
+) -> None:
+    plan_and_commit(ledger, 1)
+    plan_and_commit(ledger, 2)
+    steps = claim_and_start(
+        ledger, owner="w1", ttl_s=60.0, first_kind="HEAD", first_opkey=lambda j: f"HEAD:{j}"
+    )
+    assert steps is not None
+    step = LedgerStep("NOTE", "note", orphan_op_step, JobState.HEAD_DONE,
+                      frozenset({JobState.LEASED}))  # fmt: skip
+
+    with pytest.raises(DocstokgError, match="FOREIGN KEY"):
+        steps.ledger_steps(step, then_claim=NextClaim("w1", 60.0, "HEAD", lambda j: f"HEAD:{j}"))
+
+    assert steps.next_job is None  # the claim was rolled back with the rest
+    with sqlite3.connect(path) as outside:
+        states = dict(outside.execute("SELECT job_id, state FROM artifact_jobs"))
+    assert sorted(states.values()) == ["LEASED", "PLANNED"]

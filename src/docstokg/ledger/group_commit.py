@@ -82,7 +82,8 @@ class GroupCommit:
         self._group: _Group | None = None
         self._connection: Connection | None = None
         self._lost: Failure | None = None  # a failed group took writes already reported done
-        self._thread = threading.local()  # .inside: holds the writer; .pending: its last group
+        # .inside: this thread holds the writer; .pending: the group its last writes went to
+        self._thread = threading.local()
 
     # --- a unit of work's side ------------------------------------------------------
 
@@ -93,9 +94,8 @@ class GroupCommit:
                 "a write unit of work is already open in this thread; commit (or leave) it "
                 "before opening another: SQLite has one writer, and it is this thread"
             )
-        self._take_writer()
-        self._thread.inside = True
         try:
+            self._take_writer()  # sets self._thread.inside once the writer is ours
             self._refuse_if_lost()
             connection, group = self._join_group()
             # Only the writes of members before it need protecting from its
@@ -104,12 +104,22 @@ class GroupCommit:
             if group.savepoint:
                 _run(connection, f"SAVEPOINT {_SAVEPOINT}")
         except DBAPIError as exc:
-            self._end_group(failure=None)  # what the members before it wrote still commits
+            self.release_if_held()  # what the members before it wrote still commits
             raise connect_error(self._url, exc) from exc
         except BaseException:  # even Ctrl-C must hand the writer on, then propagate as is
-            self._end_group(failure=None)
+            self.release_if_held()
             raise
         return connection
+
+    def release_if_held(self) -> None:
+        """If this thread holds the writer without having ended its part, end it now.
+
+        For a unit of work interrupted between taking the writer and being
+        entered: the group's other members still commit, and the writer is
+        freed for the next one.
+        """
+        if getattr(self._thread, "inside", False):
+            self._end_group(failure=None)
 
     def leave(self, *, commit: bool, failing: bool = False) -> None:
         """End the caller's part of the open group (see the module's docstring).
@@ -143,7 +153,7 @@ class GroupCommit:
         group.savepoint = False
         if commit:
             group.members += 1
-        if self._hand_on(group):
+        if self._hand_on(group, committed=commit):
             self._thread.pending = group
             return
         self._end_group(failure=None)
@@ -173,15 +183,16 @@ class GroupCommit:
         self._thread.pending = None
         with self._lock:
             group = self._group
-            while group is not None and not group.finished:
-                if not self._busy and self._waiting == 0 and self._group is group:
+            waiting_for = [g for g in (group, mine) if g is not None]
+            while not all(g.finished for g in waiting_for):
+                if group is not None and self._orphaned() and self._group is group:
                     # Nobody is left to end it (the unit of work it was handed
                     # to was interrupted while queuing): it is ours to end.
                     self._busy = True
+                    self._thread.inside = True
                     break
                 self._ended.wait()
-        if group is not None and not group.finished:
-            self._thread.inside = True
+        if getattr(self._thread, "inside", False):
             self._end_group(failure=None)
         if mine is not None:
             self._raise_if_failed(mine)
@@ -191,17 +202,23 @@ class GroupCommit:
     def close(self) -> None:
         """Commit what is pending and close the writer connection (no thread may be writing)."""
         with self._lock:
-            if self._busy:
-                raise LedgerError("the ledger was closed while a unit of work was writing in it")
-            orphaned = self._group is not None
-            if orphaned:
-                self._busy = True
-        if orphaned:
-            self._thread.inside = True
-            self._end_group(failure=None)
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+            if self._busy or self._waiting:
+                raise LedgerError(
+                    "the ledger was closed while units of work were writing in it; stop the "
+                    "threads that write before closing it"
+                )
+            self._busy = True
+        group = self._group
+        try:
+            if group is not None:
+                self._finish(group, failure=None, roll_back=False)
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.close()
+        finally:
+            self._free_writer(group)
+        if group is not None:
+            self._raise_if_failed(group)
 
     def _take_writer(self) -> None:
         interrupted: BaseException | None = None
@@ -216,15 +233,16 @@ class GroupCommit:
             self._waiting -= 1
             if interrupted is None:
                 self._busy = True
+                self._thread.inside = True
                 return
             # Interrupted while queuing: the writer may have been passed to us.
             orphaned = self._orphaned()
             if orphaned:
                 self._busy = True
+                self._thread.inside = True
             elif self._waiting:
                 self._free.notify()
         if orphaned:
-            self._thread.inside = True
             self._end_group(failure=None)
         raise interrupted
 
@@ -246,12 +264,13 @@ class GroupCommit:
         self._group = _Group(transaction)
         return connection, self._group
 
-    def _hand_on(self, group: _Group) -> bool:
+    def _hand_on(self, group: _Group, *, committed: bool) -> bool:
         """Pass the open group to a queuing unit of work instead of committing, if one queues."""
         with self._lock:
             if self._waiting == 0 or group.members >= self._max_group:
                 return False
-            group.handed_on += 1
+            if committed:  # it returns before the COMMIT that makes its writes last
+                group.handed_on += 1
             self._busy = False
             self._free.notify()
         self._thread.inside = False
@@ -259,42 +278,59 @@ class GroupCommit:
 
     def _end_group(self, *, failure: Failure | None, roll_back: bool = False) -> None:
         """Commit the open group (roll back after ``failure``, or if asked); free the writer."""
-        group, self._group = self._group, None
+        group = self._group
         try:
             if group is not None:
-                group.failure = failure
-                if failure is None and not roll_back:
-                    self._commit(group)
-                else:
-                    self._roll_back(group)
+                self._finish(group, failure=failure, roll_back=roll_back)
         finally:
-            self._thread.inside = False
-            with self._lock:
-                if group is not None:
-                    if group.failure is not None and group.handed_on:
-                        self._lost = group.failure
-                    group.finished = True
-                    self._ended.notify_all()
-                self._busy = False
-                if self._waiting:
-                    self._free.notify()
+            self._free_writer(group)
 
-    def _commit(self, group: _Group) -> None:
+    def _finish(self, group: _Group, *, failure: Failure | None, roll_back: bool) -> None:
+        """COMMIT or ROLLBACK ``group``, the writer held; a failure is kept on the group."""
+        group.failure = failure
+        if failure is not None or roll_back:
+            self._roll_back(group)
+            return
         try:
             group.transaction.commit()
         except DBAPIError as exc:
             group.failure = exc
-            self._roll_back(group)
+            self._discard_connection()
+        except BaseException as exc:
+            group.failure = LedgerError(f"the COMMIT was interrupted ({type(exc).__name__})")
+            self._discard_connection()
+            raise
+
+    def _free_writer(self, group: _Group | None) -> None:
+        """Mark ``group`` ended (it stayed visible to settle() until now) and free the writer."""
+        self._thread.inside = False
+        with self._lock:
+            if group is not None:
+                if group.failure is not None and group.handed_on:
+                    self._lost = group.failure
+                group.finished = True
+                if self._group is group:
+                    self._group = None
+                self._ended.notify_all()
+            self._busy = False
+            if self._waiting:
+                self._free.notify()
 
     def _roll_back(self, group: _Group) -> None:
         try:
             if group.transaction.is_active:
                 group.transaction.rollback()
+                return
         except DBAPIError:
-            # The connection is in an unknown state: a fresh one for the next group.
-            connection, self._connection = self._connection, None
-            if connection is not None:
-                connection.invalidate()
+            pass  # the connection is in an unknown state: replaced below
+        # A failed COMMIT or ROLLBACK may leave SQLite inside the transaction,
+        # holding the file's write lock: the connection goes, a fresh one follows.
+        self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.invalidate()
 
     def _orphaned(self) -> bool:
         """With the lock held: is a group open that nobody holds or queues for?"""

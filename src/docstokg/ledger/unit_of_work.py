@@ -77,7 +77,14 @@ class UnitOfWork:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
         if self._writer is not None:
             if not self._read_only:
-                self._connection = self._writer.enter()
+                connection = None
+                try:
+                    connection = self._writer.enter()
+                    self._connection = connection
+                except BaseException:  # interrupted once the writer was ours: hand it on
+                    if connection is not None:
+                        self._writer.release_if_held()
+                    raise
                 return self
             self._writer.settle()  # this thread's writes first: it reads them on another connection
         connection = None

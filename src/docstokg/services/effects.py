@@ -248,8 +248,10 @@ class JobSteps:
         """
         if then_claim is not None:
             check_owner_and_ttl(then_claim.owner, then_claim.ttl_s)
+        self._next_job = None
         lease = self._lease
         results: list[EffectResult] = []
+        claimed: JobSteps | None = None
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
             self._record_ran(uow, now)
@@ -274,9 +276,10 @@ class JobSteps:
                 )
                 results.append(decoded)
             if then_claim is not None:
-                self._next_job = _claim_within(uow, self._ledger, then_claim, now=now)
+                claimed = _claim_within(uow, self._ledger, then_claim, now=now)
             uow.commit()
             self._ran = None
+        self._next_job = claimed  # only once the claim is committed
         return results
 
     @property
