@@ -53,14 +53,19 @@ class Prepared:
         sql, order, defaults = self._compiled(connection)
         values = {**defaults, **params}
         dbapi = connection.dialect.loaded_dbapi
+        dialect_name = connection.dialect.name
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             bound = values if order is None else [values[name] for name in order]
             if not fetch:
-                # executemany with one row: the same statement, minus the
-                # lastrowid lookup that execute() makes for every statement
-                # (one more release of the interpreter lock inside the writer).
-                cursor.executemany(sql, [bound])
+                if dialect_name == "sqlite":
+                    # executemany with one row: the same statement, minus the
+                    # lastrowid lookup sqlite3's execute() makes for every
+                    # statement (one more release of the interpreter lock
+                    # inside the writer).  psycopg's executemany costs more.
+                    cursor.executemany(sql, [bound])
+                else:
+                    cursor.execute(sql, bound)
                 return int(cursor.rowcount)
             cursor.execute(sql, bound)
             return cursor.fetchall() if cursor.description else []
