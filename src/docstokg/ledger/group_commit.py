@@ -147,7 +147,7 @@ class GroupCommit:
                 if not failing:
                     raise connect_error(self._url, exc) from exc
                 return
-            except BaseException:
+            except BaseException:  # Ctrl-C mid-rollback: the group's state is unknown, so it goes
                 self._end_group(failure=LedgerError("a unit of work was interrupted while ending"))
                 raise
         group.savepoint = False

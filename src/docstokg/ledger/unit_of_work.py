@@ -201,7 +201,7 @@ class UnitOfWork:
                 if commit:
                     session.commit()  # releases its savepoint into ours
                 session.close()
-        except BaseException:
+        except BaseException:  # the session's flush failed (or Ctrl-C): its part rolls back
             writer.leave(commit=False, failing=True)
             raise
         writer.leave(commit=commit, failing=failing)
