@@ -9,11 +9,15 @@ only.
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -228,3 +232,30 @@ def test_a_claim_made_ahead_counts_only_once_its_commit_succeeded(
     with sqlite3.connect(path) as outside:
         states = dict(outside.execute("SELECT job_id, state FROM artifact_jobs"))
     assert sorted(states.values()) == ["LEASED", "PLANNED"]
+
+
+def test_an_interrupt_right_after_taking_the_writer_hands_it_on(ledger: Ledger, path: Path) -> None:
+    """Ctrl-C lands on the line after the writer was taken: the writer is freed all the same."""
+    source, first = inspect.getsourcelines(GroupCommit.enter)
+    [taken] = [first + n for n, text in enumerate(source) if "self._take_writer()" in text]
+
+    def trace_enter(frame: FrameType, event: str, arg: Any) -> Any:
+        return interrupt_after_taking if frame.f_code is GroupCommit.enter.__code__ else None
+
+    def interrupt_after_taking(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno > taken:
+            raise KeyboardInterrupt
+        return interrupt_after_taking
+
+    sys.settrace(trace_enter)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ledger.unit_of_work().__enter__()
+    finally:
+        sys.settrace(None)
+    # A daemon thread: were the writer stuck, the test fails here instead of hanging.
+    writing = threading.Thread(target=plan_and_commit, args=(ledger, 1), daemon=True)
+    writing.start()
+    writing.join(QUEUE_TIMEOUT_S)
+    assert not writing.is_alive(), "the writer stayed taken after the interrupt"
+    assert committed_work_ids(path) == {"W1"}
