@@ -129,14 +129,12 @@ class LedgerPipeline:
 
     def claim(self, *, owner: str, ttl_s: float) -> JobSteps | None:
         """Lease the next job for ``owner``, its HEAD started in the same commit; None if none."""
-        return claim_and_start(
-            self._ledger, owner=owner, ttl_s=ttl_s, first_kind=HEAD, first_opkey=_head_opkey
-        )
+        return claim_and_start(self._ledger, owner=owner, ttl_s=ttl_s, first_kind=HEAD)
 
     @staticmethod
     def next_claim(*, owner: str, ttl_s: float) -> NextClaim:
         """What :meth:`process` needs to claim the worker's next job as the current one ends."""
-        return NextClaim(owner, ttl_s, HEAD, _head_opkey)
+        return NextClaim(owner, ttl_s, HEAD)
 
     def process(
         self,
@@ -286,10 +284,6 @@ class LedgerPipeline:
             error=reason,
             retry_after_s=retry_after_s,
         )
-
-
-def _head_opkey(job_id: str) -> str:
-    return op_key(HEAD, job_id)
 
 
 class PlainPipeline:

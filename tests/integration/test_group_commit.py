@@ -218,15 +218,13 @@ def test_a_claim_made_ahead_counts_only_once_its_commit_succeeded(
 ) -> None:
     plan_and_commit(ledger, 1)
     plan_and_commit(ledger, 2)
-    steps = claim_and_start(
-        ledger, owner="w1", ttl_s=60.0, first_kind="HEAD", first_opkey=lambda j: f"HEAD:{j}"
-    )
+    steps = claim_and_start(ledger, owner="w1", ttl_s=60.0, first_kind="HEAD")
     assert steps is not None
     step = LedgerStep("NOTE", "note", orphan_op_step, JobState.HEAD_DONE,
                       frozenset({JobState.LEASED}))  # fmt: skip
 
     with pytest.raises(DocstokgError, match="FOREIGN KEY"):
-        steps.ledger_steps(step, then_claim=NextClaim("w1", 60.0, "HEAD", lambda j: f"HEAD:{j}"))
+        steps.ledger_steps(step, then_claim=NextClaim("w1", 60.0, "HEAD"))
 
     assert steps.next_job is None  # the claim was rolled back with the rest
     with sqlite3.connect(path) as outside:

@@ -48,7 +48,7 @@ def note(uow: UnitOfWork, now: float) -> dict[str, Any]:
 def test_a_claim_starts_the_first_effect_in_the_same_commit(ledger: Ledger) -> None:
     job_id = plan(ledger)
 
-    steps = claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD, first_opkey=head_key)
+    steps = claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD)
 
     assert steps is not None
     assert steps.lease.job_id == job_id
@@ -64,10 +64,7 @@ def test_a_claim_starts_the_first_effect_in_the_same_commit(ledger: Ledger) -> N
 
 
 def test_a_claim_with_nothing_claimable_starts_nothing(ledger: Ledger) -> None:
-    assert (
-        claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD, first_opkey=head_key)
-        is None
-    )
+    assert claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD) is None
 
 
 def test_a_job_taken_over_after_its_first_step_replays_that_step(
@@ -79,7 +76,7 @@ def test_a_job_taken_over_after_its_first_step_replays_that_step(
         head_effect(first, [])
     clock.advance(10.0)  # the holder died; its lease expired
 
-    steps = claim_and_start(ledger, owner="w2", ttl_s=TTL, first_kind=HEAD, first_opkey=head_key)
+    steps = claim_and_start(ledger, owner="w2", ttl_s=TTL, first_kind=HEAD)
 
     assert steps is not None
     assert (steps.lease.job_id, steps.lease.epoch) == (job_id, 2)
@@ -92,13 +89,13 @@ def test_a_job_taken_over_after_its_first_step_replays_that_step(
 
 def test_the_last_commit_of_a_job_claims_the_next_job_and_starts_it(ledger: Ledger) -> None:
     first_id, second_id = plan(ledger, 1), plan(ledger, 2)
-    steps = claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD, first_opkey=head_key)
+    steps = claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD)
     assert steps is not None
     current = steps.lease.job_id
     step = LedgerStep("NOTE", op_key("NOTE", current), note, JobState.HEAD_DONE,
                       frozenset({JobState.LEASED}))  # fmt: skip
 
-    steps.ledger_steps(step, then_claim=NextClaim("w1", TTL, HEAD, head_key))
+    steps.ledger_steps(step, then_claim=NextClaim("w1", TTL, HEAD))
 
     following = steps.next_job
     assert following is not None
@@ -111,12 +108,12 @@ def test_the_last_commit_of_a_job_claims_the_next_job_and_starts_it(ledger: Ledg
 
 def test_a_last_commit_with_nothing_left_to_claim_claims_nothing(ledger: Ledger) -> None:
     plan(ledger)
-    steps = claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD, first_opkey=head_key)
+    steps = claim_and_start(ledger, owner="w1", ttl_s=TTL, first_kind=HEAD)
     assert steps is not None
     step = LedgerStep("NOTE", op_key("NOTE", steps.lease.job_id), note, JobState.HEAD_DONE,
                       frozenset({JobState.LEASED}))  # fmt: skip
 
-    steps.ledger_steps(step, then_claim=NextClaim("w1", TTL, HEAD, head_key))
+    steps.ledger_steps(step, then_claim=NextClaim("w1", TTL, HEAD))
 
     assert steps.next_job is None
     assert job_of(ledger, steps.lease.job_id).state is JobState.HEAD_DONE

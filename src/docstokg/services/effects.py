@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from docstokg.errors import DocstokgError, EffectResultTooLarge, LeaseLost, LedgerError
+from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.services.leasing import check_owner_and_ttl
@@ -347,14 +348,13 @@ class NextClaim:
     """A claim to make at the end of a job's last unit of work (see :meth:`JobSteps.ledger_steps`).
 
     The job's worker claims its next job, and starts that job's first
-    effect (op key ``first_opkey(job_id)``), in the transaction that ends the
+    effect (op key ``op_key(first_kind, job_id)``), in the transaction that ends the
     current one: one unit of work less per job.
     """
 
     owner: str
     ttl_s: float
     first_kind: str
-    first_opkey: Callable[[str], str]
 
 
 def claim_and_start(
@@ -363,18 +363,17 @@ def claim_and_start(
     owner: str,
     ttl_s: float,
     first_kind: str,
-    first_opkey: Callable[[str], str],
 ) -> JobSteps | None:
     """Lease the next job and start its first effect in the same unit of work.
 
     The claim and the start of the first step commit together, which saves
-    a unit of work per job; ``first_opkey(job_id)`` names the op.  Returns the
+    a unit of work per job; the op is ``op_key(first_kind, job_id)``.  Returns the
     job's steps (whose first :meth:`JobSteps.effect` with that op key runs
     at once), or None when no job is claimable, as :func:`lease_next_job`.
     A job taken over part-way (its first op already succeeded) starts
     nothing here; its steps replay as usual.
     """
-    claim = NextClaim(owner, ttl_s, first_kind, first_opkey)
+    claim = NextClaim(owner, ttl_s, first_kind)
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
         steps = _claim_within(uow, ledger, claim, now=uow.now())
@@ -390,7 +389,7 @@ def _claim_within(
     lease = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now)
     if lease is None:
         return None
-    opkey = claim.first_opkey(lease.job_id)
+    opkey = op_key(claim.first_kind, lease.job_id)
     started = uow.ops.start(lease, op_key=opkey, op_type=claim.first_kind, now=now)
     return JobSteps(ledger, lease, started=opkey if started else None)
 
