@@ -1,24 +1,31 @@
-"""JobSteps' shortcuts: a claim that starts the first effect; a last commit claiming the next.
+"""JobSteps' shortcuts: a claim that starts the first effect; a last commit claiming the next;
+ledger steps recorded with one write each.
 
-Both save a unit of work per job; both must leave exactly the records the
+Each saves work per job; each must leave exactly the records the
 one-step-at-a-time path leaves.  On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from typing import Any
+
+import pytest
 
 from docstokg import JobState, Ledger, op_key
 from docstokg.ledger import UnitOfWork
 from docstokg.ledger.models import OP_IN_PROGRESS, OP_SUCCEEDED
+from docstokg.ledger.repositories import JobRepository, OpRepository
 from docstokg.services import (
     JobSteps,
     LedgerStep,
     NextClaim,
     claim_and_start,
 )
+from docstokg.services.content import StoredContent, index_and_dedupe_steps
 from tests.conftest import ManualClock
-from tests.lifecycle import TTL, job_of, op_of, plan, take
+from tests.lifecycle import TTL, job_of, op_of, plan, take, walk
 
 HEAD = "HEAD"
 
@@ -117,3 +124,134 @@ def test_a_last_commit_with_nothing_left_to_claim_claims_nothing(ledger: Ledger)
 
     assert steps.next_job is None
     assert job_of(ledger, steps.lease.job_id).state is JobState.HEAD_DONE
+
+
+# --- ledger steps: one write per step -------------------------------------------------
+
+
+def counted_step(
+    kind: str, job_id: str, to: JobState, start: JobState, runs: Counter[str]
+) -> LedgerStep:
+    def write(uow: UnitOfWork, now: float) -> dict[str, Any]:
+        runs[kind] += 1
+        return {"kind": kind}
+
+    return LedgerStep(kind, op_key(kind, job_id), write, to, frozenset({start}))
+
+
+def streaming_and_finalizing(job_id: str, runs: Counter[str]) -> tuple[LedgerStep, LedgerStep]:
+    return (
+        counted_step("S1", job_id, JobState.STREAMING, JobState.HEAD_DONE, runs),
+        counted_step("S2", job_id, JobState.FINALIZED, JobState.STREAMING, runs),
+    )
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often the fenced op and job writes of the long way are called (the real ones run)."""
+    calls: Counter[str] = Counter()
+
+    def counting(cls: type, name: str) -> None:
+        real = getattr(cls, name)
+
+        def spy(self: object, *args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+
+    counting(OpRepository, "start")
+    counting(OpRepository, "succeed")
+    counting(JobRepository, "advance")
+    return calls
+
+
+def test_ledger_steps_insert_each_op_done_and_move_the_job_once(
+    ledger: Ledger, writes: Counter[str]
+) -> None:
+    job_id = plan(ledger)
+    runs: Counter[str] = Counter()
+    with JobSteps(ledger, take(ledger, "w1")) as steps:
+        head_effect(steps, [])  # its result waits for the ledger steps' commit
+        writes.clear()
+        results = steps.ledger_steps(*streaming_and_finalizing(job_id, runs))
+
+    assert results == [{"kind": "S1"}, {"kind": "S2"}]
+    assert runs == Counter({"S1": 1, "S2": 1})
+    # HEAD's waiting result is the only op recorded by update; the job moves once.
+    assert writes == Counter({"succeed": 1, "advance": 1})
+    assert job_of(ledger, job_id).state is JobState.FINALIZED
+    for kind in ("S1", "S2"):
+        done = op_of(ledger, op_key(kind, job_id))
+        assert (done.status, done.attempt, done.lease_epoch) == (OP_SUCCEEDED, 1, 1)
+        assert done.result_json == f'{{"kind":"{kind}"}}'
+    assert op_of(ledger, head_key(job_id)).status == OP_SUCCEEDED
+
+
+IDENTITY = {"job_id", "work_id", "canonical_url", "idempotency_key", "created_at"}
+
+
+def test_the_short_way_commits_the_rows_the_long_way_commits(ledger: Ledger) -> None:
+    """One job through ledger_steps, its twin step by step: the same rows but for their keys."""
+    short_id, long_id = plan(ledger, 1), plan(ledger, 2)
+    short, long = take(ledger, "w1"), take(ledger, "w1")
+    assert {short.job_id, long.job_id} == {short_id, long_id}
+    runs: Counter[str] = Counter()
+    with JobSteps(ledger, short) as steps:
+        head_effect(steps, [])
+        steps.ledger_steps(*streaming_and_finalizing(short.job_id, runs))
+    with JobSteps(ledger, long) as steps:
+        head_effect(steps, [])
+        steps._steps_one_by_one(streaming_and_finalizing(long.job_id, runs), None)
+
+    def job_row(job_id: str) -> dict[str, Any]:
+        row = dataclasses.asdict(job_of(ledger, job_id))
+        return {k: v for k, v in row.items() if k not in IDENTITY}
+
+    def op_row(kind: str, job_id: str) -> dict[str, Any]:
+        row = dataclasses.asdict(op_of(ledger, op_key(kind, job_id)))
+        return {k: v for k, v in row.items() if k not in {"op_key", "job_id"}}
+
+    assert job_row(short.job_id) == job_row(long.job_id)
+    for kind in ("HEAD", "S1", "S2"):
+        assert op_row(kind, short.job_id) == op_row(kind, long.job_id)
+
+
+def test_a_step_recorded_before_is_replayed_and_the_next_recorded(
+    ledger: Ledger, clock: ManualClock, writes: Counter[str]
+) -> None:
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    walk(ledger, lease, JobState.HEAD_DONE)
+    runs: Counter[str] = Counter()
+    first, second = streaming_and_finalizing(job_id, runs)
+    JobSteps(ledger, lease).ledger_steps(first)  # S1 commits on its own
+    recorded = op_of(ledger, op_key("S1", job_id))
+    clock.advance(1.0)
+
+    results = JobSteps(ledger, lease).ledger_steps(first, second)
+
+    assert results == [{"kind": "S1"}, {"kind": "S2"}]
+    assert writes["start"] >= 1  # the short way stepped aside for the long one
+    assert op_of(ledger, op_key("S1", job_id)) == recorded  # replayed, not recorded again
+    assert op_of(ledger, op_key("S2", job_id)).finished_at == clock.now
+    assert runs["S2"] == 1
+    assert job_of(ledger, job_id).state is JobState.FINALIZED
+
+
+def test_index_and_dedupe_replayed_after_the_job_finished_under_the_same_lease(
+    ledger: Ledger,
+) -> None:
+    """The short way's fenced write fails (a finished job keeps no lease); the long way replays."""
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    walk(ledger, lease, JobState.FINALIZED)
+    content = StoredContent("ab" * 32, 10, "artifacts/ab/abab", "application/pdf")
+    decided = index_and_dedupe_steps(JobSteps(ledger, lease), content)
+    assert job_of(ledger, job_id).state is JobState.DEDUPED
+
+    again = index_and_dedupe_steps(JobSteps(ledger, lease), content)
+
+    assert again == decided == {"outcome": "DEDUPED", "duplicate_of": None}
+    assert job_of(ledger, job_id).state is JobState.DEDUPED
+    assert op_of(ledger, op_key("DEDUPE", job_id)).attempt == 1

@@ -78,13 +78,16 @@ def test_sqlite_connections_use_the_documented_pragmas(tmp_path: Path) -> None:
         with ledger.unit_of_work(read_only=True) as uow:
             pragmas = {
                 name: uow.session.execute(text(f"PRAGMA {name}")).scalar_one()
-                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
-            }
+                for name in (
+                    "journal_mode", "synchronous", "foreign_keys", "busy_timeout", "temp_store"
+                )
+            }  # fmt: skip
     assert pragmas == {
         "journal_mode": "wal",
         "synchronous": 1,  # NORMAL
         "foreign_keys": 1,
         "busy_timeout": 30_000,
+        "temp_store": 2,  # MEMORY: a group's savepoint journals never reach a temp file
     }
 
 

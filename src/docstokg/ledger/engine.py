@@ -202,6 +202,9 @@ def _install_sqlite_pragmas(engine: Engine, *, foreign_keys: bool) -> None:
                 )
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+            # The savepoints of a commit group journal every page they touch;
+            # in a temp file that was ~0.3 MB of write() calls per job.
+            cursor.execute("PRAGMA temp_store = MEMORY")
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         finally:
             cursor.close()

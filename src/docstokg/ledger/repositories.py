@@ -310,6 +310,7 @@ class OpRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._start = sql.START_OP[connection.dialect.name]
+        self._record_done = sql.RECORD_DONE_OP[connection.dialect.name]
 
     def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
         """Record that an op started (unfenced); False if ``op_key`` is already recorded.
@@ -368,6 +369,22 @@ class OpRepository:
         if self._start.count(self._connection, params) == 1:
             return True
         return sql.RESTART_OP.count(self._connection, params) == 1
+
+    def record_done(
+        self, lease: Lease, *, op_key: str, op_type: str, result_json: str, now: float
+    ) -> bool:
+        """Insert a new op already SUCCEEDED with its result, under ``lease``; True if inserted.
+
+        For a step whose only effect is a write in this same transaction:
+        one statement instead of a start and a success.  False when the op
+        already exists (a replay) or the lease is not current; nothing is
+        written then, and the caller takes the path that tells them apart.
+        """
+        params = {
+            **_fence(lease, now), "b_op_key": op_key, "b_op_type": op_type,
+            "b_result_json": result_json,
+        }  # fmt: skip
+        return self._record_done.count(self._connection, params) == 1
 
     def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_result_json": result_json}

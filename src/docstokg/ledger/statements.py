@@ -317,6 +317,45 @@ START_OP = {
     )
     for name, dialect in DIALECTS.items()
 }
+# A ledger step's op, inserted already SUCCEEDED: its write commits with it, so
+# no IN_PROGRESS row ever needs to be seen.  Nothing is inserted if the op
+# exists (a replay, which the caller then takes the long way) or the lease is
+# not current.
+RECORD_DONE_OP = {
+    name: Prepared(
+        dialect.insert(ops_table)
+        .from_select(
+            [
+                "op_key",
+                "job_id",
+                "op_type",
+                "started_at",
+                "finished_at",
+                "duration_s",
+                "status",
+                "attempt",
+                "lease_epoch",
+                "result_code",
+                "result_json",
+            ],
+            select(
+                bindparam("b_op_key", type_=Text),
+                jobs.job_id,
+                bindparam("b_op_type", type_=Text),
+                _now,
+                _now,
+                literal(0.0),
+                literal(OP_SUCCEEDED),
+                literal(1),
+                jobs.lease_epoch,
+                literal("OK"),
+                bindparam("b_result_json", type_=Text),
+            ).where(LEASE_IS_CURRENT),
+        )
+        .on_conflict_do_nothing(index_elements=["op_key"])
+    )
+    for name, dialect in DIALECTS.items()
+}
 _job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
 # Taking over an op that is not a success: its holder died, lost the lease, or failed.
 RESTART_OP = Prepared(

@@ -102,7 +102,13 @@ Target = JobState | Callable[[EffectResult], JobState]
 
 @dataclass(frozen=True, slots=True)
 class LedgerStep:
-    """A step whose only effect is a write to the ledger (see :meth:`JobSteps.ledger_step`)."""
+    """A step whose only effect is a write to the ledger (see :meth:`JobSteps.ledger_step`).
+
+    ``write`` must do nothing but read and write through the unit of work it
+    is given: when the step turns out to be recorded already, its writes are
+    rolled back and the recorded result is replayed (so it may be called for
+    a step that is then replayed; nothing it wrote remains).
+    """
 
     kind: str
     opkey: str
@@ -246,10 +252,78 @@ class JobSteps:
         wrote.  The last effect's waiting result commits with them.  With
         ``then_claim``, the same unit of work also claims the worker's next
         job once the steps are recorded: see :attr:`next_job`.
+
+        The usual case, steps never run before, takes the short way: each op
+        is inserted already SUCCEEDED, and the job makes its whole move (from
+        where the waiting effect left it to the last step's state) in one
+        write.  Inside one transaction nobody can see the states in between,
+        so the rows that commit are the ones the long way writes.  Anything
+        else (a step already recorded, a lease in doubt, a move that does not
+        take) rolls the short way back and takes the long way, step by step,
+        which tells replays, invalid moves and lost leases apart.
         """
         if then_claim is not None:
             check_owner_and_ttl(then_claim.owner, then_claim.ttl_s)
         self._next_job = None
+        done = self._steps_at_once(steps, then_claim) if self._chained(steps) else None
+        if done is None:
+            done = self._steps_one_by_one(steps, then_claim)
+        results, self._next_job = done  # the next job only once its claim is committed
+        return results
+
+    def _chained(self, steps: tuple[LedgerStep, ...]) -> bool:
+        """Can the moves of the waiting effect and ``steps`` be made as one?"""
+        if not steps or self._started is not None:
+            return False
+        reached = self._ran.advance_to if self._ran is not None else None
+        for step in steps:
+            if reached is not None and reached not in step.allowed_from:
+                return False
+            reached = step.advance_to if isinstance(step.advance_to, JobState) else None
+        return True
+
+    def _steps_at_once(
+        self, steps: tuple[LedgerStep, ...], then_claim: NextClaim | None
+    ) -> tuple[list[EffectResult], JobSteps | None] | None:
+        """The short way of :meth:`ledger_steps`; None (nothing written) if it does not apply."""
+        lease, ran = self._lease, self._ran
+        moves_from = steps[0].allowed_from
+        results: list[EffectResult] = []
+        with self._ledger.unit_of_work() as uow:
+            now = uow.now()
+            if ran is not None:
+                self._succeed_ran(uow, ran, now)
+                if ran.advance_to is not None:
+                    moves_from = frozenset(ran.allowed_from)
+            target: JobState | None = None
+            for step in steps:
+                if target is not None and target not in step.allowed_from:
+                    return None  # a step chose a state the next does not start from
+                try:
+                    written = step.write(uow, now)
+                except LeaseLost:
+                    return None  # or the job finished under this lease: the long way tells
+                encoded = _encode(written, step.kind, self._max_result_bytes)
+                decoded: EffectResult = json.loads(encoded)
+                target = step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
+                check_transition(target, step.allowed_from)
+                if not uow.ops.record_done(
+                    lease, op_key=step.opkey, op_type=step.kind, result_json=encoded, now=now
+                ):
+                    return None  # recorded before (a replay), or the lease is in doubt
+                results.append(decoded)
+            assert target is not None  # steps is not empty (see _chained)
+            if not uow.jobs.advance(lease, to_state=target, allowed_from=moves_from, now=now):
+                return None
+            claimed = _claim_within(uow, self._ledger, then_claim, now=now) if then_claim else None
+            uow.commit()
+            self._ran = None
+        return results, claimed
+
+    def _steps_one_by_one(
+        self, steps: tuple[LedgerStep, ...], then_claim: NextClaim | None
+    ) -> tuple[list[EffectResult], JobSteps | None]:
+        """The long way of :meth:`ledger_steps`: each op started, recorded and moved on its own."""
         lease = self._lease
         results: list[EffectResult] = []
         claimed: JobSteps | None = None
@@ -280,8 +354,7 @@ class JobSteps:
                 claimed = _claim_within(uow, self._ledger, then_claim, now=now)
             uow.commit()
             self._ran = None
-        self._next_job = claimed  # only once the claim is committed
-        return results
+        return results, claimed
 
     @property
     def next_job(self) -> JobSteps | None:
@@ -329,11 +402,7 @@ class JobSteps:
         ran, lease = self._ran, self._lease
         if ran is None:
             return
-        if not uow.ops.succeed(lease, op_key=ran.opkey, result_json=ran.encoded, now=now):
-            self._ran = None
-            raise LeaseLost(
-                lease.job_id, lease.owner, lease.epoch, f"recording the {ran.kind} result"
-            )
+        self._succeed_ran(uow, ran, now)
         if ran.advance_to is None:
             return
         outcome = advance_within(uow, lease, ran.advance_to, ran.allowed_from, now=now)
@@ -341,6 +410,15 @@ class JobSteps:
             uow.commit()
             self._ran = None
             outcome.raise_if_invalid(lease, ran.advance_to, ran.allowed_from)
+
+    def _succeed_ran(self, uow: UnitOfWork, ran: _Ran, now: float) -> None:
+        """The waiting effect's op SUCCEEDED, fenced; LeaseLost (and nothing waits) if not."""
+        lease = self._lease
+        if not uow.ops.succeed(lease, op_key=ran.opkey, result_json=ran.encoded, now=now):
+            self._ran = None
+            raise LeaseLost(
+                lease.job_id, lease.owner, lease.epoch, f"recording the {ran.kind} result"
+            )
 
 
 @dataclass(frozen=True, slots=True)
