@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from docstokg import JobState, Ledger, op_key
+from docstokg import JobState, LeaseLost, Ledger, op_key
 from docstokg.ledger import UnitOfWork
 from docstokg.ledger.models import OP_IN_PROGRESS, OP_SUCCEEDED
 from docstokg.ledger.repositories import JobRepository, OpRepository
@@ -25,7 +25,7 @@ from docstokg.services import (
 )
 from docstokg.services.content import StoredContent, index_and_dedupe_steps
 from tests.conftest import ManualClock
-from tests.lifecycle import TTL, job_of, op_of, plan, take, walk
+from tests.lifecycle import TTL, job_of, op_of, op_or_none, plan, take, walk
 
 HEAD = "HEAD"
 
@@ -255,3 +255,102 @@ def test_index_and_dedupe_replayed_after_the_job_finished_under_the_same_lease(
     assert again == decided == {"outcome": "DEDUPED", "duplicate_of": None}
     assert job_of(ledger, job_id).state is JobState.DEDUPED
     assert op_of(ledger, op_key("DEDUPE", job_id)).attempt == 1
+
+
+# --- effects: the last result and the next start in one write ---------------------------
+
+
+def second_effect(steps: JobSteps, calls: list[str]) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        calls.append("S")
+        return {"bytes": 3}
+
+    return steps.effect(
+        kind="S",
+        opkey=op_key("S", steps.lease.job_id),
+        effect_fn=run,
+        advance_to=JobState.STREAMING,
+        allowed_from={JobState.HEAD_DONE},
+    )
+
+
+def test_an_effect_after_an_effect_records_the_first_and_starts_itself_in_one_write(
+    ledger: Ledger, writes: Counter[str]
+) -> None:
+    job_id = plan(ledger)
+    calls: list[str] = []
+    with JobSteps(ledger, take(ledger, "w1")) as steps:
+        head_effect(steps, calls)
+        writes.clear()
+        assert second_effect(steps, calls) == {"bytes": 3}
+        assert writes == Counter({"advance": 1})  # no separate succeed, no separate start
+        assert op_of(ledger, op_key("S", job_id)).status == OP_IN_PROGRESS
+
+    assert calls == [job_id, "S"]
+    assert op_of(ledger, head_key(job_id)).status == OP_SUCCEEDED
+    assert op_of(ledger, op_key("S", job_id)).status == OP_SUCCEEDED
+    assert job_of(ledger, job_id).state is JobState.STREAMING
+
+
+def test_an_effect_started_in_one_write_leaves_the_rows_of_the_long_way(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short_id, long_id = plan(ledger, 1), plan(ledger, 2)
+    short, long = take(ledger, "w1"), take(ledger, "w1")
+    with JobSteps(ledger, short) as steps:
+        head_effect(steps, [])
+        second_effect(steps, [])
+    monkeypatch.setattr(JobSteps, "_record_and_start_at_once", lambda *_: False)
+    with JobSteps(ledger, long) as steps:
+        head_effect(steps, [])
+        second_effect(steps, [])
+
+    def job_row(job_id: str) -> dict[str, Any]:
+        row = dataclasses.asdict(job_of(ledger, job_id))
+        return {k: v for k, v in row.items() if k not in IDENTITY}
+
+    def op_row(kind: str, job_id: str) -> dict[str, Any]:
+        row = dataclasses.asdict(op_of(ledger, op_key(kind, job_id)))
+        return {k: v for k, v in row.items() if k not in {"op_key", "job_id"}}
+
+    assert {short.job_id, long.job_id} == {short_id, long_id}
+    assert job_row(short.job_id) == job_row(long.job_id)
+    for kind in ("HEAD", "S"):
+        assert op_row(kind, short.job_id) == op_row(kind, long.job_id)
+
+
+def test_a_waiting_move_already_made_sends_the_one_write_back_to_the_long_way(
+    ledger: Ledger,
+) -> None:
+    """The job already is in HEAD_DONE (a replay): the move does not take; nothing is half-done."""
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    calls: list[str] = []
+    with JobSteps(ledger, lease) as steps:
+        head_effect(steps, calls)  # waits to move LEASED → HEAD_DONE ...
+        walk(ledger, lease, JobState.HEAD_DONE)  # ... which another call of ours already made
+        assert second_effect(steps, calls) == {"bytes": 3}
+
+    assert calls == [job_id, "S"]
+    head = op_of(ledger, head_key(job_id))
+    assert (head.status, head.attempt) == (OP_SUCCEEDED, 1)
+    second = op_of(ledger, op_key("S", job_id))
+    assert (second.status, second.attempt) == (OP_SUCCEEDED, 1)
+    assert job_of(ledger, job_id).state is JobState.STREAMING
+
+
+def test_an_effect_whose_lease_was_lost_meanwhile_records_nothing(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    job_id = plan(ledger)
+    lease = take(ledger, "w1", ttl_s=5.0)
+    steps = JobSteps(ledger, lease)
+    head_effect(steps, [])
+    clock.advance(10.0)
+    take(ledger, "w2")  # the lease expired and another worker took the job
+
+    with pytest.raises(LeaseLost):
+        second_effect(steps, [])
+
+    assert op_of(ledger, head_key(job_id)).status == OP_IN_PROGRESS  # w2's to take over
+    assert op_or_none(ledger, op_key("S", job_id)) is None

@@ -311,6 +311,7 @@ class OpRepository:
         self._connection = connection
         self._start = sql.START_OP[connection.dialect.name]
         self._record_done = sql.RECORD_DONE_OP[connection.dialect.name]
+        self._finish_and_start = sql.FINISH_AND_START_OP[connection.dialect.name]
 
     def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
         """Record that an op started (unfenced); False if ``op_key`` is already recorded.
@@ -385,6 +386,31 @@ class OpRepository:
             "b_result_json": result_json,
         }  # fmt: skip
         return self._record_done.count(self._connection, params) == 1
+
+    def finish_and_start(
+        self,
+        lease: Lease,
+        *,
+        done_key: str,
+        done_type: str,
+        result_json: str,
+        op_key: str,
+        op_type: str,
+        now: float,
+    ) -> bool:
+        """Record op ``done_key``'s success and insert op ``op_key`` IN_PROGRESS, in one write.
+
+        True if both happened, exactly as :meth:`succeed` and :meth:`start`
+        of a new op would.  False otherwise (the lease is not current, the
+        first op is not ours to finish, or the second exists already): what
+        was written is then only part of it, and the caller rolls back and
+        takes those two calls, which tell the cases apart.
+        """
+        params = {
+            **_fence(lease, now), "b_done_key": done_key, "b_done_type": done_type,
+            "b_result_json": result_json, "b_op_key": op_key, "b_op_type": op_type,
+        }  # fmt: skip
+        return self._finish_and_start.count(self._connection, params) == 2
 
     def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_result_json": result_json}

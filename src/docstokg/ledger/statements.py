@@ -31,6 +31,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -355,6 +356,75 @@ RECORD_DONE_OP = {
         .on_conflict_do_nothing(index_elements=["op_key"])
     )
     for name, dialect in DIALECTS.items()
+}
+_proposed_ops = union_all(
+    select(
+        bindparam("b_done_key", type_=Text).label("op_key"),
+        bindparam("b_done_type", type_=Text).label("op_type"),
+        literal(OP_SUCCEEDED).label("status"),
+        _now.label("finished_at"),
+        literal("OK").label("result_code"),
+        bindparam("b_result_json", type_=Text).label("result_json"),
+    ),
+    select(
+        bindparam("b_op_key", type_=Text),
+        bindparam("b_op_type", type_=Text),
+        literal(OP_IN_PROGRESS),
+        literal(None, type_=ops.finished_at.type),
+        literal(None, type_=Text),
+        literal(None, type_=Text),
+    ),
+).subquery("proposed")
+
+
+def _finish_and_start(dialect: Any) -> Any:
+    """One write for "op k succeeded, op k+1 starts", as SUCCEED_OP and START_OP would do them.
+
+    Both rows are proposed only under a current lease.  Op k exists, so it
+    conflicts and is finished if it is ours and in progress (or abandoned);
+    op k+1 is inserted, or, if it exists, left alone.  Two rows changed
+    means both happened; anything else is for the caller to sort out.  (Were
+    op k's row gone, which no holder's write can cause, its success would be
+    inserted: still recorded once, with its start time lost.)
+    """
+    insert = dialect.insert(ops_table).from_select(
+        [
+            "op_key", "job_id", "op_type", "started_at", "status", "attempt", "lease_epoch",
+            "finished_at", "result_code", "result_json",
+        ],
+        select(
+            _proposed_ops.c.op_key,
+            jobs.job_id,
+            _proposed_ops.c.op_type,
+            _now,
+            _proposed_ops.c.status,
+            literal(1),
+            jobs.lease_epoch,
+            _proposed_ops.c.finished_at,
+            _proposed_ops.c.result_code,
+            _proposed_ops.c.result_json,
+        ).where(LEASE_IS_CURRENT),
+    )  # fmt: skip
+    proposed = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=["op_key"],
+        set_={
+            "status": proposed.status,
+            "finished_at": proposed.finished_at,
+            "duration_s": proposed.finished_at - ops.started_at,
+            "result_code": proposed.result_code,
+            "result_json": proposed.result_json,
+        },
+        where=and_(
+            proposed.status == OP_SUCCEEDED,
+            or_(ops.status == OP_IN_PROGRESS, ops.status == OP_ABANDONED),
+            ops.lease_epoch == proposed.lease_epoch,
+        ),
+    )
+
+
+FINISH_AND_START_OP = {
+    name: Prepared(_finish_and_start(dialect)) for name, dialect in DIALECTS.items()
 }
 _job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
 # Taking over an op that is not a success: its holder died, lost the lease, or failed.

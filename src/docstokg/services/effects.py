@@ -199,7 +199,7 @@ class JobSteps:
             check_transition(advance_to, allowed_from)
         if self._started == opkey and self._ran is None:
             self._started = None  # started with the claim: nothing to commit first
-        else:
+        elif not self._record_and_start_at_once(kind, opkey):
             with self._ledger.unit_of_work() as uow:
                 now = uow.now()
                 self._record_ran(uow, now)
@@ -220,6 +220,32 @@ class JobSteps:
         self._ran = _Ran(kind, opkey, encoded, advance_to, allowed_from)
         decoded: EffectResult = json.loads(encoded)  # what every replay will return, too
         return decoded
+
+    def _record_and_start_at_once(self, kind: str, opkey: str) -> bool:
+        """The usual case of the commit before an effect: the last result and this start as one.
+
+        The waiting effect's op is finished and the next op inserted by one
+        write, and the job makes the waiting move; False (nothing written)
+        unless all of it took, and the caller then goes step by step, which
+        tells replays, takeovers, invalid moves and lost leases apart.
+        """
+        ran, lease = self._ran, self._lease
+        if ran is None or ran.opkey == opkey or self._started is not None:
+            return False
+        with self._ledger.unit_of_work() as uow:
+            now = uow.now()
+            if not uow.ops.finish_and_start(
+                lease, done_key=ran.opkey, done_type=ran.kind, result_json=ran.encoded,
+                op_key=opkey, op_type=kind, now=now,
+            ):  # fmt: skip
+                return False
+            if ran.advance_to is not None and not uow.jobs.advance(
+                lease, to_state=ran.advance_to, allowed_from=ran.allowed_from, now=now
+            ):
+                return False
+            uow.commit()
+            self._ran = None
+        return True
 
     def ledger_step(
         self,
