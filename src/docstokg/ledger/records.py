@@ -88,3 +88,18 @@ class Lease:
     artifact_id: str
     canonical_url: str
     state: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class OpWrite:
+    """One op row to record under ``lease`` (see :meth:`OpRepository.record`).
+
+    With a ``result_json`` the op is recorded SUCCEEDED with that result
+    (finishing it if it is running, inserting it done if it is new); without
+    one it is started, IN_PROGRESS.
+    """
+
+    lease: Lease
+    op_key: str
+    op_type: str
+    result_json: str | None = None

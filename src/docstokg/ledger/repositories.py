@@ -20,8 +20,8 @@ from docstokg.errors import JobNotFound, LedgerError
 from docstokg.iterables import batched
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import statements as sql
-from docstokg.ledger.models import OP_FAILED, OP_SUCCEEDED, jobs_table, ops_table
-from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, PlannedJob
+from docstokg.ledger.models import OP_FAILED, OP_IN_PROGRESS, OP_SUCCEEDED, jobs_table, ops_table
+from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, OpWrite, PlannedJob
 from docstokg.states import SUCCESS_STATES, JobState
 
 PLAN_BATCH_SIZE = 2_000
@@ -310,8 +310,6 @@ class OpRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._start = sql.START_OP[connection.dialect.name]
-        self._record_done = sql.RECORD_DONE_OP[connection.dialect.name]
-        self._finish_and_start = sql.FINISH_AND_START_OP[connection.dialect.name]
 
     def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
         """Record that an op started (unfenced); False if ``op_key`` is already recorded.
@@ -371,46 +369,29 @@ class OpRepository:
             return True
         return sql.RESTART_OP.count(self._connection, params) == 1
 
-    def record_done(
-        self, lease: Lease, *, op_key: str, op_type: str, result_json: str, now: float
-    ) -> bool:
-        """Insert a new op already SUCCEEDED with its result, under ``lease``; True if inserted.
+    def record(self, writes: Sequence[OpWrite], *, now: float) -> bool:
+        """Start or record several ops in one write; True only if every one of them took.
 
-        For a step whose only effect is a write in this same transaction:
-        one statement instead of a start and a success.  False when the op
-        already exists (a replay) or the lease is not current; nothing is
-        written then, and the caller takes the path that tells them apart.
+        Each row takes as :meth:`start` would start a new op, or as
+        :meth:`succeed` would record a running one (a new op with a result is
+        inserted done): fenced by its own lease.  False if any did not (a
+        lease not current, an op already recorded, an op to start that
+        exists); the others may have taken, so the caller rolls back, then
+        goes op by op with the calls that tell those cases apart.
         """
-        params = {
-            **_fence(lease, now), "b_op_key": op_key, "b_op_type": op_type,
-            "b_result_json": result_json,
-        }  # fmt: skip
-        return self._record_done.count(self._connection, params) == 1
-
-    def finish_and_start(
-        self,
-        lease: Lease,
-        *,
-        done_key: str,
-        done_type: str,
-        result_json: str,
-        op_key: str,
-        op_type: str,
-        now: float,
-    ) -> bool:
-        """Record op ``done_key``'s success and insert op ``op_key`` IN_PROGRESS, in one write.
-
-        True if both happened, exactly as :meth:`succeed` and :meth:`start`
-        of a new op would.  False otherwise (the lease is not current, the
-        first op is not ours to finish, or the second exists already): what
-        was written is then only part of it, and the caller rolls back and
-        takes those two calls, which tell the cases apart.
-        """
-        params = {
-            **_fence(lease, now), "b_done_key": done_key, "b_done_type": done_type,
-            "b_result_json": result_json, "b_op_key": op_key, "b_op_type": op_type,
-        }  # fmt: skip
-        return self._finish_and_start.count(self._connection, params) == 2
+        if not writes:
+            return True
+        params: dict[str, object] = {"now": now}
+        for n, write in enumerate(writes):
+            done = write.result_json is not None
+            row = (
+                write.op_key, write.op_type, OP_SUCCEEDED if done else OP_IN_PROGRESS,
+                now if done else None, 0.0 if done else None, "OK" if done else None,
+                write.result_json, write.lease.job_id, write.lease.owner, write.lease.epoch,
+            )  # fmt: skip
+            params.update(zip((f"p{n}_{name}" for name in sql.PROPOSED_FIELDS), row, strict=True))
+        statement = sql.record_ops(self._connection.dialect.name, len(writes))
+        return statement.count(self._connection, params) == len(writes)
 
     def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
         params = {**_fence(lease, now), "b_op_key": op_key, "b_result_json": result_json}

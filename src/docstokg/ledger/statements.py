@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Float,
     Integer,
     Text,
     TextClause,
@@ -318,114 +319,81 @@ START_OP = {
     )
     for name, dialect in DIALECTS.items()
 }
-# A ledger step's op, inserted already SUCCEEDED: its write commits with it, so
-# no IN_PROGRESS row ever needs to be seen.  Nothing is inserted if the op
-# exists (a replay, which the caller then takes the long way) or the lease is
-# not current.
-RECORD_DONE_OP = {
-    name: Prepared(
-        dialect.insert(ops_table)
-        .from_select(
-            [
-                "op_key",
-                "job_id",
-                "op_type",
-                "started_at",
-                "finished_at",
-                "duration_s",
-                "status",
-                "attempt",
-                "lease_epoch",
-                "result_code",
-                "result_json",
-            ],
-            select(
-                bindparam("b_op_key", type_=Text),
-                jobs.job_id,
-                bindparam("b_op_type", type_=Text),
-                _now,
-                _now,
-                literal(0.0),
-                literal(OP_SUCCEEDED),
-                literal(1),
-                jobs.lease_epoch,
-                literal("OK"),
-                bindparam("b_result_json", type_=Text),
-            ).where(LEASE_IS_CURRENT),
-        )
-        .on_conflict_do_nothing(index_elements=["op_key"])
-    )
-    for name, dialect in DIALECTS.items()
-}
-_proposed_ops = union_all(
-    select(
-        bindparam("b_done_key", type_=Text).label("op_key"),
-        bindparam("b_done_type", type_=Text).label("op_type"),
-        literal(OP_SUCCEEDED).label("status"),
-        _now.label("finished_at"),
-        literal("OK").label("result_code"),
-        bindparam("b_result_json", type_=Text).label("result_json"),
-    ),
-    select(
-        bindparam("b_op_key", type_=Text),
-        bindparam("b_op_type", type_=Text),
-        literal(OP_IN_PROGRESS),
-        literal(None, type_=ops.finished_at.type),
-        literal(None, type_=Text),
-        literal(None, type_=Text),
-    ),
-).subquery("proposed")
+# --- ops recorded together -----------------------------------------------------------
+#
+# The columns a proposed op row carries, in order.  Per row: the op, its
+# status (IN_PROGRESS to start it, SUCCEEDED with its result to record it),
+# and the lease that must be current on its job for the row to count.
+_PROPOSED = (
+    ("op_key", Text), ("op_type", Text), ("status", Text), ("finished_at", Float),
+    ("duration_s", Float), ("result_code", Text), ("result_json", Text),
+    ("job_id", Text), ("owner", Text), ("epoch", Integer),
+)  # fmt: skip
+PROPOSED_FIELDS = tuple(name for name, _ in _PROPOSED)
 
 
-def _finish_and_start(dialect: Any) -> Any:
-    """One write for "op k succeeded, op k+1 starts", as SUCCEED_OP and START_OP would do them.
+def _record_ops(dialect: Any, rows: int) -> Any:
+    """One write for ``rows`` op rows: starts, and successes (of running or of new ops).
 
-    Both rows are proposed only under a current lease.  Op k exists, so it
-    conflicts and is finished if it is ours and in progress (or abandoned);
-    op k+1 is inserted, or, if it exists, left alone.  Two rows changed
-    means both happened; anything else is for the caller to sort out.  (Were
-    op k's row gone, which no holder's write can cause, its success would be
-    inserted: still recorded once, with its start time lost.)
+    Each proposed row counts only if its job's lease is current.  A new op is
+    inserted as proposed; an op that exists conflicts, and takes a proposed
+    success only if it is running (or abandoned) under the same lease epoch,
+    exactly as SUCCEED_OP would record it.  Anything else leaves the row as it
+    was, so ``rows`` changed rows means every one took: the caller relies on
+    that and, short of it, rolls back and goes one op at a time.
     """
+    proposed = union_all(
+        *(
+            select(*(bindparam(f"p{n}_{name}", type_=kind).label(name) for name, kind in _PROPOSED))
+            for n in range(rows)
+        )
+    ).subquery("proposed")
     insert = dialect.insert(ops_table).from_select(
         [
             "op_key", "job_id", "op_type", "started_at", "status", "attempt", "lease_epoch",
-            "finished_at", "result_code", "result_json",
+            "finished_at", "duration_s", "result_code", "result_json",
         ],
         select(
-            _proposed_ops.c.op_key,
-            jobs.job_id,
-            _proposed_ops.c.op_type,
-            _now,
-            _proposed_ops.c.status,
-            literal(1),
-            jobs.lease_epoch,
-            _proposed_ops.c.finished_at,
-            _proposed_ops.c.result_code,
-            _proposed_ops.c.result_json,
-        ).where(LEASE_IS_CURRENT),
+            proposed.c.op_key, jobs.job_id, proposed.c.op_type, _now, proposed.c.status,
+            literal(1), jobs.lease_epoch, proposed.c.finished_at, proposed.c.duration_s,
+            proposed.c.result_code, proposed.c.result_json,
+        ).where(
+            jobs.job_id == proposed.c.job_id,
+            jobs.lease_owner == proposed.c.owner,
+            jobs.lease_epoch == proposed.c.epoch,
+            jobs.lease_until >= _now,
+        ),
     )  # fmt: skip
-    proposed = insert.excluded
+    excluded = insert.excluded
     return insert.on_conflict_do_update(
         index_elements=["op_key"],
         set_={
-            "status": proposed.status,
-            "finished_at": proposed.finished_at,
-            "duration_s": proposed.finished_at - ops.started_at,
-            "result_code": proposed.result_code,
-            "result_json": proposed.result_json,
+            "status": excluded.status,
+            "finished_at": excluded.finished_at,
+            "duration_s": excluded.finished_at - ops.started_at,
+            "result_code": excluded.result_code,
+            "result_json": excluded.result_json,
         },
         where=and_(
-            proposed.status == OP_SUCCEEDED,
+            excluded.status == OP_SUCCEEDED,
             or_(ops.status == OP_IN_PROGRESS, ops.status == OP_ABANDONED),
-            ops.lease_epoch == proposed.lease_epoch,
+            ops.lease_epoch == excluded.lease_epoch,
         ),
     )
 
 
-FINISH_AND_START_OP = {
-    name: Prepared(_finish_and_start(dialect)) for name, dialect in DIALECTS.items()
-}
+_RECORD_OPS: dict[tuple[str, int], Prepared] = {}
+
+
+def record_ops(dialect_name: str, rows: int) -> Prepared:
+    """The statement recording ``rows`` proposed op rows at once, built on first use."""
+    statement = _RECORD_OPS.get((dialect_name, rows))
+    if statement is None:
+        statement = Prepared(_record_ops(DIALECTS[dialect_name], rows))
+        _RECORD_OPS[(dialect_name, rows)] = statement
+    return statement
+
+
 _job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
 # Taking over an op that is not a success: its holder died, lost the lease, or failed.
 RESTART_OP = Prepared(

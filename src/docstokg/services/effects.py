@@ -27,6 +27,7 @@ from docstokg.errors import DocstokgError, EffectResultTooLarge, LeaseLost, Ledg
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.ledger.models import OP_SUCCEEDED
+from docstokg.ledger.records import OpWrite
 from docstokg.services.leasing import check_owner_and_ttl
 from docstokg.services.transitions import (
     MAX_ERROR_CHARS,
@@ -234,10 +235,8 @@ class JobSteps:
             return False
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
-            if not uow.ops.finish_and_start(
-                lease, done_key=ran.opkey, done_type=ran.kind, result_json=ran.encoded,
-                op_key=opkey, op_type=kind, now=now,
-            ):  # fmt: skip
+            writes = [OpWrite(lease, ran.opkey, ran.kind, ran.encoded), OpWrite(lease, opkey, kind)]
+            if not uow.ops.record(writes, now=now):
                 return False
             if ran.advance_to is not None and not uow.jobs.advance(
                 lease, to_state=ran.advance_to, allowed_from=ran.allowed_from, now=now
@@ -314,11 +313,12 @@ class JobSteps:
         """The short way of :meth:`ledger_steps`; None (nothing written) if it does not apply."""
         lease, ran = self._lease, self._ran
         moves_from = steps[0].allowed_from
+        writes: list[OpWrite] = []
         results: list[EffectResult] = []
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
             if ran is not None:
-                self._succeed_ran(uow, ran, now)
+                writes.append(OpWrite(lease, ran.opkey, ran.kind, ran.encoded))
                 if ran.advance_to is not None:
                     moves_from = frozenset(ran.allowed_from)
             target: JobState | None = None
@@ -333,18 +333,24 @@ class JobSteps:
                 decoded: EffectResult = json.loads(encoded)
                 target = step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
                 check_transition(target, step.allowed_from)
-                if not uow.ops.record_done(
-                    lease, op_key=step.opkey, op_type=step.kind, result_json=encoded, now=now
-                ):
-                    return None  # recorded before (a replay), or the lease is in doubt
+                writes.append(OpWrite(lease, step.opkey, step.kind, encoded))
                 results.append(decoded)
             assert target is not None  # steps is not empty (see _chained)
+            following, first_key = None, None
+            if then_claim is not None:
+                following = uow.jobs.claim(owner=then_claim.owner, ttl_s=then_claim.ttl_s, now=now)
+                if following is not None:
+                    first_key = op_key(then_claim.first_kind, following.job_id)
+                    writes.append(OpWrite(following, first_key, then_claim.first_kind))
+            if not uow.ops.record(writes, now=now):
+                return None  # a step recorded before (a replay), a lease in doubt, a takeover
             if not uow.jobs.advance(lease, to_state=target, allowed_from=moves_from, now=now):
                 return None
-            claimed = _claim_within(uow, self._ledger, then_claim, now=now) if then_claim else None
             uow.commit()
             self._ran = None
-        return results, claimed
+        if following is None:
+            return results, None
+        return results, JobSteps(self._ledger, following, started=first_key)
 
     def _steps_one_by_one(
         self, steps: tuple[LedgerStep, ...], then_claim: NextClaim | None
@@ -428,7 +434,11 @@ class JobSteps:
         ran, lease = self._ran, self._lease
         if ran is None:
             return
-        self._succeed_ran(uow, ran, now)
+        if not uow.ops.succeed(lease, op_key=ran.opkey, result_json=ran.encoded, now=now):
+            self._ran = None
+            raise LeaseLost(
+                lease.job_id, lease.owner, lease.epoch, f"recording the {ran.kind} result"
+            )
         if ran.advance_to is None:
             return
         outcome = advance_within(uow, lease, ran.advance_to, ran.allowed_from, now=now)
@@ -436,15 +446,6 @@ class JobSteps:
             uow.commit()
             self._ran = None
             outcome.raise_if_invalid(lease, ran.advance_to, ran.allowed_from)
-
-    def _succeed_ran(self, uow: UnitOfWork, ran: _Ran, now: float) -> None:
-        """The waiting effect's op SUCCEEDED, fenced; LeaseLost (and nothing waits) if not."""
-        lease = self._lease
-        if not uow.ops.succeed(lease, op_key=ran.opkey, result_json=ran.encoded, now=now):
-            self._ran = None
-            raise LeaseLost(
-                lease.job_id, lease.owner, lease.epoch, f"recording the {ran.kind} result"
-            )
 
 
 @dataclass(frozen=True, slots=True)
