@@ -389,7 +389,7 @@ class OpRepository:
                 now if done else None, 0.0 if done else None, "OK" if done else None,
                 write.result_json, write.lease.job_id, write.lease.owner, write.lease.epoch,
             )  # fmt: skip
-            params.update(zip((f"p{n}_{name}" for name in sql.PROPOSED_FIELDS), row, strict=True))
+            params.update(zip(sql.proposed_names(n), row, strict=True))
         statement = sql.record_ops(self._connection.dialect.name, len(writes))
         return statement.count(self._connection, params) == len(writes)
 

@@ -332,6 +332,17 @@ _PROPOSED = (
 PROPOSED_FIELDS = tuple(name for name, _ in _PROPOSED)
 
 
+def proposed_names(row: int) -> tuple[str, ...]:
+    """The parameter names of proposed row ``row`` (``p{row}_{field}``), in field order."""
+    names = _PROPOSED_NAMES.get(row)
+    if names is None:
+        names = _PROPOSED_NAMES[row] = tuple(f"p{row}_{name}" for name in PROPOSED_FIELDS)
+    return names
+
+
+_PROPOSED_NAMES: dict[int, tuple[str, ...]] = {}
+
+
 def _record_ops(dialect: Any, rows: int) -> Any:
     """One write for ``rows`` op rows: starts, and successes (of running or of new ops).
 
@@ -344,7 +355,12 @@ def _record_ops(dialect: Any, rows: int) -> Any:
     """
     proposed = union_all(
         *(
-            select(*(bindparam(f"p{n}_{name}", type_=kind).label(name) for name, kind in _PROPOSED))
+            select(
+                *(
+                    bindparam(param, type_=kind).label(name)
+                    for param, (name, kind) in zip(proposed_names(n), _PROPOSED, strict=True)
+                )
+            )
             for n in range(rows)
         )
     ).subquery("proposed")

@@ -149,6 +149,12 @@ class JobSteps:
     commit leaves its op IN_PROGRESS, exactly as a crash between an effect and
     its own commit does: the next holder runs it again.
 
+    In the usual case (nothing recorded before, the lease current) that
+    commit is two writes: one upsert records the waiting op and starts the
+    next (:meth:`OpRepository.record`), one moves the job.  Whenever that
+    does not take in full, the commit is rolled back and made op by op, which
+    tells replays, takeovers, invalid moves and lost leases apart.
+
     Call :meth:`flush` (or leave the ``with`` block) after the last step.
     """
 
@@ -164,8 +170,9 @@ class JobSteps:
         self._lease = lease
         self._max_result_bytes = max_result_bytes
         self._ran: _Ran | None = None
-        # An op already started under this lease (by claim_and_start): its
-        # effect runs at once, without a unit of work of its own.
+        # An op already started under this lease (with the claim: see
+        # claim_and_start and NextClaim): its effect runs at once, without a
+        # unit of work of its own.
         self._started = started
         self._next_job: JobSteps | None = None
 
