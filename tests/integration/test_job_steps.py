@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from docstokg import JobState, LeaseLost, Ledger, op_key
+from docstokg import JobState, LeaseLost, Ledger, op_key, run_effect
+from docstokg.errors import DocstokgError
 from docstokg.ledger import UnitOfWork
 from docstokg.ledger.models import OP_IN_PROGRESS, OP_SUCCEEDED
+from docstokg.ledger.records import OpWrite
 from docstokg.ledger.repositories import JobRepository, OpRepository
 from docstokg.services import (
     JobSteps,
@@ -192,7 +194,9 @@ def test_ledger_steps_insert_each_op_done_and_move_the_job_once(
 IDENTITY = {"job_id", "work_id", "canonical_url", "idempotency_key", "created_at"}
 
 
-def test_the_short_way_commits_the_rows_the_long_way_commits(ledger: Ledger) -> None:
+def test_the_short_way_commits_the_rows_the_long_way_commits(
+    ledger: Ledger, writes: Counter[str]
+) -> None:
     """One job through ledger_steps, its twin step by step: the same rows but for their keys."""
     short_id, long_id = plan(ledger, 1), plan(ledger, 2)
     short, long = take(ledger, "w1"), take(ledger, "w1")
@@ -201,9 +205,11 @@ def test_the_short_way_commits_the_rows_the_long_way_commits(ledger: Ledger) -> 
     with JobSteps(ledger, short) as steps:
         head_effect(steps, [])
         steps.ledger_steps(*streaming_and_finalizing(short.job_id, runs))
+    assert (writes["record"], writes["succeed"]) == (1, 0)  # the short way, in full
     with JobSteps(ledger, long) as steps:
         head_effect(steps, [])
         steps._steps_one_by_one(streaming_and_finalizing(long.job_id, runs), None)
+    assert (writes["record"], writes["succeed"]) == (1, 3)  # the long way
 
     def job_row(job_id: str) -> dict[str, Any]:
         row = dataclasses.asdict(job_of(ledger, job_id))
@@ -294,13 +300,14 @@ def test_an_effect_after_an_effect_records_the_first_and_starts_itself_in_one_wr
 
 
 def test_an_effect_started_in_one_write_leaves_the_rows_of_the_long_way(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, writes: Counter[str]
 ) -> None:
     short_id, long_id = plan(ledger, 1), plan(ledger, 2)
     short, long = take(ledger, "w1"), take(ledger, "w1")
     with JobSteps(ledger, short) as steps:
         head_effect(steps, [])
         second_effect(steps, [])
+    assert writes["record"] == 1  # HEAD's result and the second start, in one write
     monkeypatch.setattr(JobSteps, "_record_and_start_at_once", lambda *_: False)
     with JobSteps(ledger, long) as steps:
         head_effect(steps, [])
@@ -321,7 +328,7 @@ def test_an_effect_started_in_one_write_leaves_the_rows_of_the_long_way(
 
 
 def test_a_waiting_move_already_made_sends_the_one_write_back_to_the_long_way(
-    ledger: Ledger,
+    ledger: Ledger, writes: Counter[str]
 ) -> None:
     """The job already is in HEAD_DONE (a replay): the move does not take; nothing is half-done."""
     job_id = plan(ledger)
@@ -330,7 +337,9 @@ def test_a_waiting_move_already_made_sends_the_one_write_back_to_the_long_way(
     with JobSteps(ledger, lease) as steps:
         head_effect(steps, calls)  # waits to move LEASED → HEAD_DONE ...
         walk(ledger, lease, JobState.HEAD_DONE)  # ... which another call of ours already made
+        writes.clear()
         assert second_effect(steps, calls) == {"bytes": 3}
+        assert (writes["record"], writes["succeed"], writes["start"]) == (1, 1, 1)
 
     assert calls == [job_id, "S"]
     head = op_of(ledger, head_key(job_id))
@@ -355,3 +364,140 @@ def test_an_effect_whose_lease_was_lost_meanwhile_records_nothing(
 
     assert op_of(ledger, head_key(job_id)).status == OP_IN_PROGRESS  # w2's to take over
     assert op_or_none(ledger, op_key("S", job_id)) is None
+
+
+def test_an_effect_whose_next_op_is_recorded_already_is_replayed_not_run(
+    ledger: Ledger, writes: Counter[str]
+) -> None:
+    """The one write takes half (HEAD finishes, S exists): it is undone, and S replayed."""
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    calls: list[str] = []
+    run_effect(ledger, lease, kind="S", opkey=op_key("S", job_id), effect_fn=lambda: {"bytes": 3})
+    with JobSteps(ledger, lease) as steps:
+        head_effect(steps, calls)
+        writes.clear()
+        assert second_effect(steps, calls) == {"bytes": 3}
+        assert writes["record"] == 1  # tried, and rolled back: the long way recorded HEAD
+
+    assert calls == [job_id]  # S was not run again
+    head = op_of(ledger, head_key(job_id))
+    assert (head.status, head.attempt) == (OP_SUCCEEDED, 1)
+    assert job_of(ledger, job_id).state is JobState.STREAMING
+
+
+def test_no_effect_starts_after_a_move_that_ended_the_job(ledger: Ledger) -> None:
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    walk(ledger, lease, JobState.INDEXED)
+    calls: list[str] = []
+
+    def finishing_then_another() -> None:
+        with JobSteps(ledger, lease) as steps:
+            steps.effect(
+                kind="A", opkey=op_key("A", job_id), effect_fn=lambda: {"a": 1},
+                advance_to=JobState.DEDUPED, allowed_from={JobState.INDEXED},
+            )  # fmt: skip
+            second_effect(steps, calls)  # A's move ends the job and its lease: S may not start
+
+    with pytest.raises(DocstokgError):
+        finishing_then_another()
+
+    assert calls == []
+    assert job_of(ledger, job_id).state is JobState.DEDUPED
+    assert op_of(ledger, op_key("A", job_id)).status == OP_SUCCEEDED
+    assert op_or_none(ledger, op_key("S", job_id)) is None
+
+
+def test_a_next_job_taken_over_part_way_is_claimed_the_long_way(
+    ledger: Ledger, clock: ManualClock, writes: Counter[str]
+) -> None:
+    """Its HEAD is recorded already: the one write cannot start it, and nothing half-done stays."""
+    older, newer = plan(ledger, 1), plan(ledger, 2)
+    dead = take(ledger, "dead", ttl_s=5.0)
+    current = take(ledger, "w1")
+    assert (dead.job_id, current.job_id) == (older, newer)
+    with JobSteps(ledger, dead) as first:
+        head_effect(first, [])
+    clock.advance(10.0)  # the dead holder's lease expires; w1's does not
+    runs: Counter[str] = Counter()
+    step = counted_step("S1", newer, JobState.HEAD_DONE, JobState.LEASED, runs)
+    writes.clear()
+
+    steps = JobSteps(ledger, current)
+    steps.ledger_steps(step, then_claim=NextClaim("w1", TTL, HEAD))
+
+    assert writes["record"] == 1  # tried in one write, then op by op
+    following = steps.next_job
+    assert following is not None
+    assert (following.lease.job_id, following.lease.epoch) == (older, 2)
+    calls: list[str] = []
+    with following:
+        assert head_effect(following, calls) == {"status": 200}
+    assert calls == []  # replayed: the claim did not pretend to start it
+    assert op_of(ledger, head_key(older)).attempt == 1
+    assert op_of(ledger, op_key("S1", newer)).status == OP_SUCCEEDED
+    assert job_of(ledger, newer).state is JobState.HEAD_DONE
+
+
+def test_a_new_step_op_never_takes_over_an_op_that_exists(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """An abandoned op of the step: the one write leaves it; the long way restarts it."""
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    walk(ledger, lease, JobState.HEAD_DONE)
+    key = op_key("S1", job_id)
+    with ledger.unit_of_work() as uow:
+        assert uow.ops.start(lease, op_key=key, op_type="S1", now=uow.now())
+        uow.commit()
+    clock.advance(100.0)  # the lease expired and a cleanup abandoned the op ...
+    with ledger.unit_of_work() as uow:
+        assert uow.ops.abandon_stale(now=uow.now(), threshold_s=60.0, error="stale") == 1
+        assert uow.jobs.renew(lease, ttl_s=TTL, now=uow.now()) is not None  # ... then renewed
+        uow.commit()
+    runs: Counter[str] = Counter()
+
+    JobSteps(ledger, lease).ledger_steps(counted_step("S1", job_id, JobState.STREAMING,
+                                                      JobState.HEAD_DONE, runs))  # fmt: skip
+
+    op = op_of(ledger, key)
+    assert (op.status, op.attempt, op.error, op.duration_s) == (OP_SUCCEEDED, 2, None, 0.0)
+    assert op.started_at == clock.now
+
+
+def test_record_refuses_one_op_twice_and_writes_only_starts_on_both_backends(
+    ledger: Ledger,
+) -> None:
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    first, second = op_key("A", job_id), op_key("B", job_id)
+    with ledger.unit_of_work() as uow:
+        twice = [OpWrite.start(lease, first, "A"), OpWrite.start(lease, first, "A")]
+        assert uow.ops.record(twice, now=uow.now()) is False
+        both = [OpWrite.start(lease, first, "A"), OpWrite.start(lease, second, "B")]
+        assert uow.ops.record(both, now=uow.now()) is True  # no result in any row
+        uow.commit()
+    assert op_of(ledger, first).status == op_of(ledger, second).status == OP_IN_PROGRESS
+    assert op_of(ledger, first).finished_at is None
+
+
+def test_a_recorded_step_whose_write_would_now_fail_is_still_replayed(ledger: Ledger) -> None:
+    """The short way runs the write before it knows; its error must not hide the replay."""
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    walk(ledger, lease, JobState.HEAD_DONE)
+    calls: list[int] = []
+
+    def write_once(uow: UnitOfWork, now: float) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("this write must not be needed twice")
+        return {"once": True}
+
+    step = LedgerStep("ONCE", op_key("ONCE", job_id), write_once, JobState.STREAMING,
+                      frozenset({JobState.HEAD_DONE}))  # fmt: skip
+    assert JobSteps(ledger, lease).ledger_steps(step) == [{"once": True}]
+
+    assert JobSteps(ledger, lease).ledger_steps(step) == [{"once": True}]  # replayed
+    assert job_of(ledger, job_id).state is JobState.STREAMING

@@ -92,14 +92,30 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class OpWrite:
-    """One op row to record under ``lease`` (see :meth:`OpRepository.record`).
+    """One op row for :meth:`OpRepository.record`, fenced by ``lease``.
 
-    With a ``result_json`` the op is recorded SUCCEEDED with that result
-    (finishing it if it is running, inserting it done if it is new); without
-    one it is started, IN_PROGRESS.
+    Made by :meth:`start`, :meth:`finish` or :meth:`done`, which say what the
+    row must find: no op (start, done) or the op running under ``lease``
+    (finish).
     """
 
     lease: Lease
     op_key: str
     op_type: str
     result_json: str | None = None
+    running: bool = False  # with a result: the op was started earlier and is running
+
+    @classmethod
+    def start(cls, lease: Lease, op_key: str, op_type: str) -> OpWrite:
+        """A new op, inserted IN_PROGRESS."""
+        return cls(lease, op_key, op_type)
+
+    @classmethod
+    def finish(cls, lease: Lease, op_key: str, op_type: str, result_json: str) -> OpWrite:
+        """The success of an op started earlier under ``lease`` and still running."""
+        return cls(lease, op_key, op_type, result_json, running=True)
+
+    @classmethod
+    def done(cls, lease: Lease, op_key: str, op_type: str, result_json: str) -> OpWrite:
+        """A new op inserted already SUCCEEDED: its whole work is in the same transaction."""
+        return cls(lease, op_key, op_type, result_json)

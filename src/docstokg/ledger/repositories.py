@@ -370,24 +370,28 @@ class OpRepository:
         return sql.RESTART_OP.count(self._connection, params) == 1
 
     def record(self, writes: Sequence[OpWrite], *, now: float) -> bool:
-        """Start or record several ops in one write; True only if every one of them took.
+        """Start, finish or insert done several ops in one write; True only if all of them took.
 
-        Each row takes as :meth:`start` would start a new op, or as
-        :meth:`succeed` would record a running one (a new op with a result is
-        inserted done): fenced by its own lease.  False if any did not (a
-        lease not current, an op already recorded, an op to start that
-        exists); the others may have taken, so the caller rolls back, then
-        goes op by op with the calls that tell those cases apart.
+        Each row takes as :meth:`start` would start a new op, as
+        :meth:`succeed` would record a running one, or (done) as a new op
+        inserted SUCCEEDED: fenced by its own lease.  False if any did not (a
+        lease not current, an op to start or insert that exists, an op to
+        finish that is not running under that lease, one op named twice); the
+        others may have taken, so the caller rolls back, then goes op by op
+        with the calls that tell those cases apart.
         """
         if not writes:
             return True
+        if len({write.op_key for write in writes}) != len(writes):
+            return False
         params: dict[str, object] = {"now": now}
         for n, write in enumerate(writes):
             done = write.result_json is not None
             row = (
                 write.op_key, write.op_type, OP_SUCCEEDED if done else OP_IN_PROGRESS,
-                now if done else None, 0.0 if done else None, "OK" if done else None,
-                write.result_json, write.lease.job_id, write.lease.owner, write.lease.epoch,
+                now if done else None, 0.0 if done and not write.running else None,
+                "OK" if done else None, write.result_json,
+                write.lease.job_id, write.lease.owner, write.lease.epoch,
             )  # fmt: skip
             params.update(zip(sql.proposed_names(n), row, strict=True))
         statement = sql.record_ops(self._connection.dialect.name, len(writes))

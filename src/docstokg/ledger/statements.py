@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Double,
     Float,
     Integer,
     Text,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     delete,
     exists,
     func,
@@ -323,7 +325,9 @@ START_OP = {
 #
 # The columns a proposed op row carries, in order.  Per row: the op, its
 # status (IN_PROGRESS to start it, SUCCEEDED with its result to record it),
-# and the lease that must be current on its job for the row to count.
+# and the lease that must be current on its job for the row to count.  A
+# success proposed without a duration finishes a running op (its duration is
+# then measured from its start); one with duration 0 is a new op done at once.
 _PROPOSED = (
     ("op_key", Text), ("op_type", Text), ("status", Text), ("finished_at", Float),
     ("duration_s", Float), ("result_code", Text), ("result_json", Text),
@@ -348,16 +352,18 @@ def _record_ops(dialect: Any, rows: int) -> Any:
 
     Each proposed row counts only if its job's lease is current.  A new op is
     inserted as proposed; an op that exists conflicts, and takes a proposed
-    success only if it is running (or abandoned) under the same lease epoch,
+    finish only if it is running (or abandoned) under the same lease epoch,
     exactly as SUCCEED_OP would record it.  Anything else leaves the row as it
     was, so ``rows`` changed rows means every one took: the caller relies on
-    that and, short of it, rolls back and goes one op at a time.
+    that and, short of it, rolls back and goes one op at a time.  (Were a
+    running op's row gone, which no holder's write can cause, its finish would
+    be inserted: recorded once all the same, without a duration.)
     """
     proposed = union_all(
         *(
             select(
                 *(
-                    bindparam(param, type_=kind).label(name)
+                    _proposed(param, kind).label(name)
                     for param, (name, kind) in zip(proposed_names(n), _PROPOSED, strict=True)
                 )
             )
@@ -392,10 +398,17 @@ def _record_ops(dialect: Any, rows: int) -> Any:
         },
         where=and_(
             excluded.status == OP_SUCCEEDED,
+            excluded.duration_s.is_(None),  # a finish; a new op done at once never updates
             or_(ops.status == OP_IN_PROGRESS, ops.status == OP_ABANDONED),
             ops.lease_epoch == excluded.lease_epoch,
         ),
     )
+
+
+def _proposed(param: str, kind: Any) -> ColumnElement[Any]:
+    """A proposed value; numbers cast, so a column of NULLs has a type on PostgreSQL."""
+    value = bindparam(param, type_=kind)
+    return cast(value, Double) if kind is Float else value
 
 
 _RECORD_OPS: dict[tuple[str, int], Prepared] = {}

@@ -36,7 +36,7 @@ from docstokg.services.transitions import (
     check_transition,
     finished_under,
 )
-from docstokg.states import JobState
+from docstokg.states import SUCCESS_STATES, JobState
 
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024
 
@@ -240,9 +240,14 @@ class JobSteps:
         ran, lease = self._ran, self._lease
         if ran is None or ran.opkey == opkey or self._started is not None:
             return False
+        if ran.advance_to in SUCCESS_STATES:
+            return False  # the move ends the lease: no op may start after it
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
-            writes = [OpWrite(lease, ran.opkey, ran.kind, ran.encoded), OpWrite(lease, opkey, kind)]
+            writes = [
+                OpWrite.finish(lease, ran.opkey, ran.kind, ran.encoded),
+                OpWrite.start(lease, opkey, kind),
+            ]
             if not uow.ops.record(writes, now=now):
                 return False
             if ran.advance_to is not None and not uow.jobs.advance(
@@ -325,7 +330,7 @@ class JobSteps:
         with self._ledger.unit_of_work() as uow:
             now = uow.now()
             if ran is not None:
-                writes.append(OpWrite(lease, ran.opkey, ran.kind, ran.encoded))
+                writes.append(OpWrite.finish(lease, ran.opkey, ran.kind, ran.encoded))
                 if ran.advance_to is not None:
                     moves_from = frozenset(ran.allowed_from)
             target: JobState | None = None
@@ -333,14 +338,17 @@ class JobSteps:
                 if target is not None and target not in step.allowed_from:
                     return None  # a step chose a state the next does not start from
                 try:
-                    written = step.write(uow, now)
-                except LeaseLost:
-                    return None  # or the job finished under this lease: the long way tells
-                encoded = _encode(written, step.kind, self._max_result_bytes)
-                decoded: EffectResult = json.loads(encoded)
-                target = step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
-                check_transition(target, step.allowed_from)
-                writes.append(OpWrite(lease, step.opkey, step.kind, encoded))
+                    encoded = _encode(step.write(uow, now), step.kind, self._max_result_bytes)
+                    decoded: EffectResult = json.loads(encoded)
+                    target = (
+                        step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
+                    )
+                    check_transition(target, step.allowed_from)
+                except Exception:  # noqa: BLE001 - not lost: the long way decides, and raises it
+                    # The step may be recorded already (the long way replays it
+                    # without writing), or the job finished under this lease.
+                    return None
+                writes.append(OpWrite.done(lease, step.opkey, step.kind, encoded))
                 results.append(decoded)
             assert target is not None  # steps is not empty (see _chained)
             following, first_key = None, None
@@ -348,7 +356,7 @@ class JobSteps:
                 following = uow.jobs.claim(owner=then_claim.owner, ttl_s=then_claim.ttl_s, now=now)
                 if following is not None:
                     first_key = op_key(then_claim.first_kind, following.job_id)
-                    writes.append(OpWrite(following, first_key, then_claim.first_kind))
+                    writes.append(OpWrite.start(following, first_key, then_claim.first_kind))
             if not uow.ops.record(writes, now=now):
                 return None  # a step recorded before (a replay), a lease in doubt, a takeover
             if not uow.jobs.advance(lease, to_state=target, allowed_from=moves_from, now=now):
