@@ -194,6 +194,22 @@ def test_ledger_steps_insert_each_op_done_and_move_the_job_once(
 IDENTITY = {"job_id", "work_id", "canonical_url", "idempotency_key", "created_at"}
 
 
+def assert_twins(ledger: Ledger, one: str, other: str, *, kinds: tuple[str, ...]) -> None:
+    """Two jobs taken through the same steps hold the same rows, but for what names them."""
+
+    def job_row(job_id: str) -> dict[str, Any]:
+        row = dataclasses.asdict(job_of(ledger, job_id))
+        return {k: v for k, v in row.items() if k not in IDENTITY}
+
+    def op_row(kind: str, job_id: str) -> dict[str, Any]:
+        row = dataclasses.asdict(op_of(ledger, op_key(kind, job_id)))
+        return {k: v for k, v in row.items() if k not in {"op_key", "job_id"}}
+
+    assert job_row(one) == job_row(other)
+    for kind in kinds:
+        assert op_row(kind, one) == op_row(kind, other)
+
+
 def test_the_short_way_commits_the_rows_the_long_way_commits(
     ledger: Ledger, writes: Counter[str]
 ) -> None:
@@ -211,17 +227,7 @@ def test_the_short_way_commits_the_rows_the_long_way_commits(
         steps._steps_one_by_one(streaming_and_finalizing(long.job_id, runs), None)
     assert (writes["record"], writes["succeed"]) == (1, 3)  # the long way
 
-    def job_row(job_id: str) -> dict[str, Any]:
-        row = dataclasses.asdict(job_of(ledger, job_id))
-        return {k: v for k, v in row.items() if k not in IDENTITY}
-
-    def op_row(kind: str, job_id: str) -> dict[str, Any]:
-        row = dataclasses.asdict(op_of(ledger, op_key(kind, job_id)))
-        return {k: v for k, v in row.items() if k not in {"op_key", "job_id"}}
-
-    assert job_row(short.job_id) == job_row(long.job_id)
-    for kind in ("HEAD", "S1", "S2"):
-        assert op_row(kind, short.job_id) == op_row(kind, long.job_id)
+    assert_twins(ledger, short.job_id, long.job_id, kinds=("HEAD", "S1", "S2"))
 
 
 def test_a_step_recorded_before_is_replayed_and_the_next_recorded(
@@ -313,18 +319,8 @@ def test_an_effect_started_in_one_write_leaves_the_rows_of_the_long_way(
         head_effect(steps, [])
         second_effect(steps, [])
 
-    def job_row(job_id: str) -> dict[str, Any]:
-        row = dataclasses.asdict(job_of(ledger, job_id))
-        return {k: v for k, v in row.items() if k not in IDENTITY}
-
-    def op_row(kind: str, job_id: str) -> dict[str, Any]:
-        row = dataclasses.asdict(op_of(ledger, op_key(kind, job_id)))
-        return {k: v for k, v in row.items() if k not in {"op_key", "job_id"}}
-
     assert {short.job_id, long.job_id} == {short_id, long_id}
-    assert job_row(short.job_id) == job_row(long.job_id)
-    for kind in ("HEAD", "S"):
-        assert op_row(kind, short.job_id) == op_row(kind, long.job_id)
+    assert_twins(ledger, short.job_id, long.job_id, kinds=("HEAD", "S"))
 
 
 def test_a_waiting_move_already_made_sends_the_one_write_back_to_the_long_way(
