@@ -13,6 +13,7 @@ the holder still owns the job.
 from __future__ import annotations
 
 from dataclasses import fields
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -333,18 +334,12 @@ _PROPOSED = (
     ("duration_s", Float), ("result_code", Text), ("result_json", Text),
     ("job_id", Text), ("owner", Text), ("epoch", Integer),
 )  # fmt: skip
-PROPOSED_FIELDS = tuple(name for name, _ in _PROPOSED)
 
 
+@cache
 def proposed_names(row: int) -> tuple[str, ...]:
     """The parameter names of proposed row ``row`` (``p{row}_{field}``), in field order."""
-    names = _PROPOSED_NAMES.get(row)
-    if names is None:
-        names = _PROPOSED_NAMES[row] = tuple(f"p{row}_{name}" for name in PROPOSED_FIELDS)
-    return names
-
-
-_PROPOSED_NAMES: dict[int, tuple[str, ...]] = {}
+    return tuple(f"p{row}_{name}" for name, _ in _PROPOSED)
 
 
 def _record_ops(dialect: Any, rows: int) -> Any:
@@ -411,16 +406,10 @@ def _proposed(param: str, kind: Any) -> ColumnElement[Any]:
     return cast(value, Double) if kind is Float else value
 
 
-_RECORD_OPS: dict[tuple[str, int], Prepared] = {}
-
-
+@cache
 def record_ops(dialect_name: str, rows: int) -> Prepared:
     """The statement recording ``rows`` proposed op rows at once, built on first use."""
-    statement = _RECORD_OPS.get((dialect_name, rows))
-    if statement is None:
-        statement = Prepared(_record_ops(DIALECTS[dialect_name], rows))
-        _RECORD_OPS[(dialect_name, rows)] = statement
-    return statement
+    return Prepared(_record_ops(DIALECTS[dialect_name], rows))
 
 
 _job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
