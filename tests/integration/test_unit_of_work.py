@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from docstokg import JobSpec, JobState, Ledger
 from docstokg.errors import DatabaseUnavailable, LedgerError
+from docstokg.ledger import unit_of_work as unit_of_work_module
+from tests.dbtools import execute_sql
 
 SPEC = JobSpec("W1", "pdf", "https://example.org/1")
 
@@ -167,3 +170,34 @@ def test_a_write_unit_of_work_inside_another_on_sqlite_is_refused_not_a_deadlock
             outer.commit()
         with ledger.unit_of_work() as again:  # the gate was left open for the next one
             again.commit()
+
+
+def test_without_an_injected_clock_time_is_the_databases_read_once_in_a_while(
+    db_url: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the database's clock, one round trip per interval; SQLite: the host's."""
+    reads: list[float] = []
+    read_database_clock = unit_of_work_module._read_database_clock
+
+    def counted(connection: Connection) -> float:
+        reads.append(read_database_clock(connection))
+        return reads[-1]
+
+    monkeypatch.setattr(unit_of_work_module, "_read_database_clock", counted)
+    with Ledger.connect(db_url) as ledger:
+        answers = []
+        for _ in range(50):
+            with ledger.unit_of_work() as uow:
+                answers.append(uow.now())
+        reference = (
+            float(execute_sql(db_url, "SELECT extract(epoch from clock_timestamp())")[0][0])
+            if backend == "postgresql"
+            else time.time()
+        )
+    assert answers == sorted(answers)
+    assert reference - 5 <= answers[-1] <= reference
+    if backend == "postgresql":
+        assert len(reads) == 1  # not one round trip per unit of work
+        assert reads[0] <= answers[0] <= reads[0] + 1  # carried on to the end of its trip
+    else:
+        assert reads == []  # SQLite's workers share this host's clock

@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from docstokg.ledger import migrate
+from docstokg.ledger.clock import DatabaseClock
 from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import (
     READ_ONLY_OPTION,
@@ -47,6 +48,8 @@ class Ledger:
         # sleeps in growing steps, and paying a commit each.  Other processes
         # still meet the busy handler.
         self._writer = GroupCommit(engine, url) if engine.dialect.name == "sqlite" else None
+        # PostgreSQL's clock, read once in a while rather than in every unit of work.
+        self._database_clock = DatabaseClock() if engine.dialect.name == "postgresql" else None
 
     @classmethod
     def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
@@ -91,6 +94,7 @@ class Ledger:
             clock=self._clock,
             read_only=read_only,
             writer=self._writer,
+            database_clock=self._database_clock,
         )
 
     @property

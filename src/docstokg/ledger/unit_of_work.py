@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from docstokg.errors import LedgerError
+from docstokg.ledger.clock import DatabaseClock
 from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
 from docstokg.ledger.group_commit import GroupCommit
@@ -58,8 +59,10 @@ class UnitOfWork:
         clock: Clock | None,
         read_only: bool = False,
         writer: GroupCommit | None = None,
+        database_clock: DatabaseClock | None = None,
     ) -> None:
         self._writer = writer
+        self._database_clock = database_clock
         self._connections = connections
         self._kept = False
         self._url = url
@@ -148,14 +151,16 @@ class UnitOfWork:
         """The ledger's clock, in epoch seconds.
 
         An injected clock wins; otherwise PostgreSQL's clock (one clock for
-        every machine), or this host's for SQLite (whose workers share a host).
+        every machine; read now and then, see :mod:`docstokg.ledger.clock`),
+        or this host's for SQLite (whose workers share a host).
         """
         if self._clock is not None:
             return self._clock()
         connection = self._require(self._connection)
         if connection.dialect.name == "postgresql":
-            [(database_now,)] = DATABASE_NOW.rows(connection, {})
-            return float(database_now)
+            if self._database_clock is None:
+                return _read_database_clock(connection)
+            return self._database_clock.now(lambda: _read_database_clock(connection))
         return time.time()
 
     def commit(self) -> None:
@@ -214,3 +219,8 @@ class UnitOfWork:
                 "as uow:` and do not use it after commit() or rollback()"
             )
         return value
+
+
+def _read_database_clock(connection: Connection) -> float:
+    [(database_now,)] = DATABASE_NOW.rows(connection, {})
+    return float(database_now)
