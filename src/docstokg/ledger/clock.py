@@ -3,7 +3,7 @@
 Lease arithmetic on PostgreSQL uses the database's clock, so that workers on
 machines whose clocks disagree still agree on when a lease ends.  Reading it
 in every unit of work cost a round trip each: a fifth of the round trips of a
-state transition, and on a busy runner a tenth of its time.  Here it is read
+state transition, and on a busy runner a sixth of its time.  Here it is read
 at most every ``resync_s`` seconds and carried forward in between by this
 host's monotonic clock, which a change of the host's wall clock does not move.
 
@@ -11,6 +11,14 @@ Between two readings the error is half the round trip of the last reading
 (its midpoint is taken as the moment the database read its clock) plus the
 host's rate error over the interval: parts per million, so well under a
 millisecond over ten seconds.  Leases last seconds to minutes.
+
+A step of the *server's* clock (NTP, a restored VM, a failover) reaches each
+process at its next reading, so for up to ``resync_s`` processes may disagree
+by the size of the step.  After a step back, answers go back with the
+database's, as every process's do sooner or later: holding time still until the
+database caught up would make this process judge leases granted by the others
+expired.  Only a regression within what two readings may disagree by (their
+round trips) is hidden, so that time seen by one process does not jitter back.
 """
 
 from __future__ import annotations
@@ -18,9 +26,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 # How long a reading of the database's clock is carried forward, at most.
 DEFAULT_RESYNC_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    database_at: float  # the database's time, epoch seconds ...
+    monotonic_at: float  # ... at this moment of the monotonic clock (the trip's midpoint)
+    uncertainty_s: float  # the reading's round trip: how far it can be off
+
+    def carried(self, monotonic_now: float) -> float:
+        return self.database_at + (monotonic_now - self.monotonic_at)
 
 
 class DatabaseClock:
@@ -37,30 +56,50 @@ class DatabaseClock:
         self._resync_s = resync_s
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._anchor: tuple[float, float] | None = None  # (database time, monotonic time) of it
-        self._last = float("-inf")  # what now() last returned: time never runs backwards
+        self._reading: _Reading | None = None
+        self._refreshing = False  # a thread is reading the database: the others carry on
+        self._last = float("-inf")  # the last answer ...
+        self._tolerance_s = 0.0  # ... and how far behind it the last two readings may differ
 
     def now(self, read_database: Callable[[], float]) -> float:
         """The database's time, in epoch seconds; ``read_database`` reads it when due.
 
         ``read_database`` runs outside this clock's lock (it is a round trip),
-        on the caller's connection.
+        on the caller's connection.  While one thread reads, the others go on
+        with the reading before; only when there is none yet do they read too.
         """
         with self._lock:
-            anchor = self._anchor
-            if anchor is not None and self._monotonic() - anchor[1] < self._resync_s:
-                return self._carried(anchor)
-        before = self._monotonic()
-        database_now = read_database()
-        after = self._monotonic()
+            reading = self._reading
+            if reading is not None:
+                due = self._monotonic() - reading.monotonic_at >= self._resync_s
+                if not due or self._refreshing:
+                    return self._answer(reading)
+                self._refreshing = True
+        try:
+            before = self._monotonic()
+            database_now = read_database()
+            after = self._monotonic()
+        except BaseException:
+            with self._lock:
+                self._refreshing = False  # the next caller reads again
+            raise
+        fresh = _Reading(database_now, (before + after) / 2, after - before)
         with self._lock:
-            anchor = (database_now, (before + after) / 2)
-            self._anchor = anchor
-            return self._carried(anchor)
+            self._refreshing = False
+            previous = self._reading
+            # Of two readings made at once, the later one stands.
+            if previous is not None and fresh.monotonic_at < previous.monotonic_at:
+                return self._answer(previous)
+            self._reading = fresh
+            self._tolerance_s = fresh.uncertainty_s + (
+                previous.uncertainty_s if previous is not None else 0.0
+            )
+            return self._answer(fresh)
 
-    def _carried(self, anchor: tuple[float, float]) -> float:
-        """``anchor`` carried forward to this moment, never earlier than the last answer."""
-        database_at, monotonic_at = anchor
-        value = max(database_at + (self._monotonic() - monotonic_at), self._last)
+    def _answer(self, reading: _Reading) -> float:
+        """``reading`` carried forward to now, hiding a regression within the readings' error."""
+        value = reading.carried(self._monotonic())
+        if self._last - self._tolerance_s <= value < self._last:
+            value = self._last
         self._last = value
         return value
