@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,7 +64,16 @@ class Probe:
     method: str
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {
+            "url": self.url,
+            "status": self.status,
+            "length": self.length,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "accept_ranges": self.accept_ranges,
+            "content_type": self.content_type,
+            "method": self.method,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Probe:
@@ -101,7 +110,12 @@ class Streamed:
     content_type: str | None
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {
+            "sha256": self.sha256,
+            "size": self.size,
+            "resumed_from": self.resumed_from,
+            "content_type": self.content_type,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Streamed:

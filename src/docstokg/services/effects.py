@@ -221,13 +221,12 @@ class JobSteps:
 
         try:
             result = effect_fn()
-            encoded = _encode(result, kind, self._max_result_bytes)
+            encoded, decoded = _recorded(result, kind, self._max_result_bytes)
         except Exception as exc:
             _record_failure(self._ledger, lease, opkey, f"{type(exc).__name__}: {exc}")
             raise
         self._ran = _Ran(kind, opkey, encoded, advance_to, allowed_from)
-        decoded: EffectResult = json.loads(encoded)  # what every replay will return, too
-        return decoded
+        return decoded  # what every replay will return, too
 
     def _record_and_start_at_once(self, kind: str, opkey: str) -> bool:
         """The usual case of the commit before an effect: the last result and this start as one.
@@ -338,8 +337,9 @@ class JobSteps:
                 if target is not None and target not in step.allowed_from:
                     return None  # a step chose a state the next does not start from
                 try:
-                    encoded = _encode(step.write(uow, now), step.kind, self._max_result_bytes)
-                    decoded: EffectResult = json.loads(encoded)
+                    encoded, decoded = _recorded(
+                        step.write(uow, now), step.kind, self._max_result_bytes
+                    )
                     target = (
                         step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
                     )
@@ -387,8 +387,9 @@ class JobSteps:
                         self._ran = None
                         replay.invalid()
                     continue
-                encoded = _encode(step.write(uow, now), step.kind, self._max_result_bytes)
-                decoded: EffectResult = json.loads(encoded)
+                encoded, decoded = _recorded(
+                    step.write(uow, now), step.kind, self._max_result_bytes
+                )
                 target = step.advance_to(decoded) if callable(step.advance_to) else step.advance_to
                 check_transition(target, step.allowed_from)
                 if not uow.ops.succeed(lease, op_key=step.opkey, result_json=encoded, now=now):
@@ -574,16 +575,28 @@ def _replay(op: Any, holds_lease: bool, lease: Lease, opkey: str) -> EffectResul
     return decoded
 
 
-def _encode(result: object, kind: str, limit: int) -> str:
+# How results are recorded: canonical (sorted keys, no spaces), UTF-8 text, finite numbers.
+_RESULT_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+# Values that come back from that JSON equal and of the same type.
+_ROUND_TRIP_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]:
+    """``result`` as the ledger records it (JSON text), and as every replay returns it.
+
+    A flat result of plain values (all the runner's steps return one) comes
+    back from its JSON as an equal copy, so it is copied in the same key
+    order instead of decoded again.
+    """
     if not isinstance(result, Mapping):
         raise TypeError(
             f"the {kind} effect returned {type(result).__name__}, not a dict; effects "
             "return a JSON object describing what they did"
         )
     try:
-        encoded = json.dumps(
-            dict(result), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        encoded = _RESULT_ENCODER.encode(dict(result))
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the {kind} effect returned a result that is not JSON-serialisable ({exc}); "
@@ -592,7 +605,10 @@ def _encode(result: object, kind: str, limit: int) -> str:
     size = len(encoded.encode("utf-8"))
     if size > limit:
         raise EffectResultTooLarge(kind, size, limit)
-    return encoded
+    if all(type(key) is str and type(value) in _ROUND_TRIP_TYPES for key, value in result.items()):
+        return encoded, {key: result[key] for key in sorted(result)}
+    decoded: EffectResult = json.loads(encoded)
+    return encoded, decoded
 
 
 def _record_failure(ledger: Ledger, lease: Lease, opkey: str, error: str) -> None:
