@@ -14,15 +14,33 @@ through ``Connection.execute``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Executable
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import Compiled
 
-# SQL text, parameter names in positional order (None for named styles), defaults.
-_Form = tuple[str, tuple[str, ...] | None, dict[str, Any]]
+
+class _Form:
+    """A statement compiled for one dialect: its text, and how parameters are bound to it."""
+
+    __slots__ = ("bind", "defaults", "sql")
+
+    def __init__(self, sql: str, order: tuple[str, ...] | None, defaults: dict[str, Any]) -> None:
+        self.sql = sql
+        self.defaults = defaults  # values fixed in the statement
+        # Named styles take the mapping; positional ones a tuple in ``order``
+        # (itemgetter: one C call instead of a loop in Python per statement).
+        self.bind: Callable[[Mapping[str, Any]], Any]
+        if order is None:
+            self.bind = _as_given
+        elif len(order) == 1:
+            (only,) = order
+            self.bind = lambda values: (values[only],)
+        else:
+            self.bind = itemgetter(*order)
 
 
 class Prepared:
@@ -50,28 +68,27 @@ class Prepared:
     def _run(
         self, connection: Connection, params: Mapping[str, Any], *, fetch: bool
     ) -> list[Sequence[Any]] | int:
-        sql, order, defaults = self._compiled(connection)
-        values = {**defaults, **params}
+        form = self._compiled(connection)
+        values = {**form.defaults, **params} if form.defaults else params
         dbapi = connection.dialect.loaded_dbapi
-        dialect_name = connection.dialect.name
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            bound = values if order is None else [values[name] for name in order]
+            bound = form.bind(values)
             if not fetch:
-                if dialect_name == "sqlite":
+                if connection.dialect.name == "sqlite":
                     # executemany with one row: the same statement, minus the
                     # lastrowid lookup sqlite3's execute() makes for every
                     # statement (one more release of the interpreter lock
                     # inside the writer).  psycopg's executemany costs more.
-                    cursor.executemany(sql, [bound])
+                    cursor.executemany(form.sql, [bound])
                 else:
-                    cursor.execute(sql, bound)
+                    cursor.execute(form.sql, bound)
                 return int(cursor.rowcount)
-            cursor.execute(sql, bound)
+            cursor.execute(form.sql, bound)
             return cursor.fetchall() if cursor.description else []
         except dbapi.Error as exc:
             # Wrapped as SQLAlchemy would, so callers meet one family of errors.
-            raise DBAPIError.instance(sql, values, exc, dbapi.Error) from exc
+            raise DBAPIError.instance(form.sql, dict(values), exc, dbapi.Error) from exc
         finally:
             cursor.close()
 
@@ -79,9 +96,7 @@ class Prepared:
         rows = self.rows(connection, params)
         return rows[0] if rows else None
 
-    def _compiled(
-        self, connection: Connection
-    ) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    def _compiled(self, connection: Connection) -> _Form:
         dialect = connection.dialect
         compiled = self._by_dialect.get(dialect.name)
         if compiled is None:
@@ -94,6 +109,10 @@ class Prepared:
                 for name, bind in form.binds.items()  # type: ignore[attr-defined]
                 if not bind.required
             }
-            compiled = (str(form), order, defaults)
+            compiled = _Form(str(form), order, defaults)
             self._by_dialect[dialect.name] = compiled
         return compiled
+
+
+def _as_given(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    return values
