@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -50,6 +52,34 @@ def test_a_flat_result_is_copied_not_shared() -> None:
     assert returned == result
     assert returned is not result
     assert list(returned) == ["a", "b"]  # in the recorded (sorted) order
+
+
+class Kind(StrEnum):
+    HEAD = "head"
+
+
+class Count(int):
+    pass
+
+
+class Redacting(dict[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        return "***"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"kind": Kind.HEAD},
+        {"count": Count(3)},
+        {"flag": True, "n": 1},
+        Redacting(token="abc"),
+        MappingProxyType({"b": 2, "a": 1}),
+    ],
+)
+def test_subclasses_and_other_mappings_return_what_a_replay_decodes(result: Any) -> None:
+    encoded, returned = _recorded(result, "HEAD", 1024)
+    assert _same(returned, json.loads(encoded))
 
 
 def test_values_whose_json_differs_are_decoded_as_a_replay_would() -> None:

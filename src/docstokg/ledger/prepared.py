@@ -69,7 +69,7 @@ class Prepared:
         self, connection: Connection, params: Mapping[str, Any], *, fetch: bool
     ) -> list[Sequence[Any]] | int:
         form = self._compiled(connection)
-        values = {**form.defaults, **params} if form.defaults else params
+        values = {**form.defaults, **params} if form.defaults else dict(params)
         dbapi = connection.dialect.loaded_dbapi
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -103,7 +103,8 @@ class Prepared:
             form: Compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
             order = tuple(form.positiontup) if form.positiontup else None  # type: ignore[attr-defined]
             # Defaults only for values fixed in the statement; a parameter the
-            # caller must give raises KeyError when it is missing, never NULL.
+            # caller must give raises when it is missing (KeyError on positional
+            # drivers, the driver's own error on named ones), never binds NULL.
             defaults = {
                 name: bind.value
                 for name, bind in form.binds.items()  # type: ignore[attr-defined]

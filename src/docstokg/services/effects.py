@@ -595,8 +595,9 @@ def _recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]
             f"the {kind} effect returned {type(result).__name__}, not a dict; effects "
             "return a JSON object describing what they did"
         )
+    plain = dict(result)  # what is recorded, copied, and checked: the same items
     try:
-        encoded = _RESULT_ENCODER.encode(dict(result))
+        encoded = _RESULT_ENCODER.encode(plain)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the {kind} effect returned a result that is not JSON-serialisable ({exc}); "
@@ -605,8 +606,8 @@ def _recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]
     size = len(encoded.encode("utf-8"))
     if size > limit:
         raise EffectResultTooLarge(kind, size, limit)
-    if all(type(key) is str and type(value) in _ROUND_TRIP_TYPES for key, value in result.items()):
-        return encoded, {key: result[key] for key in sorted(result)}
+    if all(type(key) is str and type(value) in _ROUND_TRIP_TYPES for key, value in plain.items()):
+        return encoded, {key: plain[key] for key in sorted(plain)}
     decoded: EffectResult = json.loads(encoded)
     return encoded, decoded
 
