@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Mapping
 from json.encoder import encode_basestring
+from typing import Any
 
 from docstokg.errors import KeyInputError
 
@@ -76,7 +77,15 @@ _ENCODER = json.JSONEncoder(
 
 def canonical_json(document: Mapping[str, JsonValue]) -> bytes:
     """The exact bytes that are hashed: sorted keys, no whitespace, UTF-8."""
-    return _ENCODER.encode(document).encode("utf-8")
+    return canonical_text(document).encode("utf-8")
+
+
+def canonical_text(document: Mapping[str, Any]) -> str:
+    """``document`` as canonical JSON text (as :func:`canonical_json`, before UTF-8).
+
+    Raises TypeError for values JSON cannot hold, ValueError for NaN and infinities.
+    """
+    return _ENCODER.encode(document)
 
 
 def _digest(document: Mapping[str, JsonValue]) -> str:

@@ -79,7 +79,7 @@ class DatabaseClock:
             before = self._monotonic()
             database_now = read_database()
             after = self._monotonic()
-        except BaseException:
+        except BaseException:  # whatever stopped the reading is re-raised once it is undone
             with self._lock:
                 self._refreshing = False  # the next caller reads again
             raise

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from docstokg.errors import DocstokgError, EffectResultTooLarge, LeaseLost, LedgerError
-from docstokg.keys import op_key
+from docstokg.keys import canonical_text, op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.ledger.records import OpWrite
@@ -575,10 +575,6 @@ def _replay(op: Any, holds_lease: bool, lease: Lease, opkey: str) -> EffectResul
     return decoded
 
 
-# How results are recorded: canonical (sorted keys, no spaces), UTF-8 text, finite numbers.
-_RESULT_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
 # Values that come back from that JSON equal and of the same type.
 _ROUND_TRIP_TYPES = frozenset({str, int, float, bool, type(None)})
 
@@ -597,7 +593,7 @@ def _recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]
         )
     plain = dict(result)  # what is recorded, copied, and checked: the same items
     try:
-        encoded = _RESULT_ENCODER.encode(plain)
+        encoded = canonical_text(plain)  # sorted keys, no spaces, finite numbers
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the {kind} effect returned a result that is not JSON-serialisable ({exc}); "
