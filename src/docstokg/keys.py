@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from json.encoder import encode_basestring
 from typing import Any
 
 from docstokg.errors import KeyInputError
@@ -53,22 +52,11 @@ def op_key(kind: str, job_id: str, /, **context: JsonValue) -> str:
         raise KeyInputError(f"op_key needs a non-empty string kind, got {kind!r}")
     if not isinstance(job_id, str) or not job_id:
         raise KeyInputError(f"op_key needs a non-empty string job_id, got {job_id!r}")
-    if not context:
-        # The runner's steps have no context, and every step of every job makes
-        # its key: the same canonical document, written directly.
-        document = (
-            f'{{"context":{{}},"job_id":{_json_string(job_id)},"kind":{_json_string(kind)},'
-            f'"type":"op","v":{KEY_FORMAT_VERSION}}}'
-        )
-        return hashlib.sha256(document.encode("utf-8")).hexdigest()
     _check_json(context, "context")
     return _digest(
         {"v": KEY_FORMAT_VERSION, "type": "op", "kind": kind, "job_id": job_id, "context": context}
     )
 
-
-# A str as the canonical encoder writes it (ensure_ascii=False): quoted, escaped.
-_json_string = encode_basestring
 
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False

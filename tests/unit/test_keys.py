@@ -147,7 +147,7 @@ def test_key_errors_are_type_errors_and_docstokg_errors() -> None:
 def test_an_op_key_without_context_is_the_digest_of_the_canonical_document(
     kind: str, job_id: str
 ) -> None:
-    """The key of a step without context is written directly; it must be the same document."""
+    """Every step of the runner has no context: its key is the digest of this document."""
     document: dict[str, JsonValue] = {
         "v": 1, "type": "op", "kind": kind, "job_id": job_id, "context": {}
     }  # fmt: skip

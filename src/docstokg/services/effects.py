@@ -575,25 +575,15 @@ def _replay(op: Any, holds_lease: bool, lease: Lease, opkey: str) -> EffectResul
     return decoded
 
 
-# Values that come back from that JSON equal and of the same type.
-_ROUND_TRIP_TYPES = frozenset({str, int, float, bool, type(None)})
-
-
 def _recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]:
-    """``result`` as the ledger records it (JSON text), and as every replay returns it.
-
-    A flat result of plain values (all the runner's steps return one) comes
-    back from its JSON as an equal copy, so it is copied in the same key
-    order instead of decoded again.
-    """
+    """``result`` as the ledger records it (JSON text), and as every replay returns it."""
     if not isinstance(result, Mapping):
         raise TypeError(
             f"the {kind} effect returned {type(result).__name__}, not a dict; effects "
             "return a JSON object describing what they did"
         )
-    plain = dict(result)  # what is recorded, copied, and checked: the same items
     try:
-        encoded = canonical_text(plain)  # sorted keys, no spaces, finite numbers
+        encoded = canonical_text(dict(result))  # sorted keys, no spaces, finite numbers
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the {kind} effect returned a result that is not JSON-serialisable ({exc}); "
@@ -602,8 +592,6 @@ def _recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]
     size = len(encoded.encode("utf-8"))
     if size > limit:
         raise EffectResultTooLarge(kind, size, limit)
-    if all(type(key) is str and type(value) in _ROUND_TRIP_TYPES for key, value in plain.items()):
-        return encoded, {key: plain[key] for key in sorted(plain)}
     decoded: EffectResult = json.loads(encoded)
     return encoded, decoded
 
