@@ -69,7 +69,7 @@ class Prepared:
         self, connection: Connection, params: Mapping[str, Any], *, fetch: bool
     ) -> list[Sequence[Any]] | int:
         form = self._compiled(connection)
-        values = {**form.defaults, **params} if form.defaults else dict(params)
+        values = {**form.defaults, **params}  # a copy: the caller's mapping is never bound
         dbapi = connection.dialect.loaded_dbapi
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -88,7 +88,7 @@ class Prepared:
             return cursor.fetchall() if cursor.description else []
         except dbapi.Error as exc:
             # Wrapped as SQLAlchemy would, so callers meet one family of errors.
-            raise DBAPIError.instance(form.sql, dict(values), exc, dbapi.Error) from exc
+            raise DBAPIError.instance(form.sql, values, exc, dbapi.Error) from exc
         finally:
             cursor.close()
 
