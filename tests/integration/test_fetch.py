@@ -26,6 +26,7 @@ from docstokg.download import (
     DownloadLimits,
     Probe,
     Streamed,
+    can_resume,
     classify_status,
     make_client,
     probe,
@@ -70,6 +71,7 @@ def test_probe_reports_what_head_says(server: ArtifactServer, client: httpx.Clie
         accept_ranges=True,
         content_type="application/pdf",
         method="HEAD",
+        final_url=url,
     )
     assert found.validator == strong_etag(BODY)
     stats = server.stats("/a.bin")
@@ -81,7 +83,7 @@ def test_probe_without_range_support(server: ArtifactServer, client: httpx.Clien
     assert probe(client, url, LIMITS).accept_ranges is False
 
 
-def test_probe_follows_redirects_to_the_final_url(
+def test_probe_follows_redirects_and_keeps_the_url_it_asked(
     server: ArtifactServer, client: httpx.Client
 ) -> None:
     server.add("/old", Artifact(body=b"", redirect_to="/new"))
@@ -89,7 +91,8 @@ def test_probe_follows_redirects_to_the_final_url(
 
     found = probe(client, server.url("/old"), LIMITS)
 
-    assert found.url == final
+    # STREAM asks the same URL and follows the redirects again (see Probe).
+    assert (found.url, found.final_url) == (server.url("/old"), final)
     assert found.length == len(BODY)
 
 
@@ -128,8 +131,14 @@ def test_probe_json_round_trip_and_validator_rules() -> None:
     weak = dataclasses.replace(strong, etag='W/"abc"')
     assert weak.validator == "Wed, 21 Oct 2026 07:28:00 GMT"
     assert dataclasses.replace(weak, last_modified=None).validator is None
+    # A validator that cannot be sent back as an ASCII header is passed over.
+    latin = dataclasses.replace(strong, etag='"caf\xe9"')
+    assert latin.validator == "Wed, 21 Oct 2026 07:28:00 GMT"
+    assert dataclasses.replace(latin, last_modified="Mi\xe9, 21 Okt").validator is None
     with pytest.raises(ValueError, match="length=True"):
         Probe.from_json({**strong.to_json(), "length": True})
+    older = {key: value for key, value in strong.to_json().items() if key != "final_url"}
+    assert Probe.from_json(older) == strong  # recorded before final_url existed
 
 
 def test_streamed_json_round_trip() -> None:
@@ -142,7 +151,14 @@ def test_streamed_json_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retry_after", "expected"),
-    [(503, "2", 2.0), (500, None, None), (408, None, None), (429, "7", 7.0), (503, "soon", None)],
+    [
+        (503, "2", 2.0),
+        (500, None, None),
+        (408, None, None),
+        (429, "7", 7.0),
+        (503, "soon", None),
+        (503, "\xb2", None),  # "²": str.isdigit() says yes, int() says no
+    ],
 )
 def test_transient_statuses_carry_retry_after(
     server: ArtifactServer,
@@ -372,6 +388,115 @@ def test_a_part_longer_than_the_file_is_restarted(
 
     assert (result.sha256, result.resumed_from) == (SHA, 0)
     assert part.read_bytes() == BODY
+
+
+@pytest.mark.parametrize(
+    ("have", "length", "ranges", "validator", "expected"),
+    [
+        (1000, 2000, True, '"e"', True),
+        (2000, 2000, True, '"e"', True),  # complete: the server answers 416
+        (1000, None, True, '"e"', True),
+        (0, 2000, True, '"e"', False),  # nothing to continue
+        (2001, 2000, True, '"e"', False),  # longer than the file: start over
+        (1000, 2000, False, '"e"', False),
+        (1000, 2000, True, None, False),
+    ],
+)
+def test_can_resume_needs_bytes_ranges_a_validator_and_a_part_that_fits(
+    have: int, length: int | None, ranges: bool, validator: str | None, expected: bool
+) -> None:
+    head = Probe("http://h/x", 200, length, validator, None, ranges, None, "HEAD")
+    assert can_resume(head, have) is expected
+
+
+def test_a_range_reply_short_of_the_end_keeps_the_part_and_resuming_completes_it(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """A proxy caps each range reply: the part grows reply by reply, never passing for the file."""
+    cap = 120_000
+    url = server.add("/a.bin", Artifact(body=BODY, range_cap=cap))
+    found = probe(client, url, LIMITS)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(BODY[:10_000])
+
+    with pytest.raises(TransientFetchError, match=f"sent {10_000 + cap:,} of {len(BODY):,} bytes"):
+        stream_to_part(client, found, part, LIMITS)
+    assert part.read_bytes() == BODY[: 10_000 + cap]
+
+    with pytest.raises(TransientFetchError, match=f"sent {10_000 + 2 * cap:,} of"):
+        stream_to_part(client, found, part, LIMITS)
+    result = stream_to_part(client, found, part, LIMITS)
+
+    assert (result.sha256, result.size, result.resumed_from) == (SHA, len(BODY), 10_000 + 2 * cap)
+    assert part.read_bytes() == BODY
+    stats = server.stats("/a.bin")
+    assert (stats.range_gets, stats.full_gets) == (3, 0)
+
+
+def test_a_body_without_content_length_cut_short_is_not_taken_for_the_file(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """Closing the connection ends such a body; HEAD's length tells an early close from the end."""
+    cut = 100_000
+    url = server.add("/a.bin", Artifact(body=BODY, close_delimited=True, truncate_at=cut))
+    found = probe(client, url, LIMITS)
+    assert found.length == len(BODY)
+
+    with pytest.raises(TransientFetchError, match=f"sent {cut:,} of {len(BODY):,} bytes"):
+        stream_to_part(client, found, part, LIMITS)
+
+    assert part.read_bytes() == BODY[:cut]  # kept for the next attempt
+    server.add("/a.bin", Artifact(body=BODY, close_delimited=True))
+    result = stream_to_part(client, found, part, LIMITS)
+    assert (result.sha256, result.size) == (SHA, len(BODY))
+
+
+def test_a_body_without_content_length_of_another_version_is_taken_whole(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """HEAD's length vouches only for the version HEAD saw: a changed file is not held to it."""
+    url = server.add("/a.bin", Artifact(body=BODY[:1000]))
+    found = probe(client, url, LIMITS)
+    server.add("/a.bin", Artifact(body=BODY, close_delimited=True))
+
+    result = stream_to_part(client, found, part, LIMITS)
+
+    assert (result.sha256, result.size) == (SHA, len(BODY))
+
+
+def test_stream_follows_the_redirects_again_instead_of_reusing_heads_target(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """HEAD's result is replayed on later attempts; by then its redirect target may be gone."""
+    server.add("/old", Artifact(body=b"", redirect_to="/signed-1"))
+    server.add("/signed-1", Artifact(body=BODY))
+    found = probe(client, server.url("/old"), LIMITS)
+    server.add("/old", Artifact(body=b"", redirect_to="/signed-2"))
+    server.add("/signed-1", Artifact(body=b"", status=403))  # expired
+    server.add("/signed-2", Artifact(body=BODY))
+
+    result = stream_to_part(client, found, part, LIMITS)
+
+    assert (result.sha256, result.size) == (SHA, len(BODY))
+    assert server.stats("/signed-1").get_requests == 0
+    assert server.stats("/signed-2").full_gets == 1
+
+
+def test_a_validator_that_is_not_ascii_restarts_instead_of_resuming(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """httpx cannot send it back in If-Range; starting over is always safe."""
+    url = server.add("/a.bin", Artifact(body=BODY, etag='"caf\xe9"', last_modified=None))
+    found = probe(client, url, LIMITS)
+    assert (found.etag, found.validator) == ('"caf\xe9"', None)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(BODY[:5000])
+
+    result = stream_to_part(client, found, part, LIMITS)
+
+    assert (result.sha256, result.size, result.resumed_from) == (SHA, len(BODY), 0)
+    stats = server.stats("/a.bin")
+    assert (stats.full_gets, stats.range_headers) == (1, ())
 
 
 def test_short_body_keeps_the_part_and_a_later_attempt_resumes_it(

@@ -79,7 +79,10 @@ class Artifact:
     ``faults`` are consumed one per request (HEAD or GET), in order, before
     normal service; the list given here is copied by :meth:`ArtifactServer.add`
     and never mutated.  ``truncate_at`` counts bytes of the *requested* span;
-    ``pause_after`` is an absolute offset in the body.
+    ``pause_after`` is an absolute offset in the body.  ``range_cap`` answers a
+    range with at most that many bytes, saying so in Content-Range (as some
+    proxies do); ``close_delimited`` sends GET bodies without Content-Length,
+    ended by closing the connection (HEAD still announces the length).
     """
 
     body: bytes
@@ -94,6 +97,8 @@ class Artifact:
     status: int | None = None
     pause_after: int | None = None
     bytes_per_s: float | None = None
+    range_cap: int | None = None
+    close_delimited: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = entry.representation_headers()
         if isinstance(span, tuple):
             start, stop = span
+            if artifact.range_cap is not None:
+                stop = min(stop, start + artifact.range_cap)
             status = HTTPStatus.PARTIAL_CONTENT
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
             if not head:
@@ -346,7 +353,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(stop - start))
+        if head or not artifact.close_delimited:
+            self.send_header("Content-Length", str(stop - start))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True  # the body ends where the connection does
         self.end_headers()
         if not head:
             self._send_body(path, artifact, start, stop)

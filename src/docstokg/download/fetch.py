@@ -18,7 +18,12 @@ from typing import TypeVar
 
 import httpx
 
-from docstokg.download.http_errors import HTTPX_ERRORS, classify_status, translate_httpx_error
+from docstokg.download.http_errors import (
+    HTTPX_ERRORS,
+    classify_status,
+    is_ascii_digits,
+    translate_httpx_error,
+)
 from docstokg.download.part_writer import PartWriter, hash_file
 from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
 
@@ -26,6 +31,7 @@ __all__ = [
     "DownloadLimits",
     "Probe",
     "Streamed",
+    "can_resume",
     "classify_status",
     "make_client",
     "probe",
@@ -35,7 +41,7 @@ __all__ = [
 #: HEAD refusals after which the same facts are learned from a GET instead.
 HEAD_REFUSED = frozenset({405, 501})
 _T = TypeVar("_T")
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +58,13 @@ class DownloadLimits:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """What HEAD (or the GET fallback) learned; recorded as the HEAD op's result."""
+    """What HEAD (or the GET fallback) learned; recorded as the HEAD op's result.
+
+    ``url`` is the URL asked, and the one STREAM asks too, following the
+    redirects again: HEAD's result is replayed on every later attempt, and a
+    redirect target (a signed, short-lived URL, say) may have expired by then.
+    ``final_url``, where the redirects led when HEAD ran, is for people to read.
+    """
 
     url: str
     status: int
@@ -62,6 +74,7 @@ class Probe:
     accept_ranges: bool
     content_type: str | None
     method: str
+    final_url: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -73,6 +86,7 @@ class Probe:
             "accept_ranges": self.accept_ranges,
             "content_type": self.content_type,
             "method": self.method,
+            "final_url": self.final_url,
         }
 
     @classmethod
@@ -86,6 +100,7 @@ class Probe:
             accept_ranges=_get(data, "accept_ranges", bool),
             content_type=_get_optional(data, "content_type", str),
             method=_get(data, "method", str),
+            final_url=_get_optional(data, "final_url", str),  # absent in older records
         )
 
     @property
@@ -93,11 +108,16 @@ class Probe:
         """The ``If-Range`` value: a strong ETag, else Last-Modified, else None.
 
         A weak ETag (``W/...``) may not be used in If-Range (RFC 9110 13.1.5):
-        it does not promise byte-identical content.
+        it does not promise byte-identical content.  A value that is not ASCII
+        (an ETag may legally carry such bytes) cannot be sent back as a
+        header, so it is passed over: without a validator the download starts
+        over instead of resuming, which is always safe.
         """
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified or None
+        strong_etag = self.etag if self.etag and not self.etag.startswith("W/") else None
+        for candidate in (strong_etag, self.last_modified):
+            if candidate and candidate.isascii():
+                return candidate
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +200,8 @@ def stream_to_part(
     writer = PartWriter(part, limits, probe.url, should_stop=should_stop, on_bytes=on_bytes)
     have = part.stat().st_size if part.exists() else 0
     validator = probe.validator
-    fits = probe.length is None or have <= probe.length
     try:
-        if have > 0 and probe.accept_ranges and validator is not None and fits:
+        if validator is not None and can_resume(probe, have):
             headers = {"Range": f"bytes={have}-", "If-Range": validator}
             with client.stream("GET", probe.url, headers=headers) as response:
                 resumed = _resume(response, writer, probe, have)
@@ -194,9 +213,19 @@ def stream_to_part(
                     f"{probe.url} answered a plain GET with 206 Partial Content; retried later"
                 )
             _raise_for_status(response, probe.url)
-            return _streamed(writer, response, offset=0, expected=_content_length(response))
+            return _streamed(writer, response, offset=0, expected=_whole_size(response, probe))
     except HTTPX_ERRORS as exc:
         raise translate_httpx_error(exc, probe.url, max_redirects=limits.max_redirects) from exc
+
+
+def can_resume(probe: Probe, have: int) -> bool:
+    """Whether :func:`stream_to_part` asks to continue a part of ``have`` bytes (Range + If-Range).
+
+    It needs bytes to continue, range support, a validator the server can
+    check them against, and a part no longer than the file HEAD announced.
+    """
+    fits = probe.length is None or have <= probe.length
+    return have > 0 and probe.accept_ranges and probe.validator is not None and fits
 
 
 def _resume(
@@ -205,7 +234,7 @@ def _resume(
     """Continue from a ranged answer; None means "start over with a plain GET"."""
     status = response.status_code
     if status == 200:  # If-Range did not match, or ranges ignored: this is the whole body
-        return _streamed(writer, response, offset=0, expected=_content_length(response))
+        return _streamed(writer, response, offset=0, expected=_whole_size(response, probe))
     if status == 416:
         total = probe.length if probe.length is not None else _range_total(response)
         if total == have:  # everything is already here
@@ -216,9 +245,7 @@ def _resume(
     _raise_for_status(response, probe.url)
     if status != 206 or not _continues(response, probe, have):
         return None  # an answer we cannot safely append; the plain GET truncates the part
-    length = _content_length(response)
-    expected = None if length is None else have + length
-    return _streamed(writer, response, offset=have, expected=expected)
+    return _streamed(writer, response, offset=have, expected=_total_after(response, probe, have))
 
 
 def _continues(response: httpx.Response, probe: Probe, have: int) -> bool:
@@ -229,13 +256,46 @@ def _continues(response: httpx.Response, probe: Probe, have: int) -> bool:
     honour Range but ignore If-Range.
     """
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-    if match is None or int(match.group(1)) != have:
+    if match is None or int(match.group(1)) != have or int(match.group(2)) < have:
         return False
     etag = response.headers.get("ETag")
     if probe.etag is not None and etag is not None and etag != probe.etag:
         return False
     total = match.group(3)
     return probe.length is None or total == "*" or int(total) == probe.length
+
+
+def _total_after(response: httpx.Response, probe: Probe, have: int) -> int | None:
+    """The size the part must reach after a 206 that continues it: the whole file's.
+
+    Not merely ``have`` plus this reply's length: a reply that stops short of
+    the end (a proxy capping ranges, say) then leaves a part to resume on the
+    next attempt, never a truncated file that passes for the artifact.
+    """
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is not None and match.group(3) != "*":
+        return int(match.group(3))
+    if probe.length is not None:
+        return probe.length
+    length = _content_length(response)
+    return None if length is None else have + length
+
+
+def _whole_size(response: httpx.Response, probe: Probe) -> int | None:
+    """The size a full (200) body must reach: its Content-Length, else HEAD's for the same file.
+
+    Without a Content-Length the body ends when the connection closes, and a
+    connection that drops early would otherwise pass for the end of the file.
+    """
+    length = _content_length(response)
+    if length is not None:
+        return length
+    validator = probe.validator
+    same_file = validator is not None and validator in (
+        response.headers.get("ETag"),
+        response.headers.get("Last-Modified"),
+    )
+    return probe.length if same_file else None
 
 
 def _streamed(
@@ -257,7 +317,7 @@ def _probe_from(
         )
     ranges = response.headers.get("Accept-Ranges", "")
     return Probe(
-        url=str(response.url),
+        url=url,
         status=response.status_code,
         length=length,
         etag=response.headers.get("ETag"),
@@ -265,6 +325,7 @@ def _probe_from(
         accept_ranges="bytes" in (token.strip().lower() for token in ranges.split(",")),
         content_type=response.headers.get("Content-Type"),
         method=method,
+        final_url=str(response.url),
     )
 
 
@@ -276,11 +337,11 @@ def _raise_for_status(response: httpx.Response, url: str) -> None:
 
 def _content_length(response: httpx.Response) -> int | None:
     value = response.headers.get("Content-Length")
-    return int(value) if value is not None and value.strip().isdigit() else None
+    return int(value) if value is not None and is_ascii_digits(value.strip()) else None
 
 
 def _range_total(response: httpx.Response) -> int | None:
-    match = re.fullmatch(r"bytes\s+\*/(\d+)", response.headers.get("Content-Range", "").strip())
+    match = re.fullmatch(r"bytes\s+\*/([0-9]+)", response.headers.get("Content-Range", "").strip())
     return int(match.group(1)) if match else None
 
 

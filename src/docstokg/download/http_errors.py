@@ -53,7 +53,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if is_ascii_digits(text):
         return float(int(text))
     try:
         when = parsedate_to_datetime(text)
@@ -63,6 +63,15 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         when = when.replace(tzinfo=UTC)
     current = now if now is not None else datetime.now(UTC)
     return max(0.0, (when - current).total_seconds())
+
+
+def is_ascii_digits(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer as HTTP writes one (0-9 only).
+
+    Not ``str.isdigit``: it also accepts digits ``int`` cannot read, such as
+    ``"²"``, which a header decoded as Latin-1 can carry.
+    """
+    return text.isascii() and text.isdigit()
 
 
 def translate_httpx_error(

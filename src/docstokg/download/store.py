@@ -86,7 +86,11 @@ class ArtifactStore:
                 f"{size:,}; it was deleted rather than stored, and the artifact is fetched again"
             )
         _fsync_file(part)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # The new folder's own entry must survive a power cut too, or a
+            # recorded final_path could name a folder that is gone.
+            _fsync_dir(self.artifacts_dir)
         if _size_of(final) == size:
             part.unlink()
         else:  # absent (or a stray of the wrong size, which ours replaces)
