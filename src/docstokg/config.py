@@ -110,7 +110,7 @@ class IdempotencyConfig(BaseModel):
         default=None,
         min_length=1,
         description="SQLAlchemy URL of the ledger (sqlite:///… or postgresql+psycopg://…); "
-        "wins over db_path.",
+        "set it or db_path, not both.",
     )
     max_attempts: int = Field(
         default=5,

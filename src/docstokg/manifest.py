@@ -112,8 +112,11 @@ def canonical_url(raw: str) -> str:
     except ValueError as exc:
         raise ValueError(f"invalid URL {_shown(text)}: {exc}") from None
     scheme = parts.scheme.lower()
-    if not scheme or (scheme not in _DEFAULT_PORTS and "://" not in text):
-        # "localhost:8080/x" splits as scheme "localhost": what is missing is a scheme.
+    # "localhost:8080/x" splits as scheme "localhost", a port after its colon:
+    # what is missing there is a scheme.  "mailto:x" has one, just not ours.
+    after_colon = text[len(parts.scheme) + 1 :]
+    host_and_port = "://" not in text and after_colon[:1].isdigit()
+    if not scheme or (scheme not in _DEFAULT_PORTS and host_and_port):
         raise ValueError(
             f"invalid URL {_shown(text)}: no scheme; it should start with http:// or https://"
         )

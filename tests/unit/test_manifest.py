@@ -231,7 +231,10 @@ def test_canonical_url(raw: str, canonical: str) -> None:
     [
         ("ftp://example.org/f", "scheme 'ftp' is not http or https"),
         ("FTP://example.org/f", "scheme 'ftp' is not http or https"),
-        ("mailto:someone@example.org", "no scheme"),
+        ("mailto:someone@example.org", "scheme 'mailto' is not http or https"),
+        ("javascript:alert(1)", "scheme 'javascript' is not http or https"),
+        ("localhost:8080/x", "invalid URL 'localhost:8080/x': no scheme"),
+        ("example.org:8080/a", "no scheme"),
         ("http:///path", "no host"),
         ("https://", "no host"),
         ("http://exa mple.org/", "contains ' '"),
