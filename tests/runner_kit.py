@@ -137,6 +137,25 @@ class StopAfterBytes(NullReporter):
             self.stop()
 
 
+class BytesReached(NullReporter):
+    """Sets ``reached`` once ``threshold`` bytes were written to parts.
+
+    With the server paused right after those bytes, the worker then goes
+    straight on to read the next chunk, which does not come: a stop requested
+    after ``reached`` finds it waiting in that read, not between chunks.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.written = 0
+        self.reached = threading.Event()
+
+    def advance_bytes(self, count: int) -> None:
+        self.written += count
+        if self.written >= self.threshold:
+            self.reached.set()
+
+
 class SignalBegin(NullReporter):
     """Sets ``begun`` once the run has planned its jobs; remembers how many had ended then."""
 

@@ -25,7 +25,15 @@ from enum import StrEnum
 
 import httpx
 
-from docstokg.download import ArtifactStore, DownloadLimits, Probe, Streamed, probe, stream_to_part
+from docstokg.download import (
+    ArtifactStore,
+    DownloadLimits,
+    Probe,
+    Streamed,
+    can_resume,
+    probe,
+    stream_to_part,
+)
 from docstokg.errors import (
     DocstokgError,
     DownloadInterrupted,
@@ -103,8 +111,7 @@ class Fetcher:
     def can_resume(self, job_id: str, head: Probe) -> bool:
         """Would STREAM continue a ``.part`` left by an earlier attempt (Range + If-Range)?"""
         part = self.store.part_path(job_id)
-        have = part.stat().st_size if part.exists() else 0
-        return have > 0 and head.accept_ranges and head.validator is not None
+        return can_resume(head, part.stat().st_size if part.exists() else 0)
 
     def stream(
         self, job_id: str, head: Probe, *, should_stop: StopCheck, on_bytes: ByteCounter
@@ -156,23 +163,11 @@ class LedgerPipeline:
                 content = self._fetch_and_store(steps, should_stop, on_bytes)
                 decided = index_and_dedupe_steps(steps, content, then_claim=then_claim)
         except DownloadInterrupted as exc:
-            # Handing the job back now lets another worker resume its .part at
-            # once, instead of after the lease expires.
-            released = release_lease(self._ledger, lease)
-            return JobOutcome(
-                target, Outcome.INTERRUPTED if released else Outcome.LOST, error=str(exc)
-            )
+            return self._hand_back(lease, target, str(exc))
         except LeaseLost as exc:
             return JobOutcome(target, Outcome.LOST, error=str(exc))
-        except FetchError as exc:
-            failed = self._fail(lease, target, exc.reason, exc.retryable, exc.retry_after_s)
-            if failed.outcome is Outcome.FAILED and not exc.retryable:
-                # Out of attempts, and recorded so under our lease (a lost lease
-                # would be LOST: the new holder may be resuming this very file).
-                self._fetcher.store.part_path(lease.job_id).unlink(missing_ok=True)
-            return failed
-        except OSError as exc:  # the disk, not the server: a full disk may have room later
-            return self._fail(lease, target, f"{type(exc).__name__}: {exc}", True, None)
+        except (FetchError, OSError) as exc:
+            return self._after_error(lease, target, exc, stopping=should_stop())
         outcome = Outcome.STORED if decided["outcome"] == JobState.DEDUPED else Outcome.DUPLICATE
         return JobOutcome(
             target,
@@ -181,6 +176,30 @@ class LedgerPipeline:
             size_bytes=content.size_bytes,
             final_path=content.final_path,
         )
+
+    def _after_error(
+        self, lease: Lease, target: Target, exc: FetchError | OSError, *, stopping: bool
+    ) -> JobOutcome:
+        """Record a failed attempt, unless the run's stop is what cut the step short."""
+        if isinstance(exc, FetchError):
+            reason, retryable, retry_after_s = exc.reason, exc.retryable, exc.retry_after_s
+        else:  # the disk, not the server: a full disk may have room later
+            reason, retryable, retry_after_s = f"{type(exc).__name__}: {exc}", True, None
+        if retryable and stopping:
+            # A read that waited out its timeout while the run was stopping (the
+            # stop is only seen between chunks): an interruption, not a failure.
+            return self._hand_back(lease, target, f"stopped: {reason}")
+        failed = self._fail(lease, target, reason, retryable, retry_after_s)
+        if failed.outcome is Outcome.FAILED and not retryable:
+            # Out of attempts, and recorded so under our lease (a lost lease
+            # would be LOST: the new holder may be resuming this very file).
+            self._fetcher.store.part_path(lease.job_id).unlink(missing_ok=True)
+        return failed
+
+    def _hand_back(self, lease: Lease, target: Target, reason: str) -> JobOutcome:
+        """Release a job the run stops in: another worker can resume its .part at once."""
+        released = release_lease(self._ledger, lease)
+        return JobOutcome(target, Outcome.INTERRUPTED if released else Outcome.LOST, error=reason)
 
     def give_up(self, lease: Lease, exc: Exception) -> JobOutcome:
         """A job broke in a way no step expects (a bug): record it as a failure and go on.
@@ -281,7 +300,7 @@ class LedgerPipeline:
         return JobOutcome(
             target,
             Outcome.FAILED if exhausted else Outcome.RETRY,
-            error=reason,
+            error=job.last_error if job is not None and job.last_error else reason,
             retry_after_s=retry_after_s,
         )
 

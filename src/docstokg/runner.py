@@ -48,6 +48,7 @@ from docstokg.services import (
     cleanup_stale_ops,
     count_unfinished,
     jobs_among,
+    out_of_attempts,
     plan_job_if_absent,
     plan_jobs,
     reconcile_jobs,
@@ -444,14 +445,16 @@ class DownloadRun:
                 return outcome, max_attempts
             if outcome.outcome is not Outcome.RETRY:
                 return outcome, attempt - 1
+            if self._stop.is_set():  # cut short by the stop (a timeout waited out): not a failure
+                return JobOutcome(target, Outcome.INTERRUPTED, error=outcome.error), attempt - 1
             if attempt == max_attempts:
                 break
             delay = backoff.delay_s(attempt, outcome.retry_after_s)
             self._reporter.note(f"retrying {target.url} in {delay:.1f}s: {outcome.error}")
             if self._stop.wait(delay):
                 return JobOutcome(target, Outcome.INTERRUPTED, error=outcome.error), attempt
-        failed = JobOutcome(target, Outcome.FAILED, error=outcome.error)
-        return failed, max_attempts
+        ended = out_of_attempts(outcome.error or "", max_attempts, max_attempts)
+        return JobOutcome(target, Outcome.FAILED, error=ended), max_attempts
 
     # --- shared ----------------------------------------------------------------------
 

@@ -147,6 +147,9 @@ class Running:
             ) from None
         return Finished(returncode, self._read(self._stdout), self._read(self._stderr))
 
+    def stderr_so_far(self) -> str:
+        return self._read(self._stderr)
+
     @staticmethod
     def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
@@ -302,6 +305,16 @@ def wait_for_part(part: Path, at_least: int, *, timeout: float = 30.0) -> int:
     raise AssertionError(f"{part} held {size:,} bytes after {timeout} s, wanted {at_least:,}")
 
 
+def wait_for_stderr(running: Running, text: str, *, timeout: float = 30.0) -> None:
+    """Until the child has printed ``text`` on stderr (its output file is all we can observe)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in running.stderr_so_far():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{text!r} not on stderr after {timeout} s:\n{running.stderr_so_far()}")
+
+
 def assert_stored_exactly(out: Path, summary: dict[str, Any], served: Sequence[Served]) -> None:
     """Every artifact is DEDUPED, and its file under OUT holds the server's bytes."""
     by_job = {job["job_id"]: job for job in summary["jobs"]}
@@ -436,6 +449,23 @@ def test_an_unknown_option_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.explain()
     assert "No such option" in result.stderr, result.explain()
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("out_arg", "reason"),
+    [("a-file", "it is a file, not a folder"), ("a-file/below", "Not a directory")],
+)
+def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(
+    out_arg: str, reason: str, server: ArtifactServer, tmp_path: Path
+) -> None:
+    served = serve(server, "good", 1, 8 * KiB)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    (tmp_path / "a-file").write_text("not a folder\n", encoding="utf-8")
+
+    result = cli("run", str(manifest), "--out", out_arg, "--idempotency", cwd=tmp_path)
+
+    assert_clean_error(result, f"--out {out_arg} cannot be the output folder ({reason})")
+    assert server.stats(served[0].path).get_requests == 0
 
 
 # --- 4. malformed manifests --------------------------------------------------------------
@@ -657,6 +687,29 @@ def test_sigterm_keeps_the_part_releases_the_lease_and_a_rerun_resumes_at_once(
     assert part_files(out) == []
     views = ledger_jobs(url, [item.job_id for item in [*small, large]])
     assert all(view.finalize_successes == 1 for view in views.values()), views
+
+
+def test_a_second_sigint_stops_at_once_even_while_a_download_is_stalled(
+    server: ArtifactServer, tmp_path: Path
+) -> None:
+    """The first asks for a clean stop, which a stalled read delays until its timeout (60 s)."""
+    out = tmp_path / "out"
+    large = serve_large(server)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", [large.row()])
+    running = start("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path)
+    try:
+        assert server.wait_paused(LARGE, timeout=30), running.finish(timeout=5).explain()
+        wait_for_part(part_path(out, large), PAUSE_AT)  # every byte before the pause is read
+        running.process.send_signal(signal.SIGINT)
+        wait_for_stderr(running, "SIGINT: stopping")
+        running.process.send_signal(signal.SIGINT)
+        stopped = running.finish(timeout=30)
+    finally:
+        server.release(LARGE)
+
+    assert stopped.returncode == 130, stopped.explain()
+    assert "SIGINT again: stopping at once" in stopped.stderr, stopped.explain()
+    assert part_path(out, large).read_bytes() == large.body[:PAUSE_AT]  # kept for the next run
 
 
 # --- 9. config show and --help ---------------------------------------------------------------

@@ -372,10 +372,12 @@ def test_failed_jobs_count_attempts_back_off_and_stop(ledger: Ledger, clock: Man
         assert (held.job_id, held.state) == (job_id, JobState.LEASED)
         fail_job(ledger, held, error=f"timeout #{attempt}", retryable=True)
         job = job_of(ledger, job_id)
+        last = attempt == DEFAULT_MAX_ATTEMPTS  # its error then says no retry will come
+        ending = f"; no attempt left ({attempt} of {DEFAULT_MAX_ATTEMPTS} used)" if last else ""
         assert (job.state, job.attempts, job.last_error) == (
             JobState.FAILED,
             attempt,
-            f"timeout #{attempt}",
+            f"timeout #{attempt}{ending}",
         )
         assert (job.lease_owner, job.lease_until) == (None, None)  # the lease is released
         if attempt == DEFAULT_MAX_ATTEMPTS:
@@ -393,7 +395,10 @@ def test_failed_jobs_count_attempts_back_off_and_stop(ledger: Ledger, clock: Man
     exhausted = job_of(ledger, job_id)
     assert exhausted.exhausted
     assert exhausted.attempts == exhausted.max_attempts == DEFAULT_MAX_ATTEMPTS
-    assert exhausted.last_error == f"timeout #{DEFAULT_MAX_ATTEMPTS}"
+    assert exhausted.last_error == (
+        f"timeout #{DEFAULT_MAX_ATTEMPTS}; no attempt left "
+        f"({DEFAULT_MAX_ATTEMPTS} of {DEFAULT_MAX_ATTEMPTS} used)"
+    )
 
     # The backoff is capped (600 s by default), whatever the attempt.
     with ledger.unit_of_work() as uow, bound_to(uow.session):

@@ -10,16 +10,21 @@ the server's counters.  Tests that take a database run on both backends.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from docstokg import JobRecord, JobState, Ledger
+from docstokg.config import IdempotencyConfig
 from docstokg.demo.server import Artifact, ArtifactServer, Fault, generated_body, strong_etag
 from docstokg.ledger.models import OP_SUCCEEDED
+from docstokg.manifest import Manifest
 from docstokg.pipeline import JobOutcome, Outcome
+from docstokg.runner import RunSummary
 from docstokg.services import get_job
 from tests.runner_kit import (
+    BytesReached,
     StopAfterBytes,
     StopOnOutcome,
     WatchOutcomes,
@@ -127,6 +132,67 @@ def test_a_download_stopped_after_its_last_byte_is_finished_without_fetching_aga
     assert stats.range_headers == (f"bytes={len(body)}-",)
     assert stats.body_bytes_sent == len(body)  # the 416 sent no body bytes
     assert stream_result(empty_db_url, report.job_id)["resumed_from"] == len(body)
+
+
+def stop_while_stalled(
+    manifest: Manifest, out: Path, config: IdempotencyConfig, *, db_url: str | None,
+    server: ArtifactServer, path: str,
+) -> RunSummary:  # fmt: skip
+    """Stop the run while its one worker waits in a read that the paused server never answers.
+
+    The stop is seen between chunks, and no chunk comes: the read waits out its
+    timeout (short in these tests) with the run already stopping.
+    """
+    reporter = BytesReached(PAUSE_AT)
+    run = make_run(manifest, out, config, db_url=db_url, workers=1, reporter=reporter)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(run.run)
+        try:
+            assert reporter.reached.wait(timeout=30), (
+                f"the download of {path} never reached its pause"
+            )
+            run.request_stop()
+            return future.result(timeout=60)
+        finally:
+            server.release(path)
+
+
+def test_a_stop_during_a_stalled_read_hands_the_job_back_without_using_an_attempt(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    body = generated_body("stalled", BIG)
+    url = server.add("/stalled", Artifact(body=body, pause_after=PAUSE_AT))
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
+    out = tmp_path / "out"
+    config = make_config().model_copy(update={"read_timeout_s": 0.5})
+
+    stopped = stop_while_stalled(
+        manifest, out, config, db_url=empty_db_url, server=server, path="/stalled"
+    )
+
+    assert stopped.exit_code == 130
+    (report,) = stopped.jobs
+    assert report.state == JobState.HEAD_DONE.value
+    held = job_record(empty_db_url, report.job_id)
+    assert (held.attempts, held.lease_owner, held.next_attempt_at) == (0, None, None)
+    (part,) = part_files(out)
+    assert part.read_bytes() == body[:PAUSE_AT]  # kept for the next run to resume
+
+
+def test_without_the_ledger_a_stop_during_a_stalled_read_on_the_last_attempt_is_no_failure(
+    server: ArtifactServer, tmp_path: Path
+) -> None:
+    body = generated_body("stalled-plain", BIG)
+    url = server.add("/stalled", Artifact(body=body, pause_after=PAUSE_AT))
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
+    config = make_config(enabled=False, max_attempts=1).model_copy(update={"read_timeout_s": 0.5})
+
+    stopped = stop_while_stalled(
+        manifest, tmp_path / "out", config, db_url=None, server=server, path="/stalled"
+    )
+
+    assert stopped.exit_code == 130
+    assert stopped.counts == {"stored": 0, "duplicates": 0, "failed": 0, "unfinished": 1}
 
 
 def test_content_changed_while_interrupted_is_fetched_whole_not_spliced(
@@ -354,6 +420,39 @@ def test_503_once_is_retried_in_the_same_run(
     (head,) = ops_by_type(empty_db_url, report.job_id)["HEAD"]
     assert (head.status, head.attempt) == (OP_SUCCEEDED, 2)
     assert server.stats("/flaky").faults_served == 1
+
+
+def test_a_retry_follows_the_manifest_url_again_not_the_redirect_target_head_saw(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    """HEAD's result is replayed on the retry; the short-lived target it was sent to is not."""
+    body = generated_body("signed", 40_000)
+    url = server.add(
+        "/dl",
+        Artifact(
+            body=b"",
+            redirect_to="/signed-2",  # where the manifest URL points once the faults are used
+            faults=[Fault(302, {"Location": "/signed-1"}), Fault(503)],  # HEAD, then the GET
+        ),
+    )
+    server.add("/signed-1", Artifact(body=body))
+    server.add("/signed-2", Artifact(body=body))
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
+    out = tmp_path / "out"
+
+    summary = run_download(manifest, out, make_config(), db_url=empty_db_url)
+
+    assert summary.exit_code == 0
+    (report,) = summary.jobs
+    assert report.state == JobState.DEDUPED.value
+    assert report.attempts == 1
+    assert_stored(out, report, body)
+    (head,) = ops_by_type(empty_db_url, report.job_id)["HEAD"]
+    recorded = json.loads(str(head.result_json))
+    assert (recorded["url"], recorded["final_url"]) == (url, server.url("/signed-1"))
+    assert server.stats("/dl").head_requests == 1  # replayed, not asked again
+    assert server.stats("/signed-1").get_requests == 0
+    assert server.stats("/signed-2").full_gets == 1
 
 
 def test_a_refused_head_falls_back_to_get(

@@ -72,4 +72,5 @@ def test_an_unexpected_error_in_one_job_fails_that_job_and_the_run_goes_on(
     assert record.exhausted
     assert record.last_error is not None
     assert "internal error: KeyError" in record.last_error
+    assert record.last_error.endswith("; no attempt left (2 of 2 used)")
     assert record.lease_owner is None  # the lease was given back, not left to expire

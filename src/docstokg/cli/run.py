@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,6 +127,7 @@ def run(
             f"--metrics-port {metrics_port} needs the ledger (the metrics are read from it); "
             "add --idempotency"
         )
+    _prepare_out_dir(out_dir)
     run_settings = RunSettings(
         out_dir=out_dir,
         config=settings.config,
@@ -144,6 +147,20 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create --out now, so that a path that cannot be a folder is a usage error (exit 2)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, FileExistsError):
+            reason = "it is a file, not a folder"
+        raise ConfigurationError(
+            f"--out {out_dir} cannot be the output folder ({reason}); give a folder that "
+            "exists or can be created, and that you can write to"
+        ) from exc
+
+
 def _report_problems(manifest: Manifest) -> None:
     for problem in manifest.problems[:PROBLEMS_SHOWN]:
         err.print(
@@ -158,20 +175,36 @@ def _report_problems(manifest: Manifest) -> None:
 
 @contextmanager
 def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the run to stop cleanly; a second SIGINT stops at once."""
+    """SIGINT/SIGTERM ask the run to stop cleanly; a second SIGINT stops at once.
+
+    At once means the process exits on the spot, as if it had crashed: that is
+    what the ledger is built for (leases expire, ``.part`` files stay, and the
+    next run replays what was recorded), whereas waiting for the workers could
+    take as long as a stalled read's timeout.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
+    stopping = False
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
         name = signal.Signals(signum).name
+        if stopping and signum == signal.SIGINT:
+            err.print(
+                "[bold]SIGINT[/] again: stopping at once, without a summary; .part files "
+                "stay, and leases still held expire before another run takes their jobs",
+                highlight=False,
+            )
+            sys.stderr.flush()
+            os._exit(130)
+        stopping = True
         err.print(
             f"[bold]{name}[/]: stopping — no new jobs; downloads keep their .part files "
             "and their jobs are handed back (send SIGINT again to stop at once)",
             highlight=False,
         )
         request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

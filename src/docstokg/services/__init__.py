@@ -33,7 +33,13 @@ from docstokg.services.maintenance import (
 )
 from docstokg.services.planning import plan_job_if_absent, plan_jobs
 from docstokg.services.queries import count_unfinished, get_job, jobs_among
-from docstokg.services.transitions import Backoff, advance_state, fail_job, record_job_result
+from docstokg.services.transitions import (
+    Backoff,
+    advance_state,
+    fail_job,
+    out_of_attempts,
+    record_job_result,
+)
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
@@ -58,6 +64,7 @@ __all__ = [
     "index_step",
     "jobs_among",
     "lease_next_job",
+    "out_of_attempts",
     "plan_job_if_absent",
     "plan_jobs",
     "reconcile_jobs",

@@ -134,10 +134,18 @@ def fail_job(
     once.  ``retry_after_s`` (a server's Retry-After) delays the next try at
     least that long, capped at the backoff's ``cap_s`` so that a hostile
     header cannot park a job for days.  A job whose attempts are used up stays
-    FAILED, with its last error, until an operator gives it a new budget.
+    FAILED, with its last error, until an operator gives it a new budget; a
+    retryable error that used the last attempt is recorded with
+    ``"; no attempt left (n of n used)"`` after it (see :func:`out_of_attempts`).
     """
     _fail(ledger, lease, error=error, retryable=retryable, backoff=backoff, allowed_from=None,
           retry_after_s=retry_after_s)  # fmt: skip
+
+
+def out_of_attempts(error: str, used: int, budget: int) -> str:
+    """``error`` as recorded once no attempt is left: its own words may promise a retry."""
+    ended = f"; no attempt left ({used} of {budget} used)"
+    return error[: MAX_ERROR_CHARS - len(ended)] + ended
 
 
 def _fail(
@@ -169,11 +177,14 @@ def _fail(
                 )
         attempt = job.attempts + 1
         retry_at = None
+        text = error[:MAX_ERROR_CHARS]
         if retryable and attempt < job.max_attempts:
             retry_at = now + backoff.delay_s(attempt, retry_after_s)
+        elif retryable:
+            text = out_of_attempts(error, attempt, job.max_attempts)
         recorded = uow.jobs.fail(
             lease,
-            error=error[:MAX_ERROR_CHARS],
+            error=text,
             exhaust=not retryable,
             next_attempt_at=retry_at,
             now=now,
