@@ -21,7 +21,7 @@ from docstokg.demo.server import Artifact, ArtifactServer, Fault, generated_body
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.manifest import Manifest
 from docstokg.pipeline import JobOutcome, Outcome
-from docstokg.runner import RunSummary
+from docstokg.runner import JobReport, RunSummary
 from docstokg.services import get_job
 from tests.runner_kit import (
     BytesReached,
@@ -42,6 +42,24 @@ from tests.runner_kit import (
 
 BIG = 1_000_000
 PAUSE_AT = 300_000
+
+
+def stored_once(summary: RunSummary, out: Path, body: bytes, *, attempts: int) -> JobReport:
+    """The run's one job ended DEDUPED after ``attempts`` failed attempts, holding ``body``."""
+    assert summary.exit_code == 0
+    (report,) = summary.jobs
+    assert report.state == JobState.DEDUPED.value
+    assert report.attempts == attempts
+    assert_stored(out, report, body)
+    return report
+
+
+def head_result(db_url: str, job_id: str) -> dict[str, object]:
+    """The recorded result of the job's one HEAD op."""
+    (head,) = ops_by_type(db_url, job_id)["HEAD"]
+    result = json.loads(str(head.result_json))
+    assert isinstance(result, dict)
+    return result
 
 
 def stream_result(db_url: str, job_id: str) -> dict[str, object]:
@@ -345,11 +363,7 @@ def test_a_body_cut_short_every_time_still_completes_by_successive_ranges(
 
     summary = run_download(manifest, out, make_config(), db_url=empty_db_url)
 
-    assert summary.exit_code == 0
-    (report,) = summary.jobs
-    assert report.state == JobState.DEDUPED.value
-    assert report.attempts == 2
-    assert_stored(out, report, body)
+    stored_once(summary, out, body, attempts=2)
     stats = server.stats("/drip")
     assert stats.range_headers == (f"bytes={cut}-", f"bytes={2 * cut}-")
     assert stats.body_bytes_sent == len(body)  # not a byte fetched twice
@@ -380,11 +394,7 @@ def test_429_with_retry_after_is_retried_in_the_same_run_after_the_wait(
             manifest, out, config, db_url=empty_db_url, reporter=WatchOutcomes(look)
         )
 
-    assert summary.exit_code == 0
-    (report,) = summary.jobs
-    assert report.state == JobState.DEDUPED.value
-    assert report.attempts == 1
-    assert_stored(out, report, body)
+    report = stored_once(summary, out, body, attempts=1)
     (failed,) = seen
     assert failed is not None
     assert failed.state is JobState.FAILED
@@ -409,11 +419,7 @@ def test_503_once_is_retried_in_the_same_run(
 
     summary = run_download(manifest, out, make_config(), db_url=empty_db_url)
 
-    assert summary.exit_code == 0
-    (report,) = summary.jobs
-    assert report.state == JobState.DEDUPED.value
-    assert report.attempts == 1
-    assert_stored(out, report, body)
+    report = stored_once(summary, out, body, attempts=1)
     job = job_record(empty_db_url, report.job_id)
     assert job.last_error is not None
     assert "503" in job.last_error
@@ -442,13 +448,8 @@ def test_a_retry_follows_the_manifest_url_again_not_the_redirect_target_head_saw
 
     summary = run_download(manifest, out, make_config(), db_url=empty_db_url)
 
-    assert summary.exit_code == 0
-    (report,) = summary.jobs
-    assert report.state == JobState.DEDUPED.value
-    assert report.attempts == 1
-    assert_stored(out, report, body)
-    (head,) = ops_by_type(empty_db_url, report.job_id)["HEAD"]
-    recorded = json.loads(str(head.result_json))
+    report = stored_once(summary, out, body, attempts=1)
+    recorded = head_result(empty_db_url, report.job_id)
     assert (recorded["url"], recorded["final_url"]) == (url, server.url("/signed-1"))
     assert server.stats("/dl").head_requests == 1  # replayed, not asked again
     assert server.stats("/signed-1").get_requests == 0
@@ -465,13 +466,8 @@ def test_a_refused_head_falls_back_to_get(
 
     summary = run_download(manifest, out, make_config(), db_url=empty_db_url)
 
-    assert summary.exit_code == 0
-    (report,) = summary.jobs
-    assert report.state == JobState.DEDUPED.value
-    assert report.attempts == 0
-    assert_stored(out, report, body)
-    (head,) = ops_by_type(empty_db_url, report.job_id)["HEAD"]
-    probe = json.loads(str(head.result_json))
+    report = stored_once(summary, out, body, attempts=0)
+    probe = head_result(empty_db_url, report.job_id)
     assert probe["method"] == "GET"
     assert probe["length"] == len(body)
     assert job_record(empty_db_url, report.job_id).content_type == "text/csv"
