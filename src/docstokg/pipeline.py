@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import httpx
@@ -126,6 +126,17 @@ class Fetcher:
         return self.store.finalize(part, sha256=streamed.sha256, size=streamed.size)
 
 
+def cut_short_by_the_wire(exc: BaseException) -> bool:
+    """Whether a failure came from the connection (a read that timed out, a peer gone).
+
+    Seen while the run is stopping, such a failure is the stop's doing: the
+    stop is noticed between chunks only, so a read that stalls waits out its
+    timeout first.  It is an interruption then, not a failed attempt; an
+    answer from the server (a 503, a 429) is not, and keeps its backoff.
+    """
+    return isinstance(exc, FetchError) and isinstance(exc.__cause__, httpx.TransportError)
+
+
 class LedgerPipeline:
     """A leased job through every step, each recorded in the ledger and replayed after a crash."""
 
@@ -185,9 +196,7 @@ class LedgerPipeline:
             reason, retryable, retry_after_s = exc.reason, exc.retryable, exc.retry_after_s
         else:  # the disk, not the server: a full disk may have room later
             reason, retryable, retry_after_s = f"{type(exc).__name__}: {exc}", True, None
-        if retryable and stopping:
-            # A read that waited out its timeout while the run was stopping (the
-            # stop is only seen between chunks): an interruption, not a failure.
+        if stopping and cut_short_by_the_wire(exc):
             return self._hand_back(lease, target, f"stopped: {reason}")
         failed = self._fail(lease, target, reason, retryable, retry_after_s)
         if failed.outcome is Outcome.FAILED and not retryable:
@@ -242,8 +251,11 @@ class LedgerPipeline:
                     to_state=JobState.RESUME_OK,
                     allowed_from={JobState.HEAD_DONE},
                 )
+            # The manifest's URL, which is what newer HEAD results record too: older
+            # ones recorded where the redirects led, which may have expired since.
+            asked = replace(head, url=url)
             return self._fetcher.stream(
-                job_id, head, should_stop=should_stop, on_bytes=on_bytes
+                job_id, asked, should_stop=should_stop, on_bytes=on_bytes
             ).to_json()
 
         stream_key = op_key(STREAM, job_id)
@@ -329,6 +341,8 @@ class PlainPipeline:
         except DownloadInterrupted as exc:
             return JobOutcome(target, Outcome.INTERRUPTED, error=str(exc))
         except FetchError as exc:
+            if should_stop() and cut_short_by_the_wire(exc):
+                return JobOutcome(target, Outcome.INTERRUPTED, error=f"stopped: {exc.reason}")
             outcome = Outcome.RETRY if exc.retryable else Outcome.FAILED
             return JobOutcome(target, outcome, error=exc.reason, retry_after_s=exc.retry_after_s)
         except OSError as exc:

@@ -445,8 +445,6 @@ class DownloadRun:
                 return outcome, max_attempts
             if outcome.outcome is not Outcome.RETRY:
                 return outcome, attempt - 1
-            if self._stop.is_set():  # cut short by the stop (a timeout waited out): not a failure
-                return JobOutcome(target, Outcome.INTERRUPTED, error=outcome.error), attempt - 1
             if attempt == max_attempts:
                 break
             delay = backoff.delay_s(attempt, outcome.retry_after_s)

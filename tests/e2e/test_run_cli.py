@@ -453,7 +453,11 @@ def test_an_unknown_option_exits_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("out_arg", "reason"),
-    [("a-file", "it is a file, not a folder"), ("a-file/below", "Not a directory")],
+    [
+        ("a-file", "a-file is a file, not a folder"),
+        ("a-file/below", "a-file/below: Not a directory"),
+        ("a-folder", "a-folder/.staging is a file, not a folder"),
+    ],
 )
 def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(
     out_arg: str, reason: str, server: ArtifactServer, tmp_path: Path
@@ -461,6 +465,8 @@ def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(
     served = serve(server, "good", 1, 8 * KiB)
     manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
     (tmp_path / "a-file").write_text("not a folder\n", encoding="utf-8")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-folder" / ".staging").write_text("not a folder\n", encoding="utf-8")
 
     result = cli("run", str(manifest), "--out", out_arg, "--idempotency", cwd=tmp_path)
 

@@ -42,6 +42,9 @@ from tests.runner_kit import (
 
 BIG = 1_000_000
 PAUSE_AT = 300_000
+# How long a stalled read waits: the stop must be requested within it to find
+# the read still waiting, so not too short for a loaded machine.
+READ_TIMEOUT_S = 2.0
 
 
 def stored_once(summary: RunSummary, out: Path, body: bytes, *, attempts: int) -> JobReport:
@@ -182,7 +185,7 @@ def test_a_stop_during_a_stalled_read_hands_the_job_back_without_using_an_attemp
     url = server.add("/stalled", Artifact(body=body, pause_after=PAUSE_AT))
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
     out = tmp_path / "out"
-    config = make_config().model_copy(update={"read_timeout_s": 0.5})
+    config = make_config().model_copy(update={"read_timeout_s": READ_TIMEOUT_S})
 
     stopped = stop_while_stalled(
         manifest, out, config, db_url=empty_db_url, server=server, path="/stalled"
@@ -203,7 +206,8 @@ def test_without_the_ledger_a_stop_during_a_stalled_read_on_the_last_attempt_is_
     body = generated_body("stalled-plain", BIG)
     url = server.add("/stalled", Artifact(body=body, pause_after=PAUSE_AT))
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
-    config = make_config(enabled=False, max_attempts=1).model_copy(update={"read_timeout_s": 0.5})
+    plain = make_config(enabled=False, max_attempts=1)
+    config = plain.model_copy(update={"read_timeout_s": READ_TIMEOUT_S})
 
     stopped = stop_while_stalled(
         manifest, tmp_path / "out", config, db_url=None, server=server, path="/stalled"

@@ -127,7 +127,6 @@ def run(
             f"--metrics-port {metrics_port} needs the ledger (the metrics are read from it); "
             "add --idempotency"
         )
-    _prepare_out_dir(out_dir)
     run_settings = RunSettings(
         out_dir=out_dir,
         config=settings.config,
@@ -135,6 +134,7 @@ def run(
         db_url=resolve_db_url(db, settings, out_dir) if enabled else None,
         metrics_port=metrics_port,
     )
+    _prepare_out_dir(out_dir)
     configure_logging()
     reporter: RunReporter = RichReporter(err) if err.is_terminal else LogReporter()
     download = DownloadRun(parsed, run_settings, reporter=reporter)
@@ -148,13 +148,18 @@ def run(
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
-    """Create --out now, so that a path that cannot be a folder is a usage error (exit 2)."""
+    """Create --out and its folders now: a path that cannot hold them is a usage error (exit 2)."""
+    from docstokg.download import ArtifactStore
+
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        ArtifactStore(out_dir).prepare()
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+        where = exc.filename or out_dir
         if isinstance(exc, FileExistsError):
-            reason = "it is a file, not a folder"
+            reason = f"{where} is a file, not a folder"
+        else:
+            reason = f"{where}: {exc.strerror or type(exc).__name__}"
         raise ConfigurationError(
             f"--out {out_dir} cannot be the output folder ({reason}); give a folder that "
             "exists or can be created, and that you can write to"
@@ -196,6 +201,8 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[None]:
                 "stay, and leases still held expire before another run takes their jobs",
                 highlight=False,
             )
+            err.show_cursor(True)  # a progress bar hides it until it stops, which it will not
+            err.line()
             sys.stderr.flush()
             os._exit(130)
         stopping = True

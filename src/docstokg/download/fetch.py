@@ -10,6 +10,7 @@ SHA-256 all refer to the bytes exactly as the server stores them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -193,27 +194,36 @@ def stream_to_part(
     attempt resumes it) and deleted only when it can never succeed (over
     ``max_bytes``).  Resuming needs range support and a validator, so the
     server can refuse (with a full 200) if the content changed meanwhile.
+    A range reply that ends short of the file (a proxy capping ranges) is
+    followed, in the same attempt, by a request for the rest.
     """
     if should_stop():
         raise DownloadInterrupted(f"stopped before downloading {probe.url}; nothing was fetched")
     part.parent.mkdir(parents=True, exist_ok=True)
     writer = PartWriter(part, limits, probe.url, should_stop=should_stop, on_bytes=on_bytes)
     have = part.stat().st_size if part.exists() else 0
+    resumed_from = have
     validator = probe.validator
     try:
-        if validator is not None and can_resume(probe, have):
+        while validator is not None and can_resume(probe, have):
             headers = {"Range": f"bytes={have}-", "If-Range": validator}
             with client.stream("GET", probe.url, headers=headers) as response:
                 resumed = _resume(response, writer, probe, have)
-            if resumed is not None:
-                return resumed
+            if resumed is None:
+                break  # start over with a plain GET
+            streamed, total = resumed
+            if total is None or streamed.size >= total:
+                if streamed.resumed_from == have:  # continued, perhaps over several replies
+                    streamed = dataclasses.replace(streamed, resumed_from=resumed_from)
+                return streamed
+            have = streamed.size  # every reply adds at least one byte: this ends
         with client.stream("GET", probe.url) as response:
             if response.status_code == 206:
                 raise TransientFetchError(
                     f"{probe.url} answered a plain GET with 206 Partial Content; retried later"
                 )
             _raise_for_status(response, probe.url)
-            return _streamed(writer, response, offset=0, expected=_whole_size(response, probe))
+            return _whole(writer, response, probe)
     except HTTPX_ERRORS as exc:
         raise translate_httpx_error(exc, probe.url, max_redirects=limits.max_redirects) from exc
 
@@ -230,33 +240,41 @@ def can_resume(probe: Probe, have: int) -> bool:
 
 def _resume(
     response: httpx.Response, writer: PartWriter, probe: Probe, have: int
-) -> Streamed | None:
-    """Continue from a ranged answer; None means "start over with a plain GET"."""
+) -> tuple[Streamed, int | None] | None:
+    """Continue from a ranged answer; None means "start over with a plain GET".
+
+    Returns the part as it now stands, and the whole file's size when a 206
+    announced it (the part may still be short of it: see :func:`stream_to_part`).
+    """
     status = response.status_code
     if status == 200:  # If-Range did not match, or ranges ignored: this is the whole body
-        return _streamed(writer, response, offset=0, expected=_whole_size(response, probe))
+        return _whole(writer, response, probe), None
     if status == 416:
         total = probe.length if probe.length is not None else _range_total(response)
         if total == have:  # everything is already here
             sha256 = hash_file(writer.part, have)
-            return Streamed(sha256, have, have, probe.content_type)
+            return Streamed(sha256, have, have, probe.content_type), None
         writer.discard()
         return None
     _raise_for_status(response, probe.url)
-    if status != 206 or not _continues(response, probe, have):
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if status != 206 or match is None or not _continues(match, response, probe, have):
         return None  # an answer we cannot safely append; the plain GET truncates the part
-    return _streamed(writer, response, offset=have, expected=_total_after(response, probe, have))
+    # This reply must run to the end of the range it announced, and no further.
+    reply_end = int(match.group(2)) + 1
+    streamed = _streamed(writer, response, offset=have, expected=reply_end)
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return streamed, total
 
 
-def _continues(response: httpx.Response, probe: Probe, have: int) -> bool:
+def _continues(match: re.Match[str], response: httpx.Response, probe: Probe, have: int) -> bool:
     """Whether a 206 carries the bytes right after ours, of the same representation.
 
-    If-Range already asks the server for this; checking the Content-Range
-    start, the ETag and the total as well protects against servers that
-    honour Range but ignore If-Range.
+    ``match`` is its Content-Range.  If-Range already asks the server for
+    this; checking the Content-Range start, the ETag and the total as well
+    protects against servers that honour Range but ignore If-Range.
     """
-    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-    if match is None or int(match.group(1)) != have or int(match.group(2)) < have:
+    if int(match.group(1)) != have or int(match.group(2)) < have:
         return False
     etag = response.headers.get("ETag")
     if probe.etag is not None and etag is not None and etag != probe.etag:
@@ -265,37 +283,27 @@ def _continues(response: httpx.Response, probe: Probe, have: int) -> bool:
     return probe.length is None or total == "*" or int(total) == probe.length
 
 
-def _total_after(response: httpx.Response, probe: Probe, have: int) -> int | None:
-    """The size the part must reach after a 206 that continues it: the whole file's.
+def _whole(writer: PartWriter, response: httpx.Response, probe: Probe) -> Streamed:
+    """A full (200) body into the part, held to its Content-Length.
 
-    Not merely ``have`` plus this reply's length: a reply that stops short of
-    the end (a proxy capping ranges, say) then leaves a part to resume on the
-    next attempt, never a truncated file that passes for the artifact.
-    """
-    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-    if match is not None and match.group(3) != "*":
-        return int(match.group(3))
-    if probe.length is not None:
-        return probe.length
-    length = _content_length(response)
-    return None if length is None else have + length
-
-
-def _whole_size(response: httpx.Response, probe: Probe) -> int | None:
-    """The size a full (200) body must reach: its Content-Length, else HEAD's for the same file.
-
-    Without a Content-Length the body ends when the connection closes, and a
-    connection that drops early would otherwise pass for the end of the file.
+    Without one (and not chunked, whose end h11 checks) the body ends when the
+    connection closes, and a connection that drops early would pass for the
+    end of the file: such a body must reach at least the length HEAD gave for
+    the same version.  At least, not exactly: a HEAD that understates (some
+    answer 0) must not make the file impossible to fetch.
     """
     length = _content_length(response)
-    if length is not None:
-        return length
-    validator = probe.validator
-    same_file = validator is not None and validator in (
-        response.headers.get("ETag"),
-        response.headers.get("Last-Modified"),
-    )
-    return probe.length if same_file else None
+    at_least = None
+    chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+    if length is None and not chunked:
+        validator = probe.validator
+        same_version = validator is not None and validator in (
+            response.headers.get("ETag"),
+            response.headers.get("Last-Modified"),
+        )
+        at_least = probe.length if same_version else None
+    sha256, size = writer.write(response, offset=0, expected=length, at_least=at_least)
+    return Streamed(sha256, size, 0, response.headers.get("Content-Type"))
 
 
 def _streamed(

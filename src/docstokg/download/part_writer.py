@@ -48,22 +48,35 @@ class PartWriter:
         self.url = url
         self.should_stop = should_stop
         self.on_bytes = on_bytes
+        # The hash of the part as the last write left it: a write that continues
+        # it takes this up instead of reading the part again.
+        self._carried: tuple[int, hashlib._Hash] | None = None
 
     def write(
-        self, response: httpx.Response, *, offset: int, expected: int | None
+        self,
+        response: httpx.Response,
+        *,
+        offset: int,
+        expected: int | None,
+        at_least: int | None = None,
     ) -> tuple[str, int]:
         """Append the body after the first ``offset`` bytes of the part (0: start over).
 
-        ``expected`` is the whole file's size the server announced, if it did;
-        a body that ends short of it leaves the part in place for a resume.
+        ``expected`` is the size the part must then have, if the server said
+        so; ``at_least`` a size it must reach (when only HEAD said it).  A body
+        that ends short of either leaves the part in place for a resume.
         Returns the SHA-256 (hex) and size of the whole part.
         """
         if expected is not None and expected > self.limits.max_bytes:
             self.discard()
             raise self._too_large(f"is {expected:,} bytes, more")
-        hasher = hashlib.sha256()
-        if offset:
-            _hash_prefix(self.part, offset, hasher.update)
+        carried, self._carried = self._carried, None
+        if offset and carried is not None and carried[0] == offset:
+            hasher = carried[1]
+        else:
+            hasher = hashlib.sha256()
+            if offset:
+                _hash_prefix(self.part, offset, hasher.update)
         size = offset
         too_large = False
         with self.part.open("ab" if offset else "wb") as out:
@@ -97,6 +110,13 @@ class PartWriter:
                 f"server sent {size:,} of {expected:,} bytes for {self.url}; {self.part} is "
                 "kept and the next attempt resumes it (transient: retried later)"
             )
+        if at_least is not None and size < at_least:
+            raise TransientFetchError(
+                f"server closed after {size:,} bytes for {self.url}, short of the "
+                f"{at_least:,} its HEAD announced; {self.part} is kept and the next attempt "
+                "resumes it (transient: retried later)"
+            )
+        self._carried = (size, hasher.copy())
         return hasher.hexdigest(), size
 
     def discard(self) -> None:
