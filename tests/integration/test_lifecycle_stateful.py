@@ -833,13 +833,30 @@ class LifecycleMachine(RuleBasedStateMachine):
         for op in abandoned:
             op.status = ABANDONED
 
-    @precondition(lambda self: any(not self._current(lease) for lease in self.history.values()))
+    @precondition(lambda self: bool(self._stale_leases()))
     @rule(data=st.data())
     def stale_write(self, data: st.DataObject) -> None:
         """Every write with a lease that is not current is refused and changes nothing."""
         self._begin("stale_write")
-        stale = [lease for lease in self.history.values() if not self._current(lease)]
+        stale = self._stale_leases()
         self._stale_writes_refused(data.draw(st.sampled_from(stale), label="lease"))
+
+    def _stale_leases(self) -> list[Lease]:
+        """Leases that may no longer write.
+
+        Not the one that finished its job: its holder may replay the last move
+        and be told it is done (see ``finished_under``), which ``_moved``
+        checks when the job finishes.
+        """
+        return [
+            lease
+            for lease in self.history.values()
+            if not self._current(lease) and not self._finished_under(lease)
+        ]
+
+    def _finished_under(self, lease: Lease) -> bool:
+        job = self.jobs[lease.job_id]
+        return job.state in SUCCESS_STATES and job.epoch == lease.epoch
 
     def _stale_writes_refused(self, lease: Lease) -> None:
         """Each write ``lease`` could attempt raises LeaseLost and changes nothing."""
