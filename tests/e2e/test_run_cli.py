@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -291,31 +291,45 @@ def part_path(out: Path, served: Served) -> Path:
     return out / ".staging" / f"{served.job_id}.part"
 
 
+def poll_child(check: Callable[[], bool], *, timeout: float, failure: Callable[[], str]) -> None:
+    """Until ``check()`` holds, or fail with ``failure()`` after ``timeout`` seconds.
+
+    For what only a child process's files show (the size of its .part, a line
+    on its stderr): nothing in the child signals it, so this polls, with a
+    deadline that only a failing test reaches.
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(failure())
+        time.sleep(0.01)
+
+
 def wait_for_part(part: Path, at_least: int, *, timeout: float = 30.0) -> int:
     """Until the child's .part holds ``at_least`` bytes; returns its size.
 
     The server's pause gate says when the server has *sent* PAUSE_AT bytes,
-    but nothing in the child process signals when it has *written* them: its
-    file size is the only observable event, so this polls it with a deadline.
+    not when the child has *written* them.
     """
-    deadline = time.monotonic() + timeout
-    size = 0
-    while time.monotonic() < deadline:
-        size = part.stat().st_size if part.exists() else 0
-        if size >= at_least:
-            return size
-        time.sleep(0.01)
-    raise AssertionError(f"{part} held {size:,} bytes after {timeout} s, wanted {at_least:,}")
+
+    def size() -> int:
+        return part.stat().st_size if part.exists() else 0
+
+    poll_child(
+        lambda: size() >= at_least,
+        timeout=timeout,
+        failure=lambda: f"{part} held {size():,} bytes after {timeout} s, wanted {at_least:,}",
+    )
+    return size()
 
 
 def wait_for_stderr(running: Running, text: str, *, timeout: float = 30.0) -> None:
-    """Until the child has printed ``text`` on stderr (its output file is all we can observe)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in running.stderr_so_far():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{text!r} not on stderr after {timeout} s:\n{running.stderr_so_far()}")
+    """Until the child has printed ``text`` on stderr."""
+    poll_child(
+        lambda: text in running.stderr_so_far(),
+        timeout=timeout,
+        failure=lambda: f"{text!r} not on stderr after {timeout} s:\n{running.stderr_so_far()}",
+    )
 
 
 def assert_stored_exactly(out: Path, summary: dict[str, Any], served: Sequence[Served]) -> None:
