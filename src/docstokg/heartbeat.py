@@ -3,7 +3,10 @@
 One background thread per run renews every lease a worker holds, about every
 third of the TTL, so a job may take far longer than one TTL; a lease that
 cannot be renewed (another worker was granted the job) is flagged, and its
-worker stops at the next chunk instead of writing to a job it lost.
+worker stops at the next chunk instead of writing to a job it lost.  So does
+a worker whose lease ran out by this process's own reckoning (its renewals
+failed for a whole TTL): by then another worker may hold the job and be
+appending to the same ``.part``.
 """
 
 from __future__ import annotations
@@ -23,17 +26,26 @@ from docstokg.services import renew_lease
 
 log = logging.getLogger(__name__)
 
+# The clock of lease deadlines: monotonic, so that neither this host's wall
+# clock nor its drift from the ledger's matters.  Tests replace it.
+_monotonic = time.monotonic
+
 
 @dataclass(eq=False)
 class HeldLease:
-    """A worker's lease while it works on the job; ``lost`` is set if renewing it was refused."""
+    """A worker's lease while it works on the job.
+
+    ``lost`` is set when renewing it was refused, or when it ran out;
+    ``deadline`` (on :data:`_monotonic`) is when it runs out unless renewed.
+    """
 
     lease: Lease
+    deadline: float
     lost: threading.Event = field(default_factory=threading.Event)
-    until: float = 0.0  # lease_until as last granted or renewed
 
-    def __post_init__(self) -> None:
-        self.until = self.lease.lease_until
+    def ended(self) -> bool:
+        """Lost, or past its deadline: cheap enough to ask before every chunk."""
+        return self.lost.is_set() or _monotonic() >= self.deadline
 
 
 class LeaseKeeper:
@@ -79,7 +91,12 @@ class LeaseKeeper:
 
     @contextmanager
     def holding(self, lease: Lease) -> Iterator[HeldLease]:
-        held = HeldLease(lease)
+        """Renew ``lease`` while the block runs; call it as soon as the lease is granted.
+
+        The deadline counts the TTL from here, not from the grant: the claim
+        just before it is the one moment not counted.
+        """
+        held = HeldLease(lease, deadline=_monotonic() + self._ttl_s)
         with self._lock:
             self._held.add(held)
         try:
@@ -100,17 +117,20 @@ class LeaseKeeper:
         with self._lock:
             held_now = list(self._held)
         for held in held_now:
+            asked_at = _monotonic()  # the ledger's new lease_until counts from later
             try:
-                held.until = renew_lease(self._ledger, held.lease, ttl_s=self._ttl_s).lease_until
+                renew_lease(self._ledger, held.lease, ttl_s=self._ttl_s)
             except LeaseLost:
                 log.warning("lost the lease on job %s; its worker stops", held.lease.job_id)
                 held.lost.set()
             except (LedgerError, SQLAlchemyError) as exc:
                 log.warning("could not renew the lease on job %s: %s", held.lease.job_id, exc)
-                if time.time() >= held.until:
+                if held.ended():
                     # Expired for all we know: another worker may own the job
                     # (and its .part) by now, so stop before touching either.
                     held.lost.set()
+            else:
+                held.deadline = asked_at + self._ttl_s
 
     def _run_maintenance(self) -> None:
         assert self._maintenance is not None

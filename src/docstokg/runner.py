@@ -391,7 +391,7 @@ class DownloadRun:
             try:
                 return pipeline.process(
                     steps,
-                    should_stop=lambda: self._stop.is_set() or held.lost.is_set(),
+                    should_stop=lambda: self._stop.is_set() or held.ended(),
                     on_bytes=self._count_bytes,
                     then_claim=None if self._stop.is_set() else then,
                 )

@@ -186,6 +186,34 @@ MAINTENANCE_ERRORS = (
 )
 
 
+class SteppedClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_lease_not_renewed_for_a_whole_ttl_ends_by_the_keepers_own_clock(
+    real_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the wall clock nor the ledger's: a host whose clock drifts still stops in time."""
+    clock = SteppedClock()
+    monkeypatch.setattr("docstokg.heartbeat._monotonic", clock)
+    plan(real_ledger)
+    lease = take(real_ledger, "worker-a", ttl_s=30.0)
+
+    with LeaseKeeper(real_ledger, ttl_s=30.0) as keeper, keeper.holding(lease) as held:
+        # The first renewal is 10 s away: none happens while the clock is moved by hand.
+        clock.now += 29.9
+        assert not held.ended()
+        clock.now += 0.2
+        assert held.ended()
+        assert not held.lost.is_set()  # nobody refused it: it simply ran out
+
+
 def test_maintenance_runs_every_interval_and_survives_its_own_errors(real_ledger: Ledger) -> None:
     # Calls 1-3 raise OSError, LedgerError, SQLAlchemyError; call 4 (and later) too: the
     # keeper's thread must outlive every one of them and keep its schedule.

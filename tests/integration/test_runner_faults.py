@@ -217,6 +217,39 @@ def test_without_the_ledger_a_stop_during_a_stalled_read_on_the_last_attempt_is_
     assert stopped.counts == {"stored": 0, "duplicates": 0, "failed": 0, "unfinished": 1}
 
 
+def test_a_worker_whose_lease_ran_out_unrenewed_stops_writing_and_the_run_resumes_the_job(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By then another worker may own the job and append to the same .part."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("docstokg.heartbeat._monotonic", lambda: clock["now"])
+    body = generated_body("ran-out", BIG)
+    url = server.add("/ran-out", Artifact(body=body, pause_after=PAUSE_AT))
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
+    out = tmp_path / "out"
+    # A long TTL: the keeper's first renewal (ttl/3) comes after the test is over.
+    config = make_config(lease_ttl_s=60.0)
+    run = make_run(manifest, out, config, db_url=empty_db_url, workers=1)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(run.run)
+        try:
+            assert server.wait_paused("/ran-out", timeout=30), "the download never paused"
+            clock["now"] += 61.0  # a whole TTL without a renewal, by the keeper's clock
+        finally:
+            server.release("/ran-out")
+        summary = future.result(timeout=60)
+
+    report = stored_once(summary, out, body, attempts=0)  # stopping for it is no failure
+    stats = server.stats("/ran-out")
+    assert stats.full_gets == 1
+    (resumed,) = stats.range_headers  # the worker stopped, handed the job back, took it again
+    # It stopped at the first chunk it read after its lease ran out: the rest of
+    # the body was still held back by the server, so before the end.
+    assert 0 < int(resumed.removeprefix("bytes=").rstrip("-")) < len(body)
+    assert job_record(empty_db_url, report.job_id).lease_epoch == 2
+
+
 def test_content_changed_while_interrupted_is_fetched_whole_not_spliced(
     server: ArtifactServer, tmp_path: Path, empty_db_url: str
 ) -> None:
