@@ -151,15 +151,19 @@ def check_current(connection: Connection) -> SchemaStatus:
     status = _describe(connection)
     if status.revision is not None:
         _check_known(status.revision)
-    if not status.is_current:
-        found = (
-            "no ledger tables"
-            if not status.has_ledger_tables
-            else f"revision {status.revision!r} (schema_version {status.schema_version})"
-        )
+    if not status.is_current and not status.has_ledger_tables:
         raise SchemaNotCurrent(
-            f"the ledger database has {found}, this docstokg needs revision "
-            f"{status.head!r}; run `docstokg db upgrade --db URL` first"
+            "the database has no ledger tables: no run with the ledger on has used it. "
+            "Point --db at the ledger your runs use (their --db or DOCSTOKG_DB_URL, or "
+            "the config's db_url: see `docstokg config show`); only to start a new, empty "
+            f"ledger here run `docstokg db upgrade --db URL` (this docstokg needs revision "
+            f"{status.head!r})"
+        )
+    if not status.is_current:
+        raise SchemaNotCurrent(
+            f"the ledger database has revision {status.revision!r} (schema_version "
+            f"{status.schema_version}), this docstokg needs revision {status.head!r}; run "
+            "`docstokg db upgrade --db URL` first"
         )
     return status
 
@@ -329,8 +333,9 @@ def _inspection_connection(url: URL, engine_options: dict[str, Any]) -> Iterator
     """A connection that reads without changing anything, not even SQLite's journal mode."""
     if is_sqlite(url) and not sqlite_path(url).exists():
         raise DatabaseUnavailable(
-            f"the ledger database file {sqlite_path(url)} does not exist; create it with "
-            f"`docstokg db upgrade --db {url.render_as_string()}`"
+            f"the ledger database file {sqlite_path(url)} does not exist (nothing was "
+            "created); point --db at the ledger your runs use (their --db or "
+            "DOCSTOKG_DB_URL, or the config's db_url: see `docstokg config show`)"
         )
     engine = create_inspection_engine(url, **_connection_options(engine_options))
     try:

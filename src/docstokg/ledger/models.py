@@ -142,6 +142,8 @@ class ArtifactJob(Base):
     final_path: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     content_type: Mapped[str | None] = mapped_column(Text)
+    # The SHA-256 the manifest vouched for; a download of other bytes fails for good.
+    expected_sha256: Mapped[str | None] = mapped_column(Text)
 
 
 class ArtifactOp(Base):

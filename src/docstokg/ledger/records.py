@@ -18,6 +18,7 @@ class JobSpec:
     work_id: str
     artifact_id: str
     canonical_url: str
+    expected_sha256: str | None = None  # what the manifest vouched for, if anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,23 @@ class JobRecord:
     final_path: str | None
     size_bytes: int | None
     content_type: str | None
+    expected_sha256: str | None
 
     @property
     def exhausted(self) -> bool:
         """A FAILED job with no attempt left: terminal until an operator retries it."""
         return self.state is JobState.FAILED and self.attempts >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """Where the ledger says an ended job's bytes are, and what they must be."""
+
+    job_id: str
+    state: str
+    sha256: str
+    final_path: str
+    size_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,7 @@ class Lease:
     artifact_id: str
     canonical_url: str
     state: JobState
+    expected_sha256: str | None = None  # the download must hash to this, when set
 
 
 @dataclass(frozen=True, slots=True)

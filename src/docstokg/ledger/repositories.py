@@ -21,7 +21,15 @@ from docstokg.iterables import batched
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import statements as sql
 from docstokg.ledger.models import OP_FAILED, OP_IN_PROGRESS, OP_SUCCEEDED, jobs_table, ops_table
-from docstokg.ledger.records import JobRecord, JobSpec, Lease, OpRecord, OpWrite, PlannedJob
+from docstokg.ledger.records import (
+    JobRecord,
+    JobSpec,
+    Lease,
+    OpRecord,
+    OpWrite,
+    PlannedJob,
+    StoredFile,
+)
 from docstokg.states import SUCCESS_STATES, JobState
 
 PLAN_BATCH_SIZE = 2_000
@@ -43,6 +51,7 @@ def _plan_params(spec: JobSpec, now: float, max_attempts: int) -> dict[str, obje
         "updated_at": now,
         "idempotency_key": key,
         "max_attempts": max_attempts,
+        "expected_sha256": spec.expected_sha256,
     }
 
 
@@ -198,9 +207,17 @@ class JobRepository:
         row = self._claim.first(self._connection, {"owner": owner, "ttl_s": ttl_s, "now": now})
         if row is None:
             return None
-        job_id, owner, epoch, lease_until, work_id, artifact_id, url, state = row
+        job_id, owner, epoch, lease_until, work_id, artifact_id, url, state, expected = row
         return Lease(
-            job_id, owner, epoch, float(lease_until), work_id, artifact_id, url, JobState(state)
+            job_id,
+            owner,
+            epoch,
+            float(lease_until),
+            work_id,
+            artifact_id,
+            url,
+            JobState(state),
+            expected,
         )
 
     def renew(self, lease: Lease, *, ttl_s: float, now: float) -> float | None:
@@ -295,13 +312,42 @@ class JobRepository:
         return len(self._connection.execute(sql.EXPIRED_LEASES, {"now": now}).all())
 
     def requeue(self, job_ids: Collection[str], *, error: str, now: float) -> list[str]:
-        """Send finalized jobs back to FAILED (attempts kept) so they are fetched again."""
-        if not job_ids:
-            return []
-        rows = self._connection.execute(
-            sql.REQUEUE, {"job_ids": list(job_ids), "b_error": error, "now": now}
-        )
-        return [job_id for (job_id,) in rows]
+        """Send jobs whose file was stored back to FAILED, so they are fetched again.
+
+        Finalized, indexed and ended (DEDUPED, SKIPPED_DUPLICATE) jobs that no
+        live lease holds; each keeps at least one attempt.  Returns those sent.
+        """
+        requeued: list[str] = []
+        for batch in batched(job_ids, ID_BATCH_SIZE):
+            rows = self._connection.execute(
+                sql.REQUEUE, {"job_ids": batch, "b_error": error, "now": now}
+            )
+            requeued.extend(job_id for (job_id,) in rows)
+        return requeued
+
+    def stored_files(self) -> list[StoredFile]:
+        """Every ended job's file as recorded (DEDUPED and SKIPPED_DUPLICATE jobs)."""
+        rows = self._connection.execute(sql.STORED_FILES)
+        return [StoredFile(*row) for row in rows]
+
+
+class MetaRepository:
+    """Facts about the ledger itself (``_meta``): written once, then only read."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._put = sql.PUT_META_IF_ABSENT[connection.dialect.name]
+
+    def get(self, key: str) -> str | None:
+        value: str | None = self._connection.execute(sql.GET_META, {"b_key": key}).scalar()
+        return value
+
+    def put_if_absent(self, key: str, value: str) -> str:
+        """Record ``key`` unless it is set already; returns the value that holds."""
+        self._connection.execute(self._put, {"b_key": key, "b_value": value})
+        held = self.get(key)
+        assert held is not None  # just written, or written before: the row is there
+        return held
 
 
 class OpRepository:

@@ -48,6 +48,7 @@ from docstokg.ledger.models import (
     OP_IN_PROGRESS,
     OP_SUCCEEDED,
     jobs_table,
+    meta_table,
     ops_table,
 )
 from docstokg.ledger.prepared import Prepared
@@ -63,8 +64,20 @@ JOB_COLUMNS = tuple(jobs[field.name] for field in fields(JobRecord))
 OP_COLUMNS = tuple(ops[field.name] for field in fields(OpRecord))
 JOB_TRIPLE = ("work_id", "artifact_id", "canonical_url")
 PLAN_COLUMNS = (
-    "job_id", *JOB_TRIPLE, "state", "created_at", "updated_at", "idempotency_key", "max_attempts"
+    "job_id", *JOB_TRIPLE, "state", "created_at", "updated_at", "idempotency_key", "max_attempts",
+    "expected_sha256",
 )  # fmt: skip
+
+# --- facts about the ledger (_meta) ----------------------------------------------------
+
+GET_META = select(meta_table.c.value).where(meta_table.c.key == bindparam("b_key"))
+# The first writer of a fact wins; a racing second one reads the first's value.
+PUT_META_IF_ABSENT = {
+    name: dialect.insert(meta_table)
+    .values(key=bindparam("b_key"), value=bindparam("b_value"))
+    .on_conflict_do_nothing(index_elements=["key"])
+    for name, dialect in DIALECTS.items()
+}
 
 # --- planning -------------------------------------------------------------------------
 
@@ -149,6 +162,7 @@ _LEASE_RETURNING = (
     jobs.artifact_id,
     jobs.canonical_url,
     jobs.state,
+    jobs.expected_sha256,
 )
 
 
@@ -275,16 +289,36 @@ FINALIZED_FILES = select(jobs.job_id, jobs.final_path).where(
     jobs.final_path.is_not(None),
     NOT_LIVE,
 )
+# Jobs whose file is in the store, as the ledger records it: a run and `job
+# verify` hold the disk to these rows.
+_HOLDS_A_FILE = (
+    JobState.FINALIZED.value,
+    JobState.INDEXED.value,
+    JobState.DEDUPED.value,
+    JobState.SKIPPED_DUPLICATE.value,
+)
+STORED_FILES = (
+    select(jobs.job_id, jobs.state, jobs.sha256, jobs.final_path, jobs.size_bytes)
+    .where(
+        jobs.state.in_([JobState.DEDUPED.value, JobState.SKIPPED_DUPLICATE.value]),
+        jobs.final_path.is_not(None),
+    )
+    .order_by(jobs.job_id)
+)
 REQUEUE = (
     update(jobs_table)
     .where(
         jobs.job_id.in_(bindparam("job_ids", expanding=True)),
-        jobs.state.in_([JobState.FINALIZED.value, JobState.INDEXED.value]),
+        jobs.state.in_(_HOLDS_A_FILE),
         NOT_LIVE,
     )
     .values(
         state=JobState.FAILED.value,
         last_error=bindparam("b_error"),
+        # The lost file is not the job's failure: it keeps at least one attempt.
+        attempts=case(
+            (jobs.attempts >= jobs.max_attempts, jobs.max_attempts - 1), else_=jobs.attempts
+        ),
         next_attempt_at=_now,
         sha256=None,
         final_path=None,

@@ -41,7 +41,7 @@ from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
 from docstokg.ledger.group_commit import GroupCommit
 from docstokg.ledger.reports import ReportRepository
-from docstokg.ledger.repositories import JobRepository, OpRepository
+from docstokg.ledger.repositories import JobRepository, MetaRepository, OpRepository
 from docstokg.ledger.statements import DATABASE_NOW
 
 Clock = Callable[[], float]
@@ -73,6 +73,7 @@ class UnitOfWork:
         self._session: Session | None = None
         self._jobs: JobRepository | None = None
         self._ops: OpRepository | None = None
+        self._meta: MetaRepository | None = None
         self._reports: ReportRepository | None = None
 
     def __enter__(self) -> Self:
@@ -123,6 +124,13 @@ class UnitOfWork:
         if self._ops is None:
             self._ops = OpRepository(self._require(self._connection))
         return self._ops
+
+    @property
+    def meta(self) -> MetaRepository:
+        """Facts about the ledger itself, such as the store it fills."""
+        if self._meta is None:
+            self._meta = MetaRepository(self._require(self._connection))
+        return self._meta
 
     @property
     def reports(self) -> ReportRepository:
@@ -177,6 +185,7 @@ class UnitOfWork:
         connection, transaction, session = self._connection, self._transaction, self._session
         self._connection = self._transaction = self._session = None
         self._jobs = self._ops = None
+        self._meta = None
         self._reports = None
         if self._writer is not None and not self._read_only:
             self._end_shared(session, commit=commit, failing=failing)

@@ -51,7 +51,12 @@ def _spec(row: PlanRow) -> JobSpec:
         return row
     if isinstance(row, Mapping):
         try:
-            return JobSpec(row["work_id"], row["artifact_id"], row["canonical_url"])
+            return JobSpec(
+                row["work_id"],
+                row["artifact_id"],
+                row["canonical_url"],
+                row.get("expected_sha256"),
+            )
         except KeyError as missing:
             raise ConfigurationError(
                 f"plan row {dict(row)!r} lacks {missing}; rows need work_id, artifact_id "
