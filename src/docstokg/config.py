@@ -14,6 +14,11 @@ and ``docstokg config show`` can print where each value was set.  Pydantic
 still does all the type checking and the bounds; its errors are translated
 into one line per problem, and all problems are reported together so a user
 fixes them in one round instead of one run per typo.
+
+Every number has an upper bound as well as a lower one, far above what a real
+deployment needs (30 days for any duration, 1000 attempts, 1 TiB): a value
+past it is a typo, and would otherwise surface much later as an OverflowError
+in a timer or a dead heartbeat thread instead of as a message naming the key.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import annotated_types
 import yaml
 from pydantic import (
     BaseModel,
@@ -69,6 +75,28 @@ _DEFER_CROSS_CHECKS = "docstokg.defer_cross_checks"
 # Environment strings that mean "not set" for the optional keys.
 _NULL_WORDS = frozenset({"", "null", "none", "~"})
 
+MAX_DURATION_S = 30 * 24 * 3600.0
+"""Upper bound of every ``*_s`` duration: 30 days."""
+MAX_ATTEMPTS = 1000
+"""Upper bound of ``max_attempts``; also keeps ``2 ** attempt`` in the backoff a finite float."""
+MAX_BYTES = 1024**4
+"""Upper bound of ``max_bytes``: 1 TiB."""
+MAX_REDIRECTS = 50
+"""Upper bound of ``max_redirects`` (browsers give up at about 20)."""
+MAX_SPEED_BYTES_S = 10 * 1024**3
+"""Upper bound of ``min_speed_bytes_s``: 10 GiB/s, more than an 80 Gbit/s link carries."""
+
+# How the upper bounds read in a message.
+_BOUND_NAMES: dict[object, str] = {
+    MAX_DURATION_S: "30 days",
+    MAX_BYTES: "1 TiB",
+    MAX_SPEED_BYTES_S: "10 GiB/s",
+}
+# Keys for which 0 switches the check off.
+_ZERO_DISABLES = frozenset({"min_speed_bytes_s", "attempt_deadline_s"})
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+_SHOWN_CHARS = 200
+
 
 class IdempotencyConfig(BaseModel):
     """The validated ``idempotency:`` section; every field has a default.
@@ -87,18 +115,23 @@ class IdempotencyConfig(BaseModel):
     lease_ttl_s: float = Field(
         default=120.0,
         gt=0,
-        description="Seconds a worker holds a job before another may take it over.",
+        le=MAX_DURATION_S,
+        description="Seconds a worker holds a job before another may take it over "
+        "(> 0, at most 30 days).",
     )
     stale_file_age_s: float = Field(
         default=3600.0,
         gt=0,
+        le=MAX_DURATION_S,
         description="Age in seconds after which an orphaned .part file may be deleted; "
-        ">= lease_ttl_s.",
+        ">= lease_ttl_s, at most 30 days.",
     )
     reconciliation_interval_s: float = Field(
         default=300.0,
         gt=0,
-        description="Seconds between reconciliation passes over expired leases and stray files.",
+        le=MAX_DURATION_S,
+        description="Seconds between reconciliation passes over expired leases and stray files "
+        "(> 0, at most 30 days).",
     )
     db_path: str | None = Field(
         default=None,
@@ -115,42 +148,73 @@ class IdempotencyConfig(BaseModel):
     max_attempts: int = Field(
         default=5,
         ge=1,
-        description="Attempts per job before it stays FAILED for good.",
+        le=MAX_ATTEMPTS,
+        description="Attempts per job before it stays FAILED for good (1 to 1000).",
     )
     max_bytes: int = Field(
         default=2 * 1024**3,
         gt=0,
-        description="Largest artifact in bytes; a bigger body fails the job permanently.",
+        le=MAX_BYTES,
+        description="Largest artifact in bytes; a bigger body fails the job permanently "
+        "(at most 1 TiB).",
     )
     connect_timeout_s: float = Field(
         default=10.0,
         gt=0,
-        description="Seconds to wait for a TCP/TLS connection to a server.",
+        le=MAX_DURATION_S,
+        description="Seconds to wait for a TCP/TLS connection to a server (> 0, at most 30 days).",
     )
     read_timeout_s: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds to wait for the next chunk of a response before retrying later.",
+        le=MAX_DURATION_S,
+        description="Seconds to wait for the next chunk of a response before retrying later "
+        "(> 0, at most 30 days).",
+    )
+    min_speed_bytes_s: float = Field(
+        default=1024.0,
+        ge=0,
+        le=MAX_SPEED_BYTES_S,
+        description="Slowest transfer in bytes per second, averaged over min_speed_window_s, "
+        "before the attempt fails and is retried later (0 disables; at most 10 GiB/s).",
+    )
+    min_speed_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Seconds over which min_speed_bytes_s is averaged (> 0, at most 30 days).",
+    )
+    attempt_deadline_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="Longest one download attempt may stream, in seconds, before it fails and "
+        "is retried later, resuming its .part (0 disables; at most 30 days).",
     )
     max_redirects: int = Field(
         default=5,
         ge=0,
-        description="Redirects followed per request before the job fails.",
+        le=MAX_REDIRECTS,
+        description="Redirects followed per request before the job fails (0 to 50).",
     )
     backoff_base_s: float = Field(
         default=2.0,
         gt=0,
-        description="Delay in seconds before the first retry; doubles on each further attempt.",
+        le=MAX_DURATION_S,
+        description="Delay in seconds before the first retry; doubles on each further attempt "
+        "(> 0, at most 30 days).",
     )
     backoff_max_s: float = Field(
         default=600.0,
         gt=0,
-        description="Longest delay in seconds between two attempts; >= backoff_base_s.",
+        le=MAX_DURATION_S,
+        description="Longest delay in seconds between two attempts; >= backoff_base_s, "
+        "at most 30 days.",
     )
     user_agent: str = Field(
         default="docstokg/0.1 (+https://github.com/docstokg)",
         min_length=1,
-        description="User-Agent header sent with every request.",
+        description="User-Agent header sent with every request (printable ASCII on one line).",
     )
 
     @field_validator(
@@ -161,6 +225,9 @@ class IdempotencyConfig(BaseModel):
         "max_bytes",
         "connect_timeout_s",
         "read_timeout_s",
+        "min_speed_bytes_s",
+        "min_speed_window_s",
+        "attempt_deadline_s",
         "max_redirects",
         "backoff_base_s",
         "backoff_max_s",
@@ -175,6 +242,28 @@ class IdempotencyConfig(BaseModel):
         """
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _one_header_line(cls, value: str) -> str:
+        """Refuse a User-Agent that no HTTP request can carry.
+
+        A CR or LF would split the header (or be refused by the HTTP library),
+        a non-ASCII character cannot be encoded, and a leading or trailing space
+        is illegal in a header value: each would fail every job, permanently,
+        one by one, instead of once here.
+        """
+        for index, char in enumerate(value, start=1):
+            if not " " <= char <= "~":
+                what = "non-ASCII character" if char.isprintable() else "control character"
+                raise ValueError(
+                    f"holds the {what} {char!r} at character {index}; a User-Agent header "
+                    "is one line of printable ASCII (letters, digits, punctuation, spaces): "
+                    "remove it"
+                )
+        if value != value.strip(" "):
+            raise ValueError("must not start or end with a space; an HTTP header value cannot")
         return value
 
     @model_validator(mode="after")
@@ -513,9 +602,8 @@ def _validate(
                 bad_keys.add(key)
                 value = values.get(key)
                 shown = _show_raw(value) if isinstance(value, str) else _show(value)
-                problems.append(
-                    f"{key} = {shown} (from {sources[key]}) is invalid: {_reason(detail)}"
-                )
+                reason = _field_reason(key, detail)
+                problems.append(f"{key} = {shown} (from {sources[key]}) is invalid: {reason}")
             else:  # not expected: unknown keys are filtered out before validation
                 problems.append(f"invalid configuration: {_reason(detail)}")
         # Check the rules between keys on what did validate, so that all
@@ -540,6 +628,35 @@ def _validate(
 # --- messages -----------------------------------------------------------------
 
 
+def _field_reason(key: str, detail: Mapping[str, Any]) -> str:
+    """Why ``key``'s value was refused; for a number, always with the range it must be in."""
+    allowed = _allowed_range(key)
+    if allowed is None:
+        return _reason(detail)
+    if detail.get("type") in _BOUND_ERRORS:
+        return f"must be {allowed}"
+    return f"{_reason(detail)}; allowed: {allowed}"
+
+
+def _allowed_range(key: str) -> str | None:
+    """The values a numeric key accepts, in words ("an integer from 1 to 1000"); None otherwise."""
+    field = IdempotencyConfig.model_fields[key]
+    if field.annotation not in (int, float):
+        return None
+    lower, joiner, upper = "", " to ", ""
+    for bound in field.metadata:
+        if isinstance(bound, annotated_types.Gt):
+            lower, joiner = f"above {_show(bound.gt)}", " and at most "
+        elif isinstance(bound, annotated_types.Ge):
+            lower = f"from {_show(bound.ge)}"
+        elif isinstance(bound, annotated_types.Le):
+            name = _BOUND_NAMES.get(bound.le)
+            upper = _show(bound.le) + (f" ({name})" if name else "")
+    kind = "an integer" if field.annotation is int else "a number"
+    text = f"{kind} {lower}{joiner}{upper}"
+    return f"{text}; 0 disables it" if key in _ZERO_DISABLES else text
+
+
 def _reason(detail: Mapping[str, Any]) -> str:
     """Pydantic's message, reworded to read after "is invalid: "."""
     message = str(detail.get("msg", "invalid value"))
@@ -548,6 +665,8 @@ def _reason(detail: Mapping[str, Any]) -> str:
             message = replacement + message[len(prefix) :]
     if message.startswith("String should have at least 1 character"):
         message = "must not be empty"
+    if message[:1].isupper() and message[1:2].islower():  # "Unable to parse ..."
+        message = message[0].lower() + message[1:]
     return message
 
 
@@ -557,15 +676,37 @@ def _show(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
+    if isinstance(value, int) and len(str(value)) > 30:
+        return f"{value:.3e}"
     if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, str):
+        return _quoted(value)
     return repr(value)
 
 
 def _show_raw(value: str) -> str:
-    """A string as typed; quoted when it is empty or has spaces, so it stays visible."""
-    if value == "" or value != value.strip() or " " in value:
-        return repr(value)
+    """A string as typed; quoted (and escaped) when it is empty, has spaces or is not printable.
+
+    Values come from files and environments that anyone may have written: quoting
+    what is not plainly printable keeps a CR, LF or ESC in one from forging a
+    line of the error message or driving the terminal that shows it.
+    """
+    if (
+        value == ""
+        or value != value.strip()
+        or " " in value
+        or not value.isprintable()
+        or len(value) > _SHOWN_CHARS
+    ):
+        return _quoted(value)
     return value
+
+
+def _quoted(value: str) -> str:
+    """``repr`` of ``value`` (every non-printable character escaped), cut short when long."""
+    if len(value) > _SHOWN_CHARS:
+        return repr(value[:_SHOWN_CHARS] + "…")
+    return repr(value)

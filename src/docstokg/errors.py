@@ -139,3 +139,29 @@ class PermanentFetchError(FetchError):
 
 class DownloadInterrupted(DocstokgError):
     """The run was asked to stop while a download was under way; its ``.part`` is kept."""
+
+
+class StoreError(ConfigurationError):
+    """The output folder is laid out in a way docstokg will not write into.
+
+    A ``.staging`` or ``artifacts`` that is a symbolic link (or not a folder)
+    could send downloads outside ``--out``; the run refuses it rather than
+    guessing what was meant.
+    """
+
+
+class ChecksumMismatch(PermanentFetchError):
+    """The downloaded bytes do not hash to the SHA-256 the manifest expects; nothing is stored."""
+
+    def __init__(self, url: str, expected: str, actual: str) -> None:
+        self.url = url
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{url}: expected sha256 {expected}, got {actual}; nothing was stored (permanent: "
+            "not retried; fix the manifest's sha256 or the source)"
+        )
+
+
+class StoreMismatch(ConfigurationError):
+    """``--out`` is not the store this ledger fills (its id file names another, or none)."""

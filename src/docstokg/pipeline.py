@@ -30,8 +30,8 @@ from docstokg.download import (
     DownloadLimits,
     Probe,
     Streamed,
-    can_resume,
     probe,
+    resume_point,
     stream_to_part,
 )
 from docstokg.errors import (
@@ -73,6 +73,7 @@ class Target:
     work_id: str
     artifact_id: str
     url: str
+    expected_sha256: str | None = None  # the manifest's checksum: other bytes fail for good
 
 
 class Outcome(StrEnum):
@@ -109,16 +110,29 @@ class Fetcher:
         return probe(self.client, url, self.limits)
 
     def can_resume(self, job_id: str, head: Probe) -> bool:
-        """Would STREAM continue a ``.part`` left by an earlier attempt (Range + If-Range)?"""
-        part = self.store.part_path(job_id)
-        return can_resume(head, part.stat().st_size if part.exists() else 0)
+        """Would STREAM continue a ``.part`` its checkpoint vouches for (Range + If-Range)?"""
+        part, checkpoint = self.store.part_path(job_id), self.store.checkpoint_path(job_id)
+        return resume_point(part, checkpoint, head) > 0
 
     def stream(
-        self, job_id: str, head: Probe, *, should_stop: StopCheck, on_bytes: ByteCounter
+        self,
+        job_id: str,
+        head: Probe,
+        *,
+        expected_sha256: str | None,
+        should_stop: StopCheck,
+        on_bytes: ByteCounter,
     ) -> Streamed:
+        """Download into the job's ``.part``, held to the manifest's checksum if it gave one."""
         part = self.store.part_path(job_id)
         return stream_to_part(
-            self.client, head, part, self.limits, should_stop=should_stop, on_bytes=on_bytes
+            self.client,
+            head,
+            part,
+            self.limits,
+            should_stop=should_stop,
+            on_bytes=on_bytes,
+            expected_sha256=expected_sha256,
         )
 
     def finalize(self, job_id: str, streamed: Streamed) -> str:
@@ -202,7 +216,7 @@ class LedgerPipeline:
         if failed.outcome is Outcome.FAILED and not retryable:
             # Out of attempts, and recorded so under our lease (a lost lease
             # would be LOST: the new holder may be resuming this very file).
-            self._fetcher.store.part_path(lease.job_id).unlink(missing_ok=True)
+            self._fetcher.store.discard_part(lease.job_id)
         return failed
 
     def _hand_back(self, lease: Lease, target: Target, reason: str) -> JobOutcome:
@@ -255,7 +269,11 @@ class LedgerPipeline:
             # ones recorded where the redirects led, which may have expired since.
             asked = replace(head, url=url)
             return self._fetcher.stream(
-                job_id, asked, should_stop=should_stop, on_bytes=on_bytes
+                job_id,
+                asked,
+                expected_sha256=lease.expected_sha256,
+                should_stop=should_stop,
+                on_bytes=on_bytes,
             ).to_json()
 
         stream_key = op_key(STREAM, job_id)
@@ -335,7 +353,11 @@ class PlainPipeline:
         try:
             head = self._fetcher.probe(target.url)
             streamed = self._fetcher.stream(
-                target.job_id, head, should_stop=should_stop, on_bytes=on_bytes
+                target.job_id,
+                head,
+                expected_sha256=target.expected_sha256,
+                should_stop=should_stop,
+                on_bytes=on_bytes,
             )
             final_path = self._fetcher.finalize(target.job_id, streamed)
         except DownloadInterrupted as exc:

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from docstokg.pipeline import JobOutcome, Outcome
+from docstokg.redact import mask_url, mask_urls
 
 log = logging.getLogger("docstokg.progress")
 
@@ -56,11 +57,12 @@ class NullReporter:
 
 
 def _describe(outcome: JobOutcome) -> str:
+    """One line about a job, its URL's credentials masked (errors quote URLs too)."""
     target = outcome.target
-    what = f"{target.work_id}/{target.artifact_id} {target.url}"
+    what = f"{target.work_id}/{target.artifact_id} {mask_url(target.url)}"
     if outcome.outcome in (Outcome.STORED, Outcome.DUPLICATE):
         return f"{outcome.outcome.value} {what} ({outcome.size_bytes:,} bytes)"
-    return f"{outcome.outcome.value} {what}: {outcome.error}"
+    return f"{outcome.outcome.value} {what}: {mask_urls(str(outcome.error))}"
 
 
 class LogReporter:
@@ -87,7 +89,7 @@ class LogReporter:
         log.log(level, "%s %s", position, _describe(outcome))
 
     def note(self, message: str) -> None:
-        log.info("%s", message)
+        log.info("%s", mask_urls(message))
 
     def end(self) -> None:
         pass
@@ -128,7 +130,7 @@ class RichReporter:
             self._progress.console.log(_describe(outcome))
 
     def note(self, message: str) -> None:
-        self._progress.console.log(message)
+        self._progress.console.log(mask_urls(message))
 
     def end(self) -> None:
         self._progress.stop()

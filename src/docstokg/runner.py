@@ -22,12 +22,11 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from docstokg.config import IdempotencyConfig
 from docstokg.download import ArtifactStore, DownloadLimits, make_client
@@ -39,6 +38,7 @@ from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
 from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
+from docstokg.redact import mask_url
 from docstokg.reporting import NullReporter, RunReporter
 from docstokg.services import (
     Backoff,
@@ -54,6 +54,7 @@ from docstokg.services import (
     reconcile_jobs,
     release_lease,
 )
+from docstokg.services.stores import bind_store, ended_with_a_file, requeue_for_refetch
 from docstokg.states import SUCCESS_STATES, JobState
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class RunSettings:
             read_timeout_s=config.read_timeout_s,
             max_redirects=config.max_redirects,
             user_agent=config.user_agent,
+            min_speed_bytes_s=config.min_speed_bytes_s,
+            min_speed_window_s=config.min_speed_window_s,
+            attempt_deadline_s=config.attempt_deadline_s,
         )
 
     @property
@@ -148,15 +152,20 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0: every valid row succeeded; 1: some failed; 130: stopped with work left."""
+        """0: every row was run and succeeded; 1: some failed or were skipped; 130: stopped.
+
+        A skipped row is work the manifest asked for and the run did not do,
+        so a run with one never reports success.
+        """
         if self.counts["unfinished"] and self.interrupted:
             return 130
-        return 1 if self.counts["failed"] or self.counts["unfinished"] else 0
+        lost = self.counts["failed"] or self.counts["unfinished"] or self.skipped_rows
+        return 1 if lost else 0
 
     def to_json(self) -> dict[str, object]:
         return {
             "ledger": self.ledger,
-            "db_url": self.db_url,
+            "db_url": None if self.db_url is None else mask_url(self.db_url),
             "out_dir": str(self.out_dir),
             "counts": {**self.counts, "jobs": len(self.jobs)},
             "skipped_rows": [{"line": p.line, "reason": p.reason} for p in self.skipped_rows],
@@ -170,7 +179,7 @@ class RunSummary:
                     "job_id": job.job_id,
                     "work_id": job.work_id,
                     "artifact_id": job.artifact_id,
-                    "url": job.url,
+                    "url": mask_url(job.url),
                     "state": job.state,
                     "sha256": job.sha256,
                     "size_bytes": job.size_bytes,
@@ -207,7 +216,7 @@ class DownloadRun:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._targets = [
             Target(job_id_for(job_key(row.work_id, row.artifact_id, row.url)),
-                   row.work_id, row.artifact_id, row.url)
+                   row.work_id, row.artifact_id, row.url, row.sha256)
             for row in manifest.rows
         ]  # fmt: skip
 
@@ -259,8 +268,12 @@ class DownloadRun:
                 ENABLED_MESSAGE,
                 upgraded.schema_version,
                 upgraded.to_revision,
-                _redacted(settings.db_url),
+                mask_url(settings.db_url),
             )
+
+            # Before anything is written: a ledger run against another store
+            # would call work "ended" whose files are not there.
+            bind_store(ledger, settings.out_dir)
 
             def maintenance() -> None:
                 self._maintain(ledger, fetcher.store)
@@ -276,6 +289,7 @@ class DownloadRun:
         settings, config = self._settings, self._settings.config
         targets = self._plan(ledger)
         job_ids = [target.job_id for target in targets]
+        self._recheck_stored(ledger, fetcher.store, job_ids)
         done = len(job_ids) - count_unfinished(ledger, job_ids)
         self._reporter.begin(len(job_ids), done=done)
         pipeline = LedgerPipeline(ledger, fetcher, backoff=settings.backoff)
@@ -312,9 +326,29 @@ class DownloadRun:
             len(report.jobs_requeued),
         )
 
+    def _recheck_stored(self, ledger: Ledger, store: ArtifactStore, job_ids: list[str]) -> None:
+        """Hold the store to the ledger: an ended job whose file is gone is fetched again.
+
+        A ``stat`` per file (existence, regular file, recorded size), not a
+        re-hash: ``docstokg job verify`` proves the bytes.  A job a live lease
+        holds is left to its holder.
+        """
+        bad = {
+            job.job_id: problem
+            for job in ended_with_a_file(jobs_among(ledger, job_ids))
+            if (problem := store.check_stored(job.final_path or "", job.size_bytes or 0))
+        }
+        if not bad:
+            return
+        requeued = requeue_for_refetch(
+            ledger, list(bad), reason="stored file missing or wrong size; fetched again"
+        )
+        for job_id in requeued:
+            log.warning("job %s: stored file %s; it is fetched again", job_id, bad[job_id])
+
     def _plan(self, ledger: Ledger) -> list[Target]:
         """Plan the manifest; returns its targets with the job ids the ledger knows them by."""
-        specs = [JobSpec(t.work_id, t.artifact_id, t.url) for t in self._targets]
+        specs = [JobSpec(t.work_id, t.artifact_id, t.url, t.expected_sha256) for t in self._targets]
         created = plan_jobs(ledger, specs, max_attempts=self._settings.config.max_attempts)
         log.info("planned %d jobs (%d new)", len(specs), created)
         known = {job.job_id for job in jobs_among(ledger, [t.job_id for t in self._targets])}
@@ -327,7 +361,7 @@ class DownloadRun:
                 ledger, work_id=target.work_id, artifact_id=target.artifact_id,
                 canonical_url=target.url,
             )  # fmt: skip
-            targets.append(Target(job_id, target.work_id, target.artifact_id, target.url))
+            targets.append(replace(target, job_id=job_id))
         return targets
 
     def _ledger_worker(
@@ -560,11 +594,3 @@ def _plain_report(
         attempts=attempts,
         ended=state != UNFINISHED,
     )
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # Ledger.connect has refused it already; log it as given
-        return url

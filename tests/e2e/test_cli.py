@@ -236,6 +236,20 @@ def test_upgrade_refuses_foreign_tables_of_the_ledgers_names(
         assert sqlite_file(empty_db_url).read_bytes() == before
 
 
+def test_current_of_a_database_from_a_newer_docstokg_advises_upgrading_docstokg(
+    db_url: str, sql: Any, tmp_path: Path
+) -> None:
+    sql("UPDATE alembic_version SET version_num = '9999_from_a_newer_docstokg'")
+    human = run("db", "current", "--db", db_url, cwd=tmp_path)
+    assert human.returncode == 0, explain(human)
+    text = " ".join(human.stdout.split())
+    assert "revision 9999_from_a_newer_docstokg is newer than this docstokg knows" in text
+    assert "upgrade docstokg itself" in text
+    assert "docstokg db upgrade" not in text  # which would refuse that database
+    refused = run("db", "upgrade", "--db", db_url, cwd=tmp_path)
+    assert "upgrade docstokg" in assert_one_line_error(refused, 1)  # the same advice
+
+
 # --- errors a user meets -------------------------------------------------------------------
 
 
@@ -247,7 +261,8 @@ def test_current_on_a_missing_sqlite_file_fails_and_creates_nothing(
     result = run("db", "current", "--db", f"sqlite:///{missing}", cwd=tmp_path, launcher=launcher)
     line = assert_one_line_error(result, 1)
     assert str(missing) in line
-    assert "docstokg db upgrade" in line
+    assert "point --db at the ledger your runs use" in line
+    assert "db upgrade" not in line  # an empty ledger is not what a missing one needs
     assert result.stdout == ""
     assert not missing.exists()
     assert not missing.parent.exists()
@@ -313,6 +328,38 @@ def test_an_unreachable_postgresql_server_is_a_clean_error(tmp_path: Path) -> No
             )
             assert f"ledger:***@127.0.0.1:{port}/ledger" in result.stderr
             assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+def test_a_password_in_the_query_of_an_unreachable_url_is_not_printed(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        url = f"postgresql+psycopg://ledger@127.0.0.1:{port}/ledger?password=s3cret-pw"
+        for command in ("upgrade", "current"):
+            result = run("db", command, "--db", url, cwd=tmp_path)
+            line = assert_one_line_error(result, 1)
+            assert "s3cret-pw" not in result.stdout + result.stderr
+            assert f"127.0.0.1:{port}/ledger?password=***" in line
+
+
+def test_config_show_masks_the_database_password(tmp_path: Path) -> None:
+    config = tmp_path / "idempotency.yaml"
+    config.write_text(
+        "idempotency:\n  db_url: postgresql+psycopg://ledger:from-file-pw@db/docstokg\n",
+        encoding="utf-8",
+    )
+    from_file = run("config", "show", "--config", str(config), cwd=tmp_path)
+    env = cli_env(DOCSTOKG_IDEMPOTENCY_DB_URL="postgresql://ledger@db/x?password=from-env-pw")
+    from_env = run("config", "show", "--json", cwd=tmp_path, env=env)
+
+    assert from_file.returncode == 0, explain(from_file)
+    assert "postgresql+psycopg://ledger:***@db/docstokg" in from_file.stdout
+    assert "from-file-pw" not in from_file.stdout + from_file.stderr
+    assert from_env.returncode == 0, explain(from_env)
+    assert json.loads(from_env.stdout)["settings"]["db_url"]["value"] == (
+        "postgresql://ledger@db/x?password=***"
+    )
+    assert "from-env-pw" not in from_env.stdout + from_env.stderr
 
 
 # --- where the URL comes from --------------------------------------------------------------
@@ -420,3 +467,35 @@ def test_db_command_help_mentions_the_db_option(
     assert "DOCSTOKG_DB_URL" in result.stdout
     assert "--json" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_a_folder_it_did_not_make_and_touches_nothing(tmp_path: Path) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work\n", encoding="utf-8")
+
+    result = run("demo", "--dir", str(precious), cwd=tmp_path)
+
+    line = assert_one_line_error(result, 2)
+    assert f"--dir {precious} is not empty and was not made by `docstokg demo`" in line
+    assert ".docstokg-demo" in line
+    assert "give a new or empty folder" in line
+    assert sorted(p.name for p in precious.iterdir()) == ["chapter1.tex"]
+    empty = run("demo", "--dir", "", cwd=tmp_path)
+    assert empty.returncode == 2, explain(empty)
+    assert "Invalid value for '--dir'" in empty.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+def test_demo_empties_a_folder_it_made_before(tmp_path: Path) -> None:
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    (demo_dir / ".docstokg-demo").write_text("made by an earlier demo\n", encoding="utf-8")
+    (demo_dir / "left-over.txt").write_text("from the earlier demo\n", encoding="utf-8")
+
+    result = run("demo", "--dir", str(demo_dir), cwd=tmp_path)
+
+    assert result.returncode == 0, explain(result)
+    assert not (demo_dir / "left-over.txt").exists()
+    assert (demo_dir / ".docstokg-demo").is_file()
+    assert (demo_dir / "manifest.sqlite3").is_file()

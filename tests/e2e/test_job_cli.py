@@ -691,7 +691,8 @@ def test_no_ledger_tables_yet(command: str, invoke: Invoke, tmp_path: Path) -> N
 
     message = invoke(*COMMANDS[command], "--db", url).message()
     assert "no ledger tables" in message
-    assert "docstokg db upgrade" in message
+    assert "Point --db at the ledger your runs use" in message  # first: the likely fix
+    assert "only to start a new, empty ledger here run `docstokg db upgrade" in message
     assert folder_state(folder) == before  # same files, same bytes: nothing created or changed
 
 
@@ -715,6 +716,9 @@ def test_missing_file(command: str, invoke: Invoke, tmp_path: Path) -> None:
     message = invoke(*COMMANDS[command], "--db", f"sqlite:///{missing}").message()
     assert str(missing) in message
     assert "does not exist" in message
+    assert "point --db at the ledger your runs use" in message
+    assert "config's db_url" in message
+    assert "db upgrade" not in message  # AGENTS.md: never create an empty ledger to silence it
     assert not missing.exists()
     assert not missing.parent.exists()
 
@@ -820,6 +824,37 @@ def test_vacuum_needs_a_duration(sqlite_url: str, invoke: Invoke) -> None:
     for text in ("soon", "-1h", "1y"):
         message = invoke("job", "vacuum", "--older-than", text, "--db", sqlite_url).message(2)
         assert f"{text!r} is not a duration" in message
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "36526d", "9" * 400, "0", "0s"])
+def test_vacuum_refuses_a_duration_out_of_range(sqlite_url: str, text: str, invoke: Invoke) -> None:
+    message = invoke("job", "vacuum", "--older-than", text, "--db", sqlite_url).message(2)
+    assert f"--older-than {text!r} is out of range" in message
+    assert "more than 0 s and at most 100 years (36525d)" in message
+
+
+@pytest.mark.parametrize("option", ["--out", "--staging"])
+def test_an_empty_folder_option_is_a_usage_error(
+    sqlite_url: str, option: str, invoke: Invoke, tmp_path: Path
+) -> None:
+    args = ["job", "cleanup", "--db", sqlite_url, option, ""]
+    outcome = invoke(*args)
+    assert outcome.code == 2, outcome
+    assert f"Invalid value for '{option}'" in outcome.stderr
+    assert "is empty" in outcome.stderr
+
+
+def test_a_password_in_the_ledger_url_is_not_printed(invoke: Invoke) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        url = f"postgresql+psycopg://ledger:s3cret-pw@127.0.0.1:{port}/x?password=other-pw"
+        for command, args in COMMANDS.items():
+            outcome = invoke(*args, "--db", url)
+            message = outcome.message(1)
+            assert f"ledger:***@127.0.0.1:{port}/x?password=***" in message, command
+            assert "s3cret-pw" not in outcome.stdout + outcome.stderr, command
+            assert "other-pw" not in outcome.stdout + outcome.stderr, command
 
 
 def test_out_dir_is_the_ledger_of_a_run(invoke: Invoke, tmp_path: Path) -> None:

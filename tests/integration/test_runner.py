@@ -192,7 +192,7 @@ def test_malformed_rows_are_skipped_and_reported_with_their_lines(
     ]
     assert_stored(out, summary.jobs[0], good)
     assert_stored(out, summary.jobs[1], other)
-    assert summary.exit_code == 0  # skipped rows are reported, not failures
+    assert summary.exit_code == 1  # skipped rows are work the run did not do
     skipped = summary.to_json()["skipped_rows"]
     assert isinstance(skipped, list)
     assert [entry["line"] for entry in skipped] == [2, 3, 4, 5]

@@ -136,3 +136,74 @@ def test_resolve_keeps_absolute_paths(store: ArtifactStore, tmp_path: Path) -> N
     absolute = tmp_path / "elsewhere" / "file"
     assert store.resolve(str(absolute)) == absolute
     assert store.resolve("artifacts/ab/cd") == store.out_dir / "artifacts" / "ab" / "cd"
+
+
+def test_a_same_size_file_with_other_bytes_is_replaced_by_the_part(store: ArtifactStore) -> None:
+    body = b"the right bytes!"
+    part, sha = staged(store, JOB_ID, body)
+    final = store.resolve(store.relpath_for(sha))
+    final.parent.mkdir()
+    final.write_bytes(b"the WRONG bytes!")  # same size, other content
+
+    store.finalize(part, sha256=sha, size=len(body))
+
+    assert final.read_bytes() == body
+    assert not part.exists()
+
+
+def test_replay_with_a_corrupted_artifact_is_not_success(store: ArtifactStore) -> None:
+    body = b"crash after rename, then damage"
+    part, sha = staged(store, JOB_ID, body)
+    relpath = store.finalize(part, sha256=sha, size=len(body))
+    store.resolve(relpath).write_bytes(b"x" * len(body))
+
+    with pytest.raises(TransientFetchError, match="vanished before it was finalized"):
+        store.finalize(part, sha256=sha, size=len(body))
+
+
+def test_check_and_verify_stored_say_what_is_wrong(store: ArtifactStore, tmp_path: Path) -> None:
+    body = b"twenty bytes exactly"
+    part, sha = staged(store, JOB_ID, body)
+    relpath = store.finalize(part, sha256=sha, size=len(body))
+    final = store.resolve(relpath)
+
+    assert store.check_stored(relpath, 20) is None
+    assert store.verify_stored(relpath, sha, 20) is None
+    assert store.verify_stored(str(final), sha, 20) is None  # absolute, inside out_dir
+    assert store.check_stored(relpath, 21) == "size 20 instead of 21"
+
+    final.write_bytes(b"twenty bytes, but no")
+    assert store.check_stored(relpath, 20) is None  # a stat, no hashing
+    other = hashlib.sha256(b"twenty bytes, but no").hexdigest()
+    assert store.verify_stored(relpath, sha, 20) == f"sha256 {other[:12]} instead of {sha[:12]}"
+
+    final.unlink()
+    assert store.check_stored(relpath, 20) == "missing"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(body)
+    final.symlink_to(elsewhere)
+    assert store.verify_stored(relpath, sha, 20) == "a link, not a regular file"
+    final.unlink()
+    final.mkdir()
+    assert store.check_stored(relpath, 20) == "not a regular file"
+
+
+@pytest.mark.parametrize("final_path", ["../outside", "artifacts/../../x", "", "/etc/passwd"])
+def test_check_stored_refuses_paths_that_leave_the_store(
+    store: ArtifactStore, final_path: str
+) -> None:
+    reason = store.check_stored(final_path, 1)
+    assert reason is not None
+    assert reason.endswith(f"is outside {store.out_dir}")
+
+
+def test_check_stored_does_not_cross_a_linked_folder(store: ArtifactStore, tmp_path: Path) -> None:
+    sha = hashlib.sha256(b"x").hexdigest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / sha).write_bytes(b"x")
+    (store.artifacts_dir / sha[:2]).symlink_to(elsewhere)
+
+    reason = store.verify_stored(store.relpath_for(sha), sha, 1)
+
+    assert reason == f"{store.artifacts_dir / sha[:2]} is a link, not a folder"

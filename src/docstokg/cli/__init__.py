@@ -19,6 +19,7 @@ from docstokg.cli.demo import demo
 from docstokg.cli.job import job_app
 from docstokg.cli.output import err
 from docstokg.cli.run import run
+from docstokg.cli.verify import verify
 from docstokg.errors import ConfigurationError, DocstokgError
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.command()(run)
 app.command()(demo)
 app.add_typer(db_app, name="db")
+job_app.command("verify")(verify)
 app.add_typer(job_app, name="job")
 app.add_typer(config_app, name="config")
 

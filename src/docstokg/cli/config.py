@@ -11,6 +11,7 @@ from rich.table import Table
 
 from docstokg.cli.output import JsonOption, out, print_json
 from docstokg.config import describe, load_settings
+from docstokg.redact import mask_url
 
 config_app = typer.Typer(help="Inspect the idempotency configuration.", no_args_is_help=True)
 
@@ -31,7 +32,9 @@ def show(
     Example: DOCSTOKG_IDEMPOTENCY_LEASE_TTL_S=60 docstokg config show
     """
     settings = load_settings(config)
-    rows = describe(settings)
+    rows = [
+        (key, _shown(value), source, meaning) for key, value, source, meaning in describe(settings)
+    ]
     if as_json:
         print_json(
             {
@@ -48,3 +51,8 @@ def show(
     for key, value, source, description in rows:
         table.add_row(key, escape(repr(value)), escape(source), escape(description))
     out.print(table)
+
+
+def _shown(value: object) -> object:
+    """A setting as printed: a URL's password and token-like query values as ``***``."""
+    return mask_url(value) if isinstance(value, str) else value

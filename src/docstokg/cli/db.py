@@ -7,6 +7,7 @@ from rich.table import Table
 
 from docstokg.cli.output import DbOption, JsonOption, out, print_json
 from docstokg.ledger import migrate
+from docstokg.ledger.migrate import SchemaStatus
 
 db_app = typer.Typer(
     help="Create, upgrade and inspect the ledger database schema.", no_args_is_help=True
@@ -62,6 +63,24 @@ def db_current(db: DbOption, as_json: JsonOption = False) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("revision", status.revision or "(none: not a ledger yet)")
     table.add_row("head", status.head)
-    table.add_row("up to date", "yes" if status.is_current else "no: run `docstokg db upgrade`")
+    table.add_row("up to date", _up_to_date(status))
     table.add_row("schema_version", status.schema_version or "(none)")
     out.print(table)
+
+
+def _up_to_date(status: SchemaStatus) -> str:
+    """Whether the schema is current and, when not, the one step that makes it so.
+
+    A revision this docstokg does not ship was written by a newer docstokg:
+    `db upgrade` refuses it, so the step is to upgrade docstokg itself.
+    """
+    if status.is_current:
+        return "yes"
+    revisions = (status.revision or "").split(",")
+    unknown = [rev for rev in revisions if rev and rev not in migrate.known_revisions()]
+    if unknown:
+        return (
+            f"no: revision {unknown[0]} is newer than this docstokg knows; upgrade "
+            "docstokg itself (pip install -U docstokg), then run this again"
+        )
+    return "no: run `docstokg db upgrade`"

@@ -7,12 +7,17 @@ from typing import Annotated
 
 import typer
 
+from docstokg.cli.output import folder_path
+
 
 def demo(
     directory: Annotated[
         Path,
         typer.Option(
-            "--dir", help="Where the demo's manifest, ledger and artifacts go (emptied first)."
+            "--dir",
+            parser=folder_path,
+            help="Where the demo's manifest, ledger and artifacts go: a new or empty folder, "
+            "or one an earlier demo made (emptied first).",
         ),
     ] = Path("demo-output"),
     workers: Annotated[int, typer.Option("--workers", min=1, max=64)] = 4,

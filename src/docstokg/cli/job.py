@@ -18,10 +18,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from docstokg.cli.output import JsonOption, out, print_json
+from docstokg.cli.output import JsonOption, folder_path, out, print_json
 from docstokg.config import load_settings, resolve_db_url
 from docstokg.errors import ConfigurationError
 from docstokg.ledger import JobRecord, Ledger, OpRecord, migrate
+from docstokg.redact import mask_url, mask_urls
 from docstokg.services.operations import (
     job_cleanup,
     job_leases,
@@ -50,7 +51,11 @@ LedgerDb = Annotated[
 ]
 OutDir = Annotated[
     Path | None,
-    typer.Option("--out", help="The run's output folder: its manifest.sqlite3 is the ledger."),
+    typer.Option(
+        "--out",
+        parser=folder_path,
+        help="The run's output folder: its manifest.sqlite3 is the ledger.",
+    ),
 ]
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="YAML config (default ./config/idempotency.yaml).")
@@ -58,17 +63,32 @@ ConfigFile = Annotated[
 
 _DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+# A cut-off further back than any ledger has lived is a typo; beyond it the
+# database clock's arithmetic overflows.
+MAX_DURATION_DAYS = 36_525  # 100 years
+MAX_DURATION_S = MAX_DURATION_DAYS * 86_400.0
 
 
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds."""
+def parse_duration(text: str, option: str = "--older-than") -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds.
+
+    More than 0 and at most 100 years: anything else is a usage error naming
+    ``option`` and that range, caught before the ledger is opened (a huge value
+    used to surface as an OverflowError).
+    """
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None:
         raise ConfigurationError(
-            f"{text!r} is not a duration; write a number with an optional unit: "
+            f"{option} {text!r} is not a duration; write a number with an optional unit: "
             "90s, 15m, 12h, 30d or 2w"
         )
-    return float(match["number"]) * _UNIT_S[match["unit"]]
+    seconds = float(match["number"]) * _UNIT_S[match["unit"]]
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ConfigurationError(
+            f"{option} {text!r} is out of range; give more than 0 s and at most 100 years "
+            f"({MAX_DURATION_DAYS}d), e.g. 30d"
+        )
+    return seconds
 
 
 def _ledger_url(db: str | None, out_dir: Path | None, config: Path | None) -> str:
@@ -216,7 +236,7 @@ def stats(
                         "reason": f.reason,
                         "count": f.count,
                         "exhausted": f.exhausted,
-                        "example": f.example,
+                        "example": _masked(f.example),
                     }
                     for f in report.failures
                 ],
@@ -250,7 +270,9 @@ def stats(
         for column in ("reason", "jobs", "out of attempts", "example"):
             failures.add_column(column, overflow="fold")
         for f in report.failures:
-            failures.add_row(f.reason, f"{f.count:,}", f"{f.exhausted:,}", escape(f.example or ""))
+            failures.add_row(
+                f.reason, f"{f.count:,}", f"{f.exhausted:,}", escape(_masked(f.example) or "")
+            )
         out.print(failures)
     if report.durations:
         durations = Table(title="Op durations")
@@ -265,12 +287,21 @@ def _counts_json(counts: dict[JobState, int]) -> dict[str, int]:
     return {state.value: count for state, count in counts.items()}
 
 
+def _masked(text: str | None) -> str | None:
+    """Text from the ledger (errors, op results) with the URLs it quotes masked.
+
+    The ledger keeps the URLs it fetches, credentials included; what is printed
+    from it never shows them (a password as ``***``, token-like query values too).
+    """
+    return None if text is None else mask_urls(text)
+
+
 def _job_json(job: JobRecord) -> dict[str, object]:
     return {
         "job_id": job.job_id,
         "work_id": job.work_id,
         "artifact_id": job.artifact_id,
-        "url": job.canonical_url,
+        "url": mask_url(job.canonical_url),
         "state": job.state.value,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
@@ -278,7 +309,7 @@ def _job_json(job: JobRecord) -> dict[str, object]:
         "lease_until": job.lease_until,
         "lease_epoch": job.lease_epoch,
         "next_attempt_at": job.next_attempt_at,
-        "last_error": job.last_error,
+        "last_error": _masked(job.last_error),
         "sha256": job.sha256,
         "size_bytes": job.size_bytes,
         "final_path": job.final_path,
@@ -298,8 +329,8 @@ def _op_json(op: OpRecord) -> dict[str, object]:
         "started_at": op.started_at,
         "finished_at": op.finished_at,
         "duration_s": op.duration_s,
-        "result": op.result_json,
-        "error": op.error,
+        "result": _masked(op.result_json),
+        "error": _masked(op.error),
     }
 
 
@@ -328,13 +359,13 @@ def show(
     head.add_column("")
     for name, value in (
         ("work_id / artifact_id", f"{job.work_id} / {job.artifact_id}"),
-        ("url", job.canonical_url),
+        ("url", mask_url(job.canonical_url)),
         ("state", job.state.value),
         ("attempts", f"{job.attempts} of {job.max_attempts}"),
         ("lease", f"{job.lease_owner} until {_when(job.lease_until)} (epoch {job.lease_epoch})"
          if job.lease_owner else f"none (epoch {job.lease_epoch})"),
         ("next attempt", _when(job.next_attempt_at)),
-        ("last error", job.last_error or ""),
+        ("last error", _masked(job.last_error) or ""),
         ("file", f"{job.final_path} ({job.size_bytes or 0:,} bytes, {job.content_type})"
          if job.final_path else "(none yet)"),
         ("sha256", job.sha256 or ""),
@@ -349,7 +380,7 @@ def show(
         detail = op.error if op.error else (op.result_json or "")
         timeline.add_row(
             op.op_type, op.status, str(op.attempt), str(op.lease_epoch), _when(op.started_at),
-            duration, escape(detail),
+            duration, escape(mask_urls(detail)),
         )  # fmt: skip
     out.print(timeline)
 
@@ -361,7 +392,11 @@ def cleanup(
     config: ConfigFile = None,
     staging: Annotated[
         Path | None,
-        typer.Option("--staging", help="Also delete stale .part files here (e.g. OUT/.staging)."),
+        typer.Option(
+            "--staging",
+            parser=folder_path,
+            help="Also delete stale .part files here (e.g. OUT/.staging).",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, change nothing.")] = False,
     as_json: JsonOption = False,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+
+from docstokg.redact import mask_urls
 
 out = Console()
 err = Console(stderr=True)
@@ -26,9 +29,38 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
 
+def folder_path(text: str) -> Path:
+    """The parser of folder options (``--out``): an empty value is a usage error.
+
+    ``Path("")`` is ``Path(".")``: without this check ``--out ''`` (an unset shell
+    variable) would quietly fill, or read, whatever folder the command runs in.
+    Typer reports the error naming the option, with exit code 2.
+    """
+    if not text.strip():
+        raise typer.BadParameter(
+            f"{text!r} is empty; name a folder, e.g. store (is a shell variable unset?)"
+        )
+    return Path(text)
+
+
 def print_json(document: dict[str, Any]) -> None:
     """One JSON document on stdout, keys sorted, so scripts can diff and parse it."""
     sys.stdout.write(json.dumps(document, sort_keys=True, indent=2) + "\n")
+
+
+class MaskSecrets(logging.Filter):
+    """Masks every URL's password and token-like query values in a log record.
+
+    Log lines quote URLs that docstokg did not write: a manifest's, a driver's
+    error, an exception's text.  Masking the record once, here, covers them all.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_urls(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_urls(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 def configure_logging(*, verbose: bool = False) -> None:
@@ -40,6 +72,7 @@ def configure_logging(*, verbose: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(MaskSecrets())
     logger = logging.getLogger("docstokg")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -16,10 +16,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from docstokg.cli.output import JsonOption, configure_logging, err, out, print_json
+from docstokg.cli.output import (
+    JsonOption,
+    configure_logging,
+    err,
+    folder_path,
+    out,
+    print_json,
+)
 from docstokg.config import load_settings, resolve_db_url
 from docstokg.errors import ConfigurationError
 from docstokg.manifest import Manifest, read_manifest
+from docstokg.redact import mask_url, mask_urls
 
 if TYPE_CHECKING:
     from docstokg.runner import RunSummary
@@ -42,6 +50,7 @@ def run(
         Path,
         typer.Option(
             "--out",
+            parser=folder_path,
             help="Output folder: artifacts/ holds the files (named by SHA-256), .staging/ the "
             "downloads in progress, manifest.sqlite3 the default ledger.",
             show_default=False,
@@ -226,7 +235,8 @@ def print_summary(summary: RunSummary) -> None:
     table = Table(title="Run summary", show_header=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
-    table.add_row("ledger", f"on ({escape(summary.db_url or '')})" if summary.ledger else "off")
+    ledger = f"on ({escape(mask_url(summary.db_url or ''))})" if summary.ledger else "off"
+    table.add_row("ledger", ledger)
     table.add_row("jobs", f"{len(summary.jobs):,}")
     table.add_row("stored", f"{counts['stored']:,}")
     table.add_row("duplicates of stored content", f"{counts['duplicates']:,}")
@@ -259,6 +269,6 @@ def print_summary(summary: RunSummary) -> None:
             job.label,
             size,
             (job.sha256 or "")[:12],
-            escape(detail),
+            escape(mask_urls(detail)),
         )
     out.print(jobs)

@@ -16,6 +16,7 @@ from docstokg.cli.run import print_summary, stop_on_signals
 from docstokg.config import IdempotencyConfig
 from docstokg.demo.server import Artifact, ArtifactServer, Fault, PathStats, generated_body
 from docstokg.download import ArtifactStore
+from docstokg.errors import ConfigurationError
 from docstokg.keys import job_id_for, job_key
 from docstokg.manifest import Manifest, read_manifest
 from docstokg.reporting import LogReporter
@@ -26,6 +27,9 @@ GONE = "/gone/7.pdf"  # answers 404: the one job expected to fail
 LARGE_BYTES = 8 * 1024 * 1024
 PAUSE_AT = 3 * 1024 * 1024
 KiB = 1024
+# Written into every folder the demo creates: only such a folder is ever emptied.
+MARKER = ".docstokg-demo"
+MARKER_TEXT = "Made by `docstokg demo`, which empties this folder whenever it runs here.\n"
 
 
 def _serve_artifacts(server: ArtifactServer) -> list[dict[str, str]]:
@@ -59,9 +63,7 @@ def _serve_artifacts(server: ArtifactServer) -> list[dict[str, str]]:
 
 def run_demo(directory: Path, workers: int) -> int:
     """The demo `docstokg demo` describes; returns its exit code (0 when it went as planned)."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    prepare_demo_dir(directory)
     configure_logging()
     config = IdempotencyConfig(
         enabled=True, lease_ttl_s=30, stale_file_age_s=3600, backoff_base_s=0.5, max_attempts=3
@@ -105,6 +107,31 @@ def run_demo(directory: Path, workers: int) -> int:
         out.print(f"[bold red]The demo did not go as planned[/]: failed {sorted(failed)}.")
         return 1
     return 0
+
+
+def prepare_demo_dir(directory: Path) -> None:
+    """Make ``directory`` an empty folder marked as the demo's, or refuse (exit 2).
+
+    The demo starts from nothing, so it empties its folder; it only ever empties
+    one that carries its marker (or is empty), so a mistyped ``--dir`` can never
+    delete someone's data.
+    """
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise ConfigurationError(
+            f"--dir {directory} is not a folder; give a new folder for the demo, e.g. "
+            "--dir demo-output"
+        )
+    if directory.exists() and (directory / MARKER).is_file():
+        shutil.rmtree(directory)
+    elif directory.exists() and any(directory.iterdir()):
+        raise ConfigurationError(
+            f"--dir {directory} is not empty and was not made by `docstokg demo` (it has no "
+            f"{MARKER} file); the demo empties its folder, so nothing was touched: give a "
+            "new or empty folder, e.g. --dir demo-output (an old demo folder: delete it "
+            "yourself)"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
 
 
 def _interrupted_run(

@@ -10,21 +10,28 @@ from docstokg.download.fetch import (
     Streamed,
     can_resume,
     make_client,
+    pick_validator,
     probe,
+    resume_point,
     stream_to_part,
 )
 from docstokg.download.http_errors import classify_status, parse_retry_after
-from docstokg.download.store import ArtifactStore
+from docstokg.download.part_writer import Checkpoint
+from docstokg.download.store import ArtifactStore, checkpoint_for
 
 __all__ = [
     "ArtifactStore",
+    "Checkpoint",
     "DownloadLimits",
     "Probe",
     "Streamed",
     "can_resume",
+    "checkpoint_for",
     "classify_status",
     "make_client",
     "parse_retry_after",
+    "pick_validator",
     "probe",
+    "resume_point",
     "stream_to_part",
 ]

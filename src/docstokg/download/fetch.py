@@ -6,11 +6,19 @@ the ``.part`` an earlier attempt left behind (``Range`` + ``If-Range``) or,
 when the server cannot vouch that the bytes are still the same, starts over.
 Bodies are read raw (``Accept-Encoding: identity``): ranges, lengths and the
 SHA-256 all refer to the bytes exactly as the server stores them.
+
+A part is resumed only as far as its checkpoint vouches for it (see
+:mod:`docstokg.download.part_writer`): written under the validator the server
+gives now, and still hashing as it did when the checkpoint was written.  So a
+part left by an older version, or edited, truncated or swapped between runs,
+is never continued: the download starts over.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,8 +33,14 @@ from docstokg.download.http_errors import (
     is_ascii_digits,
     translate_httpx_error,
 )
-from docstokg.download.part_writer import PartWriter, hash_file
-from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
+from docstokg.download.part_writer import Checkpoint, PartWriter
+from docstokg.download.store import checkpoint_for, hash_prefix, regular_size
+from docstokg.errors import (
+    ChecksumMismatch,
+    DownloadInterrupted,
+    PermanentFetchError,
+    TransientFetchError,
+)
 
 __all__ = [
     "DownloadLimits",
@@ -35,7 +49,9 @@ __all__ = [
     "can_resume",
     "classify_status",
     "make_client",
+    "pick_validator",
     "probe",
+    "resume_point",
     "stream_to_part",
 ]
 
@@ -43,6 +59,7 @@ __all__ = [
 HEAD_REFUSED = frozenset({405, 501})
 _T = TypeVar("_T")
 _CONTENT_RANGE = re.compile(r"bytes\s+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +72,14 @@ class DownloadLimits:
     max_redirects: int = 5
     chunk_bytes: int = 64 * 1024
     user_agent: str = "docstokg/0.1"
+    #: A checkpoint is written every this many bytes: what a SIGKILL can cost at most.
+    checkpoint_bytes: int = 1024**2
+    #: Fewer than ``min_speed_bytes_s * min_speed_window_s`` bytes over the last
+    #: ``min_speed_window_s`` seconds fail the attempt (transient); 0 disables.
+    min_speed_bytes_s: float = 1024.0
+    min_speed_window_s: float = 60.0
+    #: One attempt's stream may not last longer (transient failure); 0 disables.
+    attempt_deadline_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +131,8 @@ class Probe:
 
     @property
     def validator(self) -> str | None:
-        """The ``If-Range`` value: a strong ETag, else Last-Modified, else None.
-
-        A weak ETag (``W/...``) may not be used in If-Range (RFC 9110 13.1.5):
-        it does not promise byte-identical content.  A value that is not ASCII
-        (an ETag may legally carry such bytes) cannot be sent back as a
-        header, so it is passed over: without a validator the download starts
-        over instead of resuming, which is always safe.
-        """
-        strong_etag = self.etag if self.etag and not self.etag.startswith("W/") else None
-        for candidate in (strong_etag, self.last_modified):
-            if candidate and candidate.isascii():
-                return candidate
-        return None
+        """The ``If-Range`` value for what HEAD saw (see :func:`pick_validator`)."""
+        return pick_validator(self.etag, self.last_modified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,45 +201,45 @@ def stream_to_part(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     on_bytes: Callable[[int], None] | None = None,
+    expected_sha256: str | None = None,
 ) -> Streamed:
     """Download ``probe.url`` into ``part``, resuming what an earlier attempt left there.
 
     The part is kept on a transient failure or an interruption (the next
     attempt resumes it) and deleted only when it can never succeed (over
-    ``max_bytes``).  Resuming needs range support and a validator, so the
-    server can refuse (with a full 200) if the content changed meanwhile.
-    A range reply that ends short of the file (a proxy capping ranges) is
-    followed, in the same attempt, by a request for the rest.
+    ``max_bytes``, or not hashing to ``expected_sha256``).  Resuming needs a
+    checkpoint that vouches for the part's first bytes (:func:`resume_point`,
+    re-hashed here), range support and the same validator, so the server can
+    refuse (with a full 200) if the content changed meanwhile.  A range reply
+    that ends short of the file (a proxy capping ranges) is followed, in the
+    same attempt, by a request for the rest.
     """
     if should_stop():
         raise DownloadInterrupted(f"stopped before downloading {probe.url}; nothing was fetched")
     part.parent.mkdir(parents=True, exist_ok=True)
     writer = PartWriter(part, limits, probe.url, should_stop=should_stop, on_bytes=on_bytes)
-    have = part.stat().st_size if part.exists() else 0
-    resumed_from = have
-    validator = probe.validator
     try:
-        while validator is not None and can_resume(probe, have):
-            headers = {"Range": f"bytes={have}-", "If-Range": validator}
-            with client.stream("GET", probe.url, headers=headers) as response:
-                resumed = _resume(response, writer, probe, have)
-            if resumed is None:
-                break  # start over with a plain GET
-            streamed, total = resumed
-            if total is None or streamed.size >= total:
-                if streamed.resumed_from == have:  # continued, perhaps over several replies
-                    streamed = dataclasses.replace(streamed, resumed_from=resumed_from)
-                return streamed
-            have = streamed.size  # every reply adds at least one byte: this ends
-        with client.stream("GET", probe.url) as response:
-            if response.status_code == 206:
-                raise TransientFetchError(
-                    f"{probe.url} answered a plain GET with 206 Partial Content; retried later"
-                )
-            _raise_for_status(response, probe.url)
-            return _whole(writer, response, probe)
+        streamed = _download(client, probe, writer)
     except HTTPX_ERRORS as exc:
         raise translate_httpx_error(exc, probe.url, max_redirects=limits.max_redirects) from exc
+    if expected_sha256 is not None and streamed.sha256 != expected_sha256.strip().lower():
+        writer.discard()
+        raise ChecksumMismatch(probe.url, expected_sha256.strip().lower(), streamed.sha256)
+    return streamed
+
+
+def resume_point(part: Path, checkpoint: Path, probe: Probe) -> int:
+    """How many bytes of ``part`` a resume would keep (0: start over), without hashing them.
+
+    Only what ``checkpoint`` vouches for: it must be valid, name the
+    validator ``probe`` has now, and the part must hold at least its length
+    (bytes past it were never vouched for and are cut off); then
+    :func:`can_resume` decides.  :func:`stream_to_part` also re-hashes those
+    bytes before it trusts them; a pipeline uses this to tell whether a
+    resume is planned.
+    """
+    saved = _vouching(part, checkpoint, probe)
+    return 0 if saved is None else saved.length
 
 
 def can_resume(probe: Probe, have: int) -> bool:
@@ -238,8 +252,79 @@ def can_resume(probe: Probe, have: int) -> bool:
     return have > 0 and probe.accept_ranges and probe.validator is not None and fits
 
 
+def pick_validator(etag: str | None, last_modified: str | None) -> str | None:
+    """The ``If-Range`` value for these headers: a strong ETag, else Last-Modified, else None.
+
+    A weak ETag (``W/...``) may not be used in If-Range (RFC 9110 13.1.5): it
+    does not promise byte-identical content.  A value that is not ASCII (an
+    ETag may legally carry such bytes) cannot be sent back as a header, so it
+    is passed over: without a validator the download starts over instead of
+    resuming, which is always safe.
+    """
+    strong_etag = etag if etag and not etag.startswith("W/") else None
+    for candidate in (strong_etag, last_modified):
+        if candidate and candidate.isascii():
+            return candidate
+    return None
+
+
+def _vouching(part: Path, checkpoint: Path, probe: Probe) -> Checkpoint | None:
+    """The checkpoint, if a resume may rely on it for this probe (see :func:`resume_point`)."""
+    saved = Checkpoint.read(checkpoint)
+    if saved is None or saved.validator is None or saved.validator != probe.validator:
+        return None
+    size = regular_size(part)
+    if size is None or size < saved.length or not can_resume(probe, saved.length):
+        return None
+    return saved
+
+
+def _verified_prefix(part: Path, probe: Probe) -> tuple[int, hashlib._Hash | None]:
+    """The resume point and the hash of the bytes before it, re-read from disk and checked."""
+    saved = _vouching(part, checkpoint_for(part), probe)
+    if saved is None:
+        return 0, None
+    hasher = hash_prefix(part, saved.length)
+    if hasher is None or hasher.hexdigest() != saved.sha256:
+        log.warning(
+            "the first %d bytes of %s no longer match its checkpoint; downloading it again",
+            saved.length,
+            part,
+        )
+        return 0, None
+    return saved.length, hasher
+
+
+def _download(client: httpx.Client, probe: Probe, writer: PartWriter) -> Streamed:
+    have, hasher = _verified_prefix(writer.part, probe)
+    resumed_from = have
+    if hasher is not None:
+        writer.carry(have, hasher)
+    # A verified prefix was written under probe.validator (see _vouching).
+    validator = probe.validator
+    while validator is not None and can_resume(probe, have):
+        headers = {"Range": f"bytes={have}-", "If-Range": validator}
+        with client.stream("GET", probe.url, headers=headers) as response:
+            resumed = _resume(response, writer, probe, have, validator)
+        if resumed is None:
+            break  # start over with a plain GET
+        streamed, total = resumed
+        if total is None or streamed.size >= total:
+            if streamed.resumed_from == have:  # continued, perhaps over several replies
+                streamed = dataclasses.replace(streamed, resumed_from=resumed_from)
+            return streamed
+        have = streamed.size  # every reply adds at least one byte: this ends
+    with client.stream("GET", probe.url) as response:
+        if response.status_code == 206:
+            raise TransientFetchError(
+                f"{probe.url} answered a plain GET with 206 Partial Content; retried later"
+            )
+        _raise_for_status(response, probe.url)
+        return _whole(writer, response, probe)
+
+
 def _resume(
-    response: httpx.Response, writer: PartWriter, probe: Probe, have: int
+    response: httpx.Response, writer: PartWriter, probe: Probe, have: int, validator: str
 ) -> tuple[Streamed, int | None] | None:
     """Continue from a ranged answer; None means "start over with a plain GET".
 
@@ -251,9 +336,8 @@ def _resume(
         return _whole(writer, response, probe), None
     if status == 416:
         total = probe.length if probe.length is not None else _range_total(response)
-        if total == have:  # everything is already here
-            sha256 = hash_file(writer.part, have)
-            return Streamed(sha256, have, have, probe.content_type), None
+        if total == have:  # everything is already here, and verified
+            return Streamed(writer.prefix_sha256(have), have, have, probe.content_type), None
         writer.discard()
         return None
     _raise_for_status(response, probe.url)
@@ -262,7 +346,8 @@ def _resume(
         return None  # an answer we cannot safely append; the plain GET truncates the part
     # This reply must run to the end of the range it announced, and no further.
     reply_end = int(match.group(2)) + 1
-    streamed = _streamed(writer, response, offset=have, expected=reply_end)
+    sha256, size = writer.write(response, offset=have, validator=validator, expected=reply_end)
+    streamed = Streamed(sha256, size, have, response.headers.get("Content-Type"))
     total = None if match.group(3) == "*" else int(match.group(3))
     return streamed, total
 
@@ -290,7 +375,8 @@ def _whole(writer: PartWriter, response: httpx.Response, probe: Probe) -> Stream
     connection closes, and a connection that drops early would pass for the
     end of the file: such a body must reach at least the length HEAD gave for
     the same version.  At least, not exactly: a HEAD that understates (some
-    answer 0) must not make the file impossible to fetch.
+    answer 0) must not make the file impossible to fetch.  The bytes are
+    checkpointed under this response's own validator: the version they are.
     """
     length = _content_length(response)
     at_least = None
@@ -302,15 +388,13 @@ def _whole(writer: PartWriter, response: httpx.Response, probe: Probe) -> Stream
             response.headers.get("Last-Modified"),
         )
         at_least = probe.length if same_version else None
-    sha256, size = writer.write(response, offset=0, expected=length, at_least=at_least)
+    written_under = pick_validator(
+        response.headers.get("ETag"), response.headers.get("Last-Modified")
+    )
+    sha256, size = writer.write(
+        response, offset=0, validator=written_under, expected=length, at_least=at_least
+    )
     return Streamed(sha256, size, 0, response.headers.get("Content-Type"))
-
-
-def _streamed(
-    writer: PartWriter, response: httpx.Response, *, offset: int, expected: int | None
-) -> Streamed:
-    sha256, size = writer.write(response, offset=offset, expected=expected)
-    return Streamed(sha256, size, offset, response.headers.get("Content-Type"))
 
 
 def _probe_from(

@@ -1,38 +1,141 @@
-"""Writing a response body into a ``.part`` while hashing and counting it.
+"""Writing a response body into a ``.part`` while hashing, counting and checkpointing it.
 
 Kept apart from the HTTP decisions in :mod:`docstokg.download.fetch`: this is
 the one place that touches the staged file, so the rules about when a part is
 kept (transient failure, interruption: the next attempt resumes it) and when it
 is deleted (over the size limit: no attempt can ever succeed) live together.
+
+Beside every part lies its checkpoint (``<job_id>.part.json``): the validator
+the bytes were written under, and the length and SHA-256 of a prefix that is
+on disk.  A resume trusts only what a checkpoint vouches for (see
+:func:`docstokg.download.fetch.resume_point`), so the checkpoint is written
+before the part changes, every ``checkpoint_bytes`` while it grows, whenever
+the write stops (any exception), and when the body ends.  The part is written
+unbuffered, so a checkpoint never names bytes that are still in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
 from docstokg.download.http_errors import HTTPX_ERRORS, translate_httpx_error
+from docstokg.download.store import (
+    checkpoint_for,
+    hash_file,
+    hash_prefix,
+    open_regular,
+    remove_file,
+)
 from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
 
 if TYPE_CHECKING:
     from docstokg.download.fetch import DownloadLimits
 
-_HASH_BLOCK = 1024 * 1024
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "PartWriter", "hash_file"]
+
+CHECKPOINT_VERSION = 1
+_CHECKPOINT_MAX_BYTES = 16 * 1024  # a validator is a header value: far less than this
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+log = logging.getLogger(__name__)
 
 
-def hash_file(path: Path, size: int) -> str:
-    """SHA-256 (hex) of the first ``size`` bytes of ``path``; they must all be there."""
-    hasher = hashlib.sha256()
-    _hash_prefix(path, size, hasher.update)
-    return hasher.hexdigest()
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What vouches for the first ``length`` bytes of a part.
+
+    ``validator`` is the ``If-Range`` value those bytes were written under
+    (None: the server gave none, so they can never be resumed), ``sha256``
+    the hash of exactly those bytes.
+    """
+
+    validator: str | None
+    length: int
+    sha256: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "validator": self.validator,
+            "length": self.length,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint | None:
+        """The checkpoint at ``path``; None if absent, not a regular file, or not valid."""
+        try:
+            fd = open_regular(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb") as source:
+            raw = source.read(_CHECKPOINT_MAX_BYTES + 1)
+        if len(raw) > _CHECKPOINT_MAX_BYTES:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return cls._from_json(data)
+
+    @classmethod
+    def _from_json(cls, data: object) -> Checkpoint | None:
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            return None
+        validator, length, sha256 = data.get("validator"), data.get("length"), data.get("sha256")
+        if validator is not None and not isinstance(validator, str):
+            return None
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            return None
+        if not isinstance(sha256, str) or _SHA256.fullmatch(sha256) is None:
+            return None
+        return cls(validator, length, sha256)
+
+    def write(self, path: Path) -> None:
+        """Replace the checkpoint at ``path`` atomically (a new file renamed over it).
+
+        ``mkstemp`` creates the temporary file with ``O_EXCL | O_NOFOLLOW``, and
+        the rename replaces whatever is at ``path`` (a link included) without
+        following it.  A folder there cannot be replaced: that is an error.
+        """
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(self.to_json(), out)
+            os.replace(temporary, path)
+        except IsADirectoryError:
+            os.unlink(temporary)
+            raise TransientFetchError(
+                f"{path} is a folder where docstokg keeps a download's checkpoint; it never "
+                "creates one there: remove it and run again (retried later)"
+            ) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
 
 class PartWriter:
-    """Streams one response into ``part``: hashing, counting, honouring stop requests."""
+    """Streams responses into ``part``: hashing, counting, checkpointing, honouring stop requests.
+
+    One writer serves one attempt (one :func:`stream_to_part` call), whose
+    deadlines it enforces over all the replies it writes.
+    """
 
     def __init__(
         self,
@@ -42,69 +145,159 @@ class PartWriter:
         *,
         should_stop: Callable[[], bool],
         on_bytes: Callable[[int], None] | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.part = part
+        self.checkpoint = checkpoint_for(part)
         self.limits = limits
         self.url = url
         self.should_stop = should_stop
         self.on_bytes = on_bytes
-        # The hash of the part as the last write left it: a write that continues
-        # it takes this up instead of reading the part again.
+        self._pace = _Pace(limits, url, part, clock)
+        # The hash of the part as the last write (or the resume check) left
+        # it: a write that continues it takes this up instead of reading it again.
         self._carried: tuple[int, hashlib._Hash] | None = None
+
+    def carry(self, length: int, hasher: hashlib._Hash) -> None:
+        """Take up ``hasher``, the hash of the part's first ``length`` bytes, already verified."""
+        self._carried = (length, hasher)
+
+    def prefix_sha256(self, length: int) -> str:
+        """SHA-256 (hex) of the part's first ``length`` bytes, from the carried hash if it fits."""
+        if self._carried is not None and self._carried[0] == length:
+            return self._carried[1].hexdigest()
+        return hash_file(self.part, length)
 
     def write(
         self,
         response: httpx.Response,
         *,
         offset: int,
+        validator: str | None,
         expected: int | None,
         at_least: int | None = None,
     ) -> tuple[str, int]:
-        """Append the body after the first ``offset`` bytes of the part (0: start over).
+        """Write the body after the first ``offset`` bytes of the part (0: start over).
 
-        ``expected`` is the size the part must then have, if the server said
-        so; ``at_least`` a size it must reach (when only HEAD said it).  A body
-        that ends short of either leaves the part in place for a resume.
-        Returns the SHA-256 (hex) and size of the whole part.
+        ``validator`` is what the bytes are written under (recorded in the
+        checkpoint); ``expected`` the size the part must then have, if the
+        server said so; ``at_least`` a size it must reach (when only HEAD said
+        it).  A body that ends short of either leaves the part in place for a
+        resume.  Returns the SHA-256 (hex) and size of the whole part.
         """
         if expected is not None and expected > self.limits.max_bytes:
             self.discard()
             raise self._too_large(f"is {expected:,} bytes, more")
-        carried, self._carried = self._carried, None
-        if offset and carried is not None and carried[0] == offset:
-            hasher = carried[1]
-        else:
-            hasher = hashlib.sha256()
-            if offset:
-                _hash_prefix(self.part, offset, hasher.update)
-        size = offset
-        too_large = False
-        with self.part.open("ab" if offset else "wb") as out:
+        hasher = self._prefix_hasher(offset)
+        # Recorded before the part changes: bytes past ``offset`` are not vouched for.
+        Checkpoint(validator, offset, hasher.hexdigest()).write(self.checkpoint)
+        fd = self._open_at(offset)
+        try:
+            size = self._pump(response, fd, hasher, offset=offset, validator=validator, of=expected)
+        finally:
+            os.close(fd)
+        if size is None:
+            self.discard()
+            raise self._too_large("sent more bytes")
+        self._check_complete(size, expected, at_least)
+        self._carried = (size, hasher.copy())
+        return hasher.hexdigest(), size
+
+    def discard(self) -> None:
+        """Delete the part and its checkpoint: its bytes cannot be part of a correct download."""
+        remove_file(self.part)
+        remove_file(self.checkpoint)
+
+    def _pump(
+        self,
+        response: httpx.Response,
+        fd: int,
+        hasher: hashlib._Hash,
+        *,
+        offset: int,
+        validator: str | None,
+        of: int | None,
+    ) -> int | None:
+        """Copy the body into ``fd``; the part's new size, or None if it went over max_bytes.
+
+        Whatever stops the copy (a wire error, a stop request, a deadline, a
+        lost lease raised from a callback) first records a checkpoint of the
+        bytes written so far, so the next attempt resumes from there.
+        """
+        size = checkpointed = offset
+        try:
             try:
                 for chunk in _chunks(response, self.limits.chunk_bytes):
                     if size + len(chunk) > self.limits.max_bytes:
-                        too_large = True
-                        break
-                    out.write(chunk)
+                        return None
+                    _write_all(fd, chunk)
                     hasher.update(chunk)
                     size += len(chunk)
                     if self.on_bytes is not None:
                         self.on_bytes(len(chunk))
+                    if size - checkpointed >= self.limits.checkpoint_bytes:
+                        Checkpoint(validator, size, hasher.hexdigest()).write(self.checkpoint)
+                        checkpointed = size
                     if self.should_stop():
-                        out.flush()
                         raise DownloadInterrupted(
                             f"stopped while downloading {self.url} after {size:,} bytes; "
                             f"{self.part} is kept and the next attempt resumes it"
                         )
+                    self._pace.check(len(chunk), size)
             except HTTPX_ERRORS as exc:
-                out.flush()
                 raise translate_httpx_error(
-                    exc, self.url, detail=f" after {size:,} of {_of(expected)} bytes"
+                    exc, self.url, detail=f" after {size:,} of {_of(of)} bytes"
                 ) from exc
-            out.flush()
-        if too_large:
-            self.discard()
-            raise self._too_large("sent more bytes")
+        except BaseException:
+            self._save_after_stop(validator, size, hasher)
+            raise
+        Checkpoint(validator, size, hasher.hexdigest()).write(self.checkpoint)
+        return size
+
+    def _save_after_stop(self, validator: str | None, size: int, hasher: hashlib._Hash) -> None:
+        """Checkpoint the bytes written before a failure, without hiding that failure."""
+        try:
+            Checkpoint(validator, size, hasher.hexdigest()).write(self.checkpoint)
+        except (OSError, TransientFetchError) as exc:
+            # The previous checkpoint still vouches for a shorter prefix: the
+            # next attempt re-fetches a little more, nothing worse.
+            log.warning("could not checkpoint %s after %d bytes: %s", self.part, size, exc)
+
+    def _prefix_hasher(self, offset: int) -> hashlib._Hash:
+        carried, self._carried = self._carried, None
+        if carried is not None and carried[0] == offset:
+            return carried[1]
+        hasher = hash_prefix(self.part, offset) if offset else hashlib.sha256()
+        if hasher is None:
+            raise TransientFetchError(
+                f"{self.part} is shorter than the {offset:,} bytes expected; it changed while "
+                "being hashed (transient: retried later)"
+            )
+        return hasher
+
+    def _open_at(self, offset: int) -> int:
+        """The part opened for writing at ``offset``, cut back to it; never through a link.
+
+        Anything that is not a regular file at the part's path (a link planted
+        there, a FIFO) is removed and replaced by a fresh file.
+        """
+        fd = open_regular(self.part, os.O_WRONLY | os.O_CREAT)
+        if fd is None:
+            remove_file(self.part)  # a folder raises: it is not ours to delete
+            fd = open_regular(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        if fd is None:  # pragma: no cover - someone replaced it again between two calls
+            raise TransientFetchError(f"{self.part} is not a regular file; retried later")
+        if os.fstat(fd).st_size < offset:
+            os.close(fd)
+            raise TransientFetchError(
+                f"{self.part} is shorter than the {offset:,} bytes checked a moment ago; it "
+                "changed meanwhile (transient: retried later)"
+            )
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        return fd
+
+    def _check_complete(self, size: int, expected: int | None, at_least: int | None) -> None:
         if expected is not None and size != expected:
             raise TransientFetchError(
                 f"server sent {size:,} of {expected:,} bytes for {self.url}; {self.part} is "
@@ -116,18 +309,73 @@ class PartWriter:
                 f"{at_least:,} its HEAD announced; {self.part} is kept and the next attempt "
                 "resumes it (transient: retried later)"
             )
-        self._carried = (size, hasher.copy())
-        return hasher.hexdigest(), size
-
-    def discard(self) -> None:
-        """Delete the part: its bytes cannot be part of a correct download."""
-        self.part.unlink(missing_ok=True)
 
     def _too_large(self, what: str) -> PermanentFetchError:
         return PermanentFetchError(
             f"{self.url} {what} than the max_bytes limit of {self.limits.max_bytes:,}; the "
             f"partial file was deleted (permanent: not retried; raise max_bytes to fetch it)"
         )
+
+
+class _Pace:
+    """The attempt's deadline and minimum speed (curl's ``--max-time``, ``--speed-limit/-time``).
+
+    A read timeout bounds the wait for each chunk, not the whole body: a
+    server that drips a byte just inside it would hold a worker forever.
+    Checked after every chunk; the speed is measured over samples taken at
+    most every 1/16 of the window, so memory stays bounded at any rate.
+    """
+
+    def __init__(
+        self, limits: DownloadLimits, url: str, part: Path, clock: Callable[[], float]
+    ) -> None:
+        self.limits = limits
+        self.url = url
+        self.part = part
+        self.clock = clock
+        self.started = clock()
+        self.received = 0
+        self.samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+
+    def check(self, chunk: int, size: int) -> None:
+        self.received += chunk
+        now = self.clock()
+        deadline = self.limits.attempt_deadline_s
+        if deadline > 0 and now - self.started > deadline:
+            raise TransientFetchError(
+                f"{self.url} was still downloading after {deadline:g} s, the limit for one "
+                f"attempt (attempt_deadline_s); {self.part} is kept ({size:,} bytes) and the "
+                "next attempt resumes it (transient: retried later)"
+            )
+        self._check_speed(now, size)
+
+    def _check_speed(self, now: float, size: int) -> None:
+        minimum, window = self.limits.min_speed_bytes_s, self.limits.min_speed_window_s
+        if minimum <= 0 or window <= 0:
+            return
+        while len(self.samples) > 1 and self.samples[1][0] <= now - window:
+            self.samples.popleft()
+        since, base = self.samples[0]
+        if now - since >= window and self.received - base < minimum * window:
+            rate = (self.received - base) / (now - since)
+            raise TransientFetchError(
+                f"{self.url} sent {rate:,.0f} bytes/s over the last {now - since:.3g} s, under "
+                f"the minimum of {minimum:g} bytes/s over {window:g} s (min_speed_bytes_s, "
+                f"min_speed_window_s); {self.part} is kept ({size:,} bytes) and the next "
+                "attempt resumes it (transient: retried later)"
+            )
+        if now - self.samples[-1][0] >= window / 16:
+            self.samples.append((now, self.received))
+
+
+def _of(expected: int | None) -> str:
+    return "an unknown number of" if expected is None else f"{expected:,}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _chunks(response: httpx.Response, chunk_bytes: int) -> Iterator[bytes]:
@@ -140,21 +388,3 @@ def _chunks(response: httpx.Response, chunk_bytes: int) -> Iterator[bytes]:
     for piece in response.iter_raw():
         for start in range(0, len(piece), chunk_bytes):
             yield piece[start : start + chunk_bytes]
-
-
-def _of(expected: int | None) -> str:
-    return "an unknown number of" if expected is None else f"{expected:,}"
-
-
-def _hash_prefix(path: Path, size: int, update: Callable[[bytes], object]) -> None:
-    remaining = size
-    with path.open("rb") as source:
-        while remaining:
-            block = source.read(min(_HASH_BLOCK, remaining))
-            if not block:
-                raise TransientFetchError(
-                    f"{path} is shorter than the {size:,} bytes expected; it changed while "
-                    "being hashed (transient: retried later)"
-                )
-            update(block)
-            remaining -= len(block)

@@ -1,29 +1,46 @@
 """The on-disk layout of a run: staged ``.part`` files and content-addressed artifacts.
 
-``DIR/.staging/<job_id>.part`` holds a download in progress; the finished file
-moves to ``DIR/artifacts/<sha[:2]>/<sha256>``.  Every path is built from a job
-id or a SHA-256 that is checked to be hex, never from manifest strings, so no
-URL or artifact id can make a path escape ``DIR``.  Staging and artifacts live
-on the same filesystem, so the move is one atomic ``os.replace``.
+``DIR/.staging/<job_id>.part`` holds a download in progress, with its
+checkpoint ``<job_id>.part.json`` beside it; the finished file moves to
+``DIR/artifacts/<sha[:2]>/<sha256>``.  Every path is built from a job id or a
+SHA-256 that is checked to be hex, never from manifest strings, so no URL or
+artifact id can make a path escape ``DIR``.  Staging and artifacts live on the
+same filesystem, so the move is one atomic ``os.replace``.
+
+Nothing under ``DIR`` is trusted to be what its name says: files are opened
+without following links (``O_NOFOLLOW``) and checked to be regular files, a
+link or device where a file belongs is removed rather than written through,
+and a file already at an artifact's address is hashed before it is kept.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
 
-from docstokg.errors import TransientFetchError
+from docstokg.errors import StoreError, TransientFetchError
 
 # New job ids are hex UUIDs; ids adopted from a v3 ledger may be any short
 # name.  Letters, digits, dot, dash, underscore, not starting with a dot: no
 # separator, no "..", so no staging path can leave the staging folder.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_HASH_BLOCK = 1024 * 1024
+# O_NONBLOCK: opening a FIFO planted where a file belongs must not hang the
+# worker; it changes nothing for regular files.
+_SAFE_FLAGS = (
+    getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+# What opening something that is not a regular file fails with under _SAFE_FLAGS.
+_NOT_REGULAR_ERRNOS = frozenset({errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK})
 
 
 class ArtifactStore:
-    """DIR/.staging for parts, DIR/artifacts for content-addressed files."""
+    """DIR/.staging for parts and their checkpoints, DIR/artifacts for content-addressed files."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
@@ -31,9 +48,10 @@ class ArtifactStore:
         self.artifacts_dir = self.out_dir / "artifacts"
 
     def prepare(self) -> None:
-        """Create the staging and artifacts directories (idempotent)."""
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        """Create the staging and artifacts folders (idempotent); refuse links and files there."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _ensure_real_dir(self.staging_dir)
+        _ensure_real_dir(self.artifacts_dir)
 
     def part_path(self, job_id: str) -> Path:
         """Where job ``job_id`` stages its download; refuses ids that could name another path."""
@@ -43,6 +61,16 @@ class ArtifactStore:
                 "not starting with '.', no '..'); refusing to build a staging path from it"
             )
         return self.staging_dir / f"{job_id}.part"
+
+    def checkpoint_path(self, job_id: str) -> Path:
+        """The checkpoint that vouches for the first bytes of ``part_path(job_id)``."""
+        return checkpoint_for(self.part_path(job_id))
+
+    def discard_part(self, job_id: str) -> None:
+        """Delete a job's part and its checkpoint: they can never be part of a correct download."""
+        part = self.part_path(job_id)
+        remove_file(part)
+        remove_file(checkpoint_for(part))
 
     def relpath_for(self, sha256: str) -> str:
         """The artifact's path relative to ``out_dir`` (POSIX): artifacts/<sha[:2]>/<sha>."""
@@ -63,53 +91,267 @@ class ArtifactStore:
 
         Safe to replay: once the rename has happened (and the caller crashed
         before recording it) the part is gone and the artifact is there, which
-        is success.  An artifact that already exists has the same name, so the
-        same hash: the part is a duplicate and is simply removed.  The hash is
-        the one STREAM computed while writing the part; only its size is
-        checked here, which catches a part that changed since.
+        is success once the artifact's hash is checked.  A regular file
+        already at the address is hashed: the same bytes are kept (the part is
+        a duplicate and is removed), other bytes are replaced by the part.  A
+        link or device there is replaced, never followed.  The part's hash is
+        the one STREAM computed while writing it; only its size is checked
+        here, which catches a part that changed since.
         """
         relpath = self.relpath_for(sha256)
         final = self.out_dir / relpath
         try:
-            part_size = part.stat().st_size
+            info = part.lstat()
         except FileNotFoundError:
-            if _size_of(final) == size:
-                return relpath
+            return self._replayed(part, final, relpath, sha256=sha256, size=size)
+        if not stat.S_ISREG(info.st_mode):
+            wrong = "is not a regular file (a link or a device, never followed)"
+        elif info.st_size != size:
+            wrong = f"holds {info.st_size:,} bytes but the download recorded {size:,}"
+        else:
+            wrong = None
+        if wrong is not None:
+            remove_file(part)
+            remove_file(checkpoint_for(part))
             raise TransientFetchError(
-                f"staged file {part} vanished before it was finalized; the artifact is "
-                "fetched again"
-            ) from None
-        if part_size != size:
-            part.unlink(missing_ok=True)
-            raise TransientFetchError(
-                f"staged file {part} holds {part_size:,} bytes but the download recorded "
-                f"{size:,}; it was deleted rather than stored, and the artifact is fetched again"
+                f"staged file {part} {wrong}; it was deleted rather than stored, and the "
+                "artifact is fetched again"
             )
         _fsync_file(part)
-        if not final.parent.is_dir():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            # The new folder's own entry must survive a power cut too, or a
-            # recorded final_path could name a folder that is gone.
-            _fsync_dir(self.artifacts_dir)
-        if _size_of(final) == size:
+        self._artifact_folder(final.parent)
+        if _holds(final, sha256, size):
             part.unlink()
-        else:  # absent (or a stray of the wrong size, which ours replaces)
+        else:  # absent, a link, or a stray with other bytes: ours replaces it
+            if final.is_dir() and not final.is_symlink():
+                raise TransientFetchError(
+                    f"{final} is a folder where the artifact {sha256} belongs; docstokg "
+                    "never creates one there: remove it and run again (retried later)"
+                )
             os.replace(part, final)
             _fsync_dir(final.parent)
+        remove_file(checkpoint_for(part))
         _fsync_dir(part.parent)
         return relpath
 
+    def check_stored(self, final_path: str, size: int) -> str | None:
+        """Why the stored file at ``final_path`` is not a regular file of ``size`` bytes, or None.
 
-def _size_of(path: Path) -> int | None:
+        An ``lstat`` per path component, no hashing: cheap enough for a run to
+        re-check every file its manifest already stored.  A path that leaves
+        ``out_dir`` (``..``, an absolute path elsewhere) or crosses a link is
+        never looked at; its reason says so.
+        """
+        located = self._stored_file(final_path)
+        if isinstance(located, str):
+            return located
+        try:
+            info = located.lstat()
+        except FileNotFoundError:
+            return "missing"
+        if stat.S_ISLNK(info.st_mode):
+            return "a link, not a regular file"
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if info.st_size != size:
+            return f"size {info.st_size:,} instead of {size:,}"
+        return None
+
+    def verify_stored(self, final_path: str, sha256: str, size: int) -> str | None:
+        """Like :meth:`check_stored`, and the file's bytes must also hash to ``sha256``."""
+        reason = self.check_stored(final_path, size)
+        if reason is not None:
+            return reason
+        located = self._stored_file(final_path)
+        assert not isinstance(located, str)  # check_stored accepted it
+        hasher = hash_prefix(located, size)
+        if hasher is None:
+            return "changed while being hashed"
+        actual = hasher.hexdigest()
+        if actual != sha256:
+            return f"sha256 {actual[:12]} instead of {sha256[:12]}"
+        return None
+
+    def _stored_file(self, final_path: str) -> Path | str:
+        """The path ``final_path`` names under ``out_dir``, or the reason it is refused."""
+        path = PurePosixPath(final_path)
+        if path.is_absolute():
+            try:
+                path = PurePosixPath(os.path.abspath(final_path)).relative_to(
+                    os.path.abspath(self.out_dir)
+                )
+            except ValueError:
+                return f"path {final_path!r} is outside {self.out_dir}"
+        if not path.parts or ".." in path.parts:
+            return f"path {final_path!r} is outside {self.out_dir}"
+        folder = self.out_dir
+        for name in path.parts[:-1]:
+            folder = folder / name
+            try:
+                info = folder.lstat()
+            except FileNotFoundError:
+                return "missing"
+            if stat.S_ISLNK(info.st_mode):
+                return f"{folder} is a link, not a folder"
+            if not stat.S_ISDIR(info.st_mode):
+                return f"{folder} is not a folder"
+        return folder / path.parts[-1]
+
+    def _replayed(self, part: Path, final: Path, relpath: str, *, sha256: str, size: int) -> str:
+        """The part is gone: success only if the artifact already holds exactly these bytes."""
+        if _holds(final, sha256, size):
+            remove_file(checkpoint_for(part))
+            return relpath
+        raise TransientFetchError(
+            f"staged file {part} vanished before it was finalized; the artifact is fetched again"
+        )
+
+    def _artifact_folder(self, folder: Path) -> None:
+        """Make ``artifacts/<xx>`` a real folder, replacing a link or a file found there."""
+        _ensure_real_dir(self.artifacts_dir)
+        try:
+            info = folder.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISDIR(info.st_mode):
+                return
+            folder.unlink()  # a link (never followed) or a stray file
+        folder.mkdir(exist_ok=True)
+        # The new folder's own entry must survive a power cut too, or a
+        # recorded final_path could name a folder that is gone.
+        _fsync_dir(self.artifacts_dir)
+
+
+def checkpoint_for(part: Path) -> Path:
+    """The checkpoint beside a part: ``<job_id>.part.json``."""
+    return part.with_name(part.name + ".json")
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o644) -> int | None:
+    """A descriptor on the regular file at ``path``, never through a link.
+
+    None when something else is there (a link, a folder, a FIFO, a device);
+    a missing file raises FileNotFoundError unless ``flags`` has ``O_CREAT``.
+    """
     try:
-        return path.stat().st_size
+        fd = os.open(path, flags | _SAFE_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno in _NOT_REGULAR_ERRNOS:
+            return None
+        raise
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
+def regular_size(path: Path) -> int | None:
+    """The size of the regular file at ``path`` (not followed if a link); None for anything else."""
+    try:
+        info = path.lstat()
     except FileNotFoundError:
         return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def remove_file(path: Path) -> None:
+    """Unlink ``path`` (a file or a link, never what a link points to).
+
+    An empty folder there is removed too (it holds nothing to lose); a folder
+    with something in it is not docstokg's to delete, and raises.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        try:
+            path.rmdir()
+        except OSError as exc:
+            raise TransientFetchError(
+                f"{path} is a folder holding files, where docstokg keeps a file of its own; "
+                "it deletes no folder it did not make: move it away and run again "
+                "(retried later)"
+            ) from exc
+        return
+    path.unlink(missing_ok=True)
+
+
+def hash_prefix(path: Path, size: int) -> hashlib._Hash | None:
+    """SHA-256 state over the first ``size`` bytes of the regular file ``path``.
+
+    None when ``path`` is missing, not a regular file, or shorter than ``size``:
+    then no prefix of it can be vouched for.
+    """
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    if fd is None:
+        return None
+    hasher = hashlib.sha256()
+    remaining = size
+    with os.fdopen(fd, "rb") as source:
+        while remaining:
+            block = source.read(min(_HASH_BLOCK, remaining))
+            if not block:
+                return None
+            hasher.update(block)
+            remaining -= len(block)
+    return hasher
+
+
+def hash_file(path: Path, size: int) -> str:
+    """SHA-256 (hex) of the first ``size`` bytes of ``path``; they must all be there."""
+    hasher = hash_prefix(path, size)
+    if hasher is None:
+        raise TransientFetchError(
+            f"{path} is not a regular file of at least {size:,} bytes; it changed while "
+            "being hashed (transient: retried later)"
+        )
+    return hasher.hexdigest()
+
+
+def _holds(final: Path, sha256: str, size: int) -> bool:
+    """Whether ``final`` is a regular file (not a link) of ``size`` bytes hashing to ``sha256``."""
+    if regular_size(final) != size:
+        return False
+    hasher = hash_prefix(final, size)
+    return hasher is not None and hasher.hexdigest() == sha256
+
+
+def _ensure_real_dir(folder: Path) -> None:
+    """Create ``folder`` if missing; refuse a link or a file standing in its place."""
+    try:
+        folder.mkdir()
+        return
+    except FileExistsError:
+        pass
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(
+            f"{folder} is a symbolic link (to {os.readlink(folder)!r}); docstokg writes only "
+            "into real folders under --out, so that no download lands outside it: replace "
+            "the link with a folder, or choose another --out"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(
+            f"{folder} is not a folder; docstokg keeps its files there: move it away, or "
+            "choose another --out"
+        )
 
 
 def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
+    fd = open_regular(path, os.O_RDONLY)
+    if fd is None:
+        raise TransientFetchError(
+            f"{path} stopped being a regular file while it was stored; the artifact is "
+            "fetched again"
+        )
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

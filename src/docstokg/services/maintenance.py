@@ -15,6 +15,9 @@ from pathlib import Path
 from docstokg.ledger import Ledger
 
 PART_SUFFIX = ".part"
+# Beside each part, the checkpoint that vouches for its bytes (length, SHA-256,
+# validator): it goes with its part, and alone it vouches for nothing.
+CHECKPOINT_SUFFIX = ".part.json"
 
 
 @dataclass(slots=True)
@@ -55,6 +58,24 @@ def cleanup_stale_ops(
         )
         uow.commit()
     return abandoned
+
+
+def _checkpoint_of(part: Path) -> Path:
+    return part.with_name(part.name[: -len(PART_SUFFIX)] + CHECKPOINT_SUFFIX)
+
+
+def _delete_orphan_checkpoints(staging_root: Path, max_age_s: float) -> None:
+    """Delete old checkpoints whose part is gone (a crash between the two unlinks)."""
+    if not staging_root.is_dir():
+        return
+    for checkpoint in staging_root.glob(f"*{CHECKPOINT_SUFFIX}"):
+        part = checkpoint.with_name(checkpoint.name[: -len(CHECKPOINT_SUFFIX)] + PART_SUFFIX)
+        try:
+            old = time.time() - checkpoint.lstat().st_mtime > max_age_s
+        except FileNotFoundError:
+            continue
+        if old and not part.exists():
+            checkpoint.unlink(missing_ok=True)
 
 
 def reconcile_jobs(
@@ -101,7 +122,10 @@ def reconcile_jobs(
         else:
             if not dry_run:
                 part.unlink(missing_ok=True)
+                _checkpoint_of(part).unlink(missing_ok=True)
             report.parts_deleted.append(part)
+    if not dry_run:
+        _delete_orphan_checkpoints(staging_root, max_age_s)
 
     missing = [job_id for job_id, final_path in finalized if not (base / final_path).exists()]
     if dry_run:
