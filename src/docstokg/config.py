@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import annotated_types
 import yaml
 from pydantic import (
     BaseModel,
@@ -644,14 +643,14 @@ def _allowed_range(key: str) -> str | None:
     if field.annotation not in (int, float):
         return None
     lower, joiner, upper = "", " to ", ""
-    for bound in field.metadata:
-        if isinstance(bound, annotated_types.Gt):
-            lower, joiner = f"above {_show(bound.gt)}", " and at most "
-        elif isinstance(bound, annotated_types.Ge):
-            lower = f"from {_show(bound.ge)}"
-        elif isinstance(bound, annotated_types.Le):
-            name = _BOUND_NAMES.get(bound.le)
-            upper = _show(bound.le) + (f" ({name})" if name else "")
+    for bound in field.metadata:  # pydantic's Gt/Ge/Le markers, one attribute each
+        if (above := getattr(bound, "gt", None)) is not None:
+            lower, joiner = f"above {_show(above)}", " and at most "
+        elif (least := getattr(bound, "ge", None)) is not None:
+            lower = f"from {_show(least)}"
+        elif (most := getattr(bound, "le", None)) is not None:
+            name = _BOUND_NAMES.get(most)
+            upper = _show(most) + (f" ({name})" if name else "")
     kind = "an integer" if field.annotation is int else "a number"
     text = f"{kind} {lower}{joiner}{upper}"
     return f"{text}; 0 disables it" if key in _ZERO_DISABLES else text

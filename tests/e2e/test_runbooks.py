@@ -19,6 +19,7 @@ AGENTS.md follows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -65,6 +66,7 @@ RUNBOOK_TITLES = {
     3: "stale .part files",
     4: "failure rate",
     5: "database is locked",
+    6: "stored file missing or corrupt",
 }
 PARTS = ("Symptom", "Diagnose", "Cause", "Resolution", "Prevention")
 PLACEHOLDERS = {"DB", "OUT", "JOB"}
@@ -314,9 +316,9 @@ def _die() -> dict[str, object]:
 # --- the page itself ---------------------------------------------------------------------------
 
 
-def test_five_runbooks_each_with_the_five_parts_in_order() -> None:
+def test_six_runbooks_each_with_the_five_parts_in_order() -> None:
     sections = runbook_sections()
-    assert sorted(sections) == [1, 2, 3, 4, 5]
+    assert sorted(sections) == [1, 2, 3, 4, 5, 6]
     for number, fragment in RUNBOOK_TITLES.items():
         title, body = sections[number]
         assert fragment in title.lower(), f"runbook {number} is titled {title!r}"
@@ -899,6 +901,8 @@ def test_the_json_documents_in_agents_md_are_what_the_commands_print(
     stray = out / ".staging" / f"{uuid.UUID(int=7)}.part"
     stray.write_bytes(b"x")
     os.utime(stray, (0, 0))
+    [artifact] = [path for path in (out / "artifacts").rglob("*") if path.is_file()]
+    artifact.write_bytes(b"\0" * artifact.stat().st_size)  # for job verify to find
 
     # In this process (the runbook tests run the same commands as subprocesses).
     for name in [name for name in os.environ if name.startswith("DOCSTOKG_")]:
@@ -924,9 +928,11 @@ def test_the_json_documents_in_agents_md_are_what_the_commands_print(
                               *ledger_of_out),
         "job retry": invoke("job", "retry", failed, str(uuid.UUID(int=0)), *ledger_of_out),
         "job vacuum": invoke("job", "vacuum", "--older-than", "1s", *ledger_of_out),
+        "job verify": invoke("job", "verify", *ledger_of_out),
     }  # fmt: skip
     for command, result in printed.items():
-        assert result.returncode == (1 if command == "job retry" else 0), result.explain()
+        failing = command in ("job retry", "job verify")
+        assert result.returncode == (1 if failing else 0), result.explain()
         document = result.json()
         assert document, result.explain()
         same_shape(documented_shape(command), shape(document), command)
@@ -938,3 +944,52 @@ def test_the_json_documents_in_agents_md_are_what_the_commands_print(
     assert printed["job cleanup"].json()["stale_parts"]
     assert printed["job retry"].json()["retried"] == [failed]
     assert printed["job retry"].json()["skipped"]
+    assert printed["job verify"].json()["bad"]
+
+
+# --- runbook 6: a stored file missing or corrupt ------------------------------------------------
+
+
+def test_runbook_6_finds_the_damaged_files_and_the_repair_lets_a_run_restore_them(
+    backend: str, db_url: str, tmp_path: Path, server: ArtifactServer
+) -> None:
+    bodies = [generated_body(f"rb6-{n}", 4 * KiB + n) for n in range(3)]
+    rows = [("W", str(n), server.add(f"/rb6-{n}.pdf", Artifact(body))) for n, body in
+            enumerate(bodies)]  # fmt: skip
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "store"
+    ran = cli("run", str(manifest), "--out", str(out), "--db", db_url, "--idempotency",
+              cwd=tmp_path, env=shell_env(tmp_path))  # fmt: skip
+    assert ran.returncode == 0, ran.explain()
+    ids = [job_id(*row) for row in rows]
+    with Ledger.connect(db_url) as ledger, ledger.unit_of_work(read_only=True) as uow:
+        final_paths = {job.job_id: str(job.final_path) for job in uow.jobs.get_many(ids)}
+    corrupt, missing = (out / final_paths[ids[n]] for n in (0, 1))
+    corrupt.write_bytes(b"\0" * corrupt.stat().st_size)
+    missing.unlink()
+
+    seen = run_runbook("runbook-check", 6, tmp_path=tmp_path, db=db_url, out=out, job=ids[0])
+    verified = json.loads(seen.of("job verify").stdout.split("job verify exit")[0])
+    problems = {bad["job_id"]: bad["problem"] for bad in verified["bad"]}
+    assert problems.keys() == {ids[0], ids[1]}
+    assert problems[ids[0]].startswith("sha256 ")
+    assert problems[ids[1]] == "missing"
+    assert "job verify exit 1" in seen.of("job verify").stdout
+    shown = seen.json("job show")
+    assert shown["job"]["sha256"] == hashlib.sha256(bodies[0]).hexdigest()
+    assert len(seen.of("cat").stdout.strip()) == 32
+    [stored] = run_sql(6, db_url)
+    assert {row["job_id"] for row in stored} == set(ids)
+
+    if backend != "sqlite":
+        return  # see REPAIRS above
+    fixed = run_runbook("runbook-fix", 6, tmp_path=tmp_path, db=db_url, out=out)
+    repaired = json.loads(fixed.of("job verify").stdout.split("requeued the jobs listed")[0])
+    assert sorted(repaired["requeued"]) == sorted(ids[:2])
+    assert fixed.json("job status")["counts"]["FAILED"] == 2
+    again = cli("run", str(manifest), "--out", str(out), "--db", db_url, "--idempotency",
+                cwd=tmp_path, env=shell_env(tmp_path))  # fmt: skip
+    assert again.returncode == 0, again.explain()
+    assert corrupt.read_bytes() == bodies[0]
+    assert missing.read_bytes() == bodies[1]
+    assert [server.stats(f"/rb6-{n}.pdf").get_requests for n in range(3)] == [2, 2, 1]

@@ -29,13 +29,16 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
 
-def folder_path(text: str) -> Path:
+def folder_path(text: str | Path) -> Path:
     """The parser of folder options (``--out``): an empty value is a usage error.
 
     ``Path("")`` is ``Path(".")``: without this check ``--out ''`` (an unset shell
     variable) would quietly fill, or read, whatever folder the command runs in.
-    Typer reports the error naming the option, with exit code 2.
+    Typer reports the error naming the option, with exit code 2.  A default
+    arrives as the ``Path`` it already is.
     """
+    if isinstance(text, Path):
+        return text
     if not text.strip():
         raise typer.BadParameter(
             f"{text!r} is empty; name a folder, e.g. store (is a shell variable unset?)"
