@@ -38,7 +38,7 @@ from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
 from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
-from docstokg.redact import mask_url
+from docstokg.redact import mask_url, mask_urls
 from docstokg.reporting import NullReporter, RunReporter
 from docstokg.services import (
     Backoff,
@@ -184,7 +184,7 @@ class RunSummary:
                     "sha256": job.sha256,
                     "size_bytes": job.size_bytes,
                     "final_path": job.final_path,
-                    "error": job.error,
+                    "error": None if job.error is None else mask_urls(job.error),
                     "attempts": job.attempts,
                     "ended": job.ended,
                 }

@@ -21,10 +21,13 @@ from docstokg.errors import StoreMismatch
 from docstokg.manifest import Manifest, read_manifest
 from docstokg.services.stores import STORE_ID_FILE, bind_store, verify_store
 from tests.runner_kit import (
+    StopAfterBytes,
     artifact_files,
     assert_stored,
     job_record,
     make_config,
+    make_run,
+    part_files,
     run_download,
     sha256_of,
     write_manifest,
@@ -198,3 +201,28 @@ def test_a_download_that_does_not_match_the_manifest_checksum_fails_for_good(
         record = job_record(empty_db_url, failed.job_id)
         assert record.expected_sha256 == wrong
         assert record.exhausted
+
+
+# -- a .part is trusted only as far as its checkpoint vouches ------------------------------
+
+
+def test_a_part_tampered_between_runs_is_fetched_again_not_stored(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    body = generated_body("tamper", 3 * 1024 * 1024)
+    url = server.add("/big.bin", Artifact(body=body, etag='"v1"'))
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W", "big", url)])
+    out = tmp_path / "store"
+    stopper = StopAfterBytes(2 * 1024 * 1024)
+    run = make_run(manifest, out, make_config(), db_url=empty_db_url, workers=1, reporter=stopper)
+    stopper.stop = run.request_stop
+    assert run.run().exit_code == 130
+    [part] = part_files(out)
+    kept = part.read_bytes()
+    part.write_bytes(kept[:1000] + b"\xff" * 1000 + kept[2000:])  # same length, other bytes
+
+    summary = run_download(manifest, out, make_config(), db_url=empty_db_url)
+
+    assert summary.exit_code == 0
+    assert_stored(out, summary.jobs[0], body)
+    assert server.stats("/big.bin").full_gets == 2  # the second run started from zero

@@ -21,6 +21,7 @@ from docstokg.cli.output import err
 from docstokg.cli.run import run
 from docstokg.cli.verify import verify
 from docstokg.errors import ConfigurationError, DocstokgError
+from docstokg.redact import mask_urls
 
 app = typer.Typer(
     help="Fetch every artifact of a manifest exactly once, and see where every job stands.",
@@ -45,5 +46,7 @@ def main() -> None:
     try:
         app()
     except DocstokgError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] {escape(mask_urls(str(exc)))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2 if isinstance(exc, ConfigurationError) else 1)
