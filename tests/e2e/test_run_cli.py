@@ -305,22 +305,26 @@ def poll_child(check: Callable[[], bool], *, timeout: float, failure: Callable[[
         time.sleep(0.01)
 
 
-def wait_for_part(part: Path, at_least: int, *, timeout: float = 30.0) -> int:
-    """Until the child's .part holds ``at_least`` bytes; returns its size.
+def wait_for_checkpoint(part: Path, at_least: int, *, timeout: float = 30.0) -> int:
+    """Until the checkpoint beside the child's .part vouches for ``at_least`` bytes; returns them.
 
-    The server's pause gate says when the server has *sent* PAUSE_AT bytes,
-    not when the child has *written* them.
+    Only bytes a checkpoint vouches for are resumed after a SIGKILL.
     """
+    checkpoint = part.with_name(part.name + ".json")
 
-    def size() -> int:
-        return part.stat().st_size if part.exists() else 0
+    def length() -> int:
+        try:
+            recorded = json.loads(checkpoint.read_text(encoding="utf-8"))["length"]
+        except (FileNotFoundError, ValueError, KeyError):  # not yet written, or mid-replace
+            return 0
+        return int(recorded)
 
     poll_child(
-        lambda: size() >= at_least,
+        lambda: length() >= at_least,
         timeout=timeout,
-        failure=lambda: f"{part} held {size():,} bytes after {timeout} s, wanted {at_least:,}",
+        failure=lambda: f"{checkpoint} vouched for {length():,} bytes after {timeout} s",
     )
-    return size()
+    return length()
 
 
 def wait_for_stderr(running: Running, text: str, *, timeout: float = 30.0) -> None:
@@ -365,14 +369,15 @@ def test_sigkill_mid_stream_then_rerun_resumes_with_range_and_finalizes_once(
 
     first = start(*args, cwd=tmp_path, env=env)
     assert server.wait_paused(LARGE, timeout=30), first.finish(timeout=5).explain()
-    # Let the child write (nearly) all the bytes the server sent before the pause,
-    # so the kill leaves a .part worth resuming.
-    wait_for_part(part_path(out, large), PAUSE_AT - 64 * KiB)
+    # Let the child write all the bytes the server sent before the pause and
+    # checkpoint them (one checkpoint per MiB), so the kill leaves a .part
+    # worth resuming.
+    vouched = wait_for_checkpoint(part_path(out, large), PAUSE_AT)
     first.process.kill()
     assert first.process.wait(timeout=10) == -signal.SIGKILL
     server.release(LARGE)
     kept = part_path(out, large).stat().st_size
-    assert 0 < kept <= PAUSE_AT
+    assert vouched == kept == PAUSE_AT
 
     second = cli(*args, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.explain()
@@ -469,15 +474,18 @@ def test_an_unknown_option_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("out_arg", "reason"),
+    ("out_arg", "message"),
     [
-        ("a-file", "a-file is a file, not a folder"),
-        ("a-file/below", "a-file/below: Not a directory"),
-        ("a-folder", "a-folder/.staging is a file, not a folder"),
+        ("a-file", "--out a-file cannot be the output folder (a-file is a file, not a folder)"),
+        (
+            "a-file/below",
+            "--out a-file/below cannot be the output folder (a-file/below: Not a directory)",
+        ),
+        ("a-folder", "a-folder/.staging is not a folder; docstokg keeps its files there"),
     ],
 )
 def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(
-    out_arg: str, reason: str, server: ArtifactServer, tmp_path: Path
+    out_arg: str, message: str, server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "good", 1, 8 * KiB)
     manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
@@ -487,7 +495,7 @@ def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(
 
     result = cli("run", str(manifest), "--out", out_arg, "--idempotency", cwd=tmp_path)
 
-    assert_clean_error(result, f"--out {out_arg} cannot be the output folder ({reason})")
+    assert_clean_error(result, message)
     assert server.stats(served[0].path).get_requests == 0
 
 
@@ -511,7 +519,7 @@ def test_malformed_rows_are_reported_with_line_numbers_and_skipped(
 
     result = cli("run", "manifest.jsonl", "--out", "out", "--idempotency", "--json", cwd=tmp_path)
 
-    assert result.returncode == 0, result.explain()
+    assert result.returncode == 1, result.explain()  # skipped rows are work not done
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == 3, result.explain()
     assert skipped[0].startswith("skipped manifest.jsonl:2: "), skipped
@@ -816,7 +824,7 @@ def test_the_json_summary_has_the_documented_shape(server: ArtifactServer, tmp_p
         cwd=tmp_path,
     )
 
-    assert result.returncode == 0, result.explain()
+    assert result.returncode == 1, result.explain()  # line 4 was skipped
     summary = result.summary()
     assert set(summary) == SUMMARY_KEYS
     assert summary["ledger"] is True
@@ -831,7 +839,7 @@ def test_the_json_summary_has_the_documented_shape(server: ArtifactServer, tmp_p
     assert isinstance(summary["elapsed_s"], float)
     assert summary["elapsed_s"] >= 0
     assert summary["interrupted"] is False
-    assert summary["exit_code"] == 0
+    assert summary["exit_code"] == 1
     assert len(summary["jobs"]) == 3
     for job in summary["jobs"]:
         assert set(job) == JOB_KEYS, job

@@ -69,8 +69,10 @@ def test_verify_reports_damage_by_job_and_repair_lets_a_run_restore_it(
 
     repaired = _docstokg("job", "verify", "--out", str(out), "--repair", cwd=tmp_path)
     assert repaired.returncode == 1  # the store was bad when looked at
-    assert bad["job_id"] in repaired.stdout
+    assert "1 of 3 stored files are missing or corrupt" in repaired.stdout
     assert "fetched again" in repaired.stdout
+    requeued = _docstokg("job", "show", bad["job_id"], "--out", str(out), "--json", cwd=tmp_path)
+    assert json.loads(requeued.stdout)["job"]["state"] == "FAILED"
 
     rerun = _docstokg("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
