@@ -37,6 +37,7 @@ from docstokg.download.store import (
     checkpoint_for,
     hash_file,
     hash_prefix,
+    open_existing_regular,
     open_regular,
     remove_file,
 )
@@ -77,10 +78,7 @@ class Checkpoint:
     @classmethod
     def read(cls, path: Path) -> Checkpoint | None:
         """The checkpoint at ``path``; None if absent, not a regular file, or not valid."""
-        try:
-            fd = open_regular(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
+        fd = open_existing_regular(path)
         if fd is None:
             return None
         with os.fdopen(fd, "rb") as source:

@@ -245,6 +245,14 @@ def open_regular(path: Path, flags: int, mode: int = 0o644) -> int | None:
     return None
 
 
+def open_existing_regular(path: Path) -> int | None:
+    """A read-only descriptor on the regular file at ``path``; None if absent or anything else."""
+    try:
+        return open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
 def regular_size(path: Path) -> int | None:
     """The size of the regular file at ``path`` (not followed if a link); None for anything else."""
     try:
@@ -283,10 +291,7 @@ def hash_prefix(path: Path, size: int) -> hashlib._Hash | None:
     None when ``path`` is missing, not a regular file, or shorter than ``size``:
     then no prefix of it can be vouched for.
     """
-    try:
-        fd = open_regular(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
+    fd = open_existing_regular(path)
     if fd is None:
         return None
     hasher = hashlib.sha256()
