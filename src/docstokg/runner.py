@@ -20,7 +20,7 @@ import queue
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +47,7 @@ from docstokg.services import (
     cleanup_stale_leases,
     cleanup_stale_ops,
     count_unfinished,
+    follow_expected_checksums,
     jobs_among,
     out_of_attempts,
     plan_job_if_absent,
@@ -54,7 +55,12 @@ from docstokg.services import (
     reconcile_jobs,
     release_lease,
 )
-from docstokg.services.stores import bind_store, ended_with_a_file, requeue_for_refetch
+from docstokg.services.stores import (
+    bind_store,
+    ended_with_a_file,
+    requeue_for_refetch,
+    stored_file_problem,
+)
 from docstokg.states import SUCCESS_STATES, JobState
 
 log = logging.getLogger(__name__)
@@ -336,7 +342,7 @@ class DownloadRun:
         bad = {
             job.job_id: problem
             for job in ended_with_a_file(jobs_among(ledger, job_ids))
-            if (problem := store.check_stored(job.final_path or "", job.size_bytes or 0))
+            if (problem := stored_file_problem(store, job))
         }
         if not bad:
             return
@@ -344,14 +350,19 @@ class DownloadRun:
             ledger, list(bad), reason="stored file missing or wrong size; fetched again"
         )
         for job_id in requeued:
-            log.warning("job %s: stored file %s; it is fetched again", job_id, bad[job_id])
+            log.warning(
+                "job %s: stored file not right (%s); fetched again",
+                job_id,
+                bad[job_id],
+            )
 
     def _plan(self, ledger: Ledger) -> list[Target]:
         """Plan the manifest; returns its targets with the job ids the ledger knows them by."""
         specs = [JobSpec(t.work_id, t.artifact_id, t.url, t.expected_sha256) for t in self._targets]
         created = plan_jobs(ledger, specs, max_attempts=self._settings.config.max_attempts)
         log.info("planned %d jobs (%d new)", len(specs), created)
-        known = {job.job_id for job in jobs_among(ledger, [t.job_id for t in self._targets])}
+        known = {job.job_id: job for job in jobs_among(ledger, [t.job_id for t in self._targets])}
+        self._follow_checksums(ledger, known)
         targets = []
         for target in self._targets:
             if target.job_id in known:
@@ -363,6 +374,21 @@ class DownloadRun:
             )  # fmt: skip
             targets.append(replace(target, job_id=job_id))
         return targets
+
+    def _follow_checksums(self, ledger: Ledger, known: Mapping[str, JobRecord]) -> None:
+        """Record the manifest's checksums where they changed since the jobs were planned."""
+        changed = {
+            target.job_id: target.expected_sha256
+            for target in self._targets
+            if target.job_id in known
+            and known[target.job_id].expected_sha256 != target.expected_sha256
+        }
+        for job_id in follow_expected_checksums(ledger, changed):
+            log.warning(
+                "job %s: the manifest's sha256 changed to %s; it is fetched again",
+                job_id,
+                changed[job_id],
+            )
 
     def _ledger_worker(
         self,

@@ -9,6 +9,7 @@ summary, the ledger's rows, and what the server sent.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,35 @@ def test_an_id_file_that_is_a_link_is_refused(tmp_path: Path, ledger: Ledger) ->
 
     with pytest.raises(StoreMismatch, match=STORE_ID_FILE):
         bind_store(ledger, out)
+
+
+@pytest.mark.parametrize("planted", ["folder", "fifo"])
+def test_an_id_file_that_is_not_a_file_is_refused_without_hanging(
+    tmp_path: Path, ledger: Ledger, planted: str
+) -> None:
+    out = tmp_path / "store"
+    out.mkdir()
+    if planted == "folder":
+        (out / STORE_ID_FILE).mkdir()
+    else:
+        os.mkfifo(out / STORE_ID_FILE)
+
+    with pytest.raises(StoreMismatch, match="not a regular file"):
+        bind_store(ledger, out)
+
+
+def test_a_lost_id_file_is_named_with_the_id_to_restore(tmp_path: Path, ledger: Ledger) -> None:
+    out = tmp_path / "store"
+    out.mkdir()
+    store_id = bind_store(ledger, out)
+    (out / STORE_ID_FILE).unlink()
+
+    with pytest.raises(StoreMismatch) as refused:
+        bind_store(ledger, out)
+
+    assert f"echo {store_id} > {out / STORE_ID_FILE}" in str(refused.value)
+    (out / STORE_ID_FILE).write_text(f"{store_id}\n")
+    assert bind_store(ledger, out) == store_id
 
 
 # -- ended jobs' files are held to the ledger ----------------------------------------------
@@ -226,3 +256,50 @@ def test_a_part_tampered_between_runs_is_fetched_again_not_stored(
     assert summary.exit_code == 0
     assert_stored(out, summary.jobs[0], body)
     assert server.stats("/big.bin").full_gets == 2  # the second run started from zero
+
+
+def test_a_corrected_manifest_checksum_is_followed_by_the_next_run(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    bodies, urls = _serve(server, 1)
+    path = tmp_path / "m.jsonl"
+    wrong = _manifest_with_checksums(path, [("W", "0", urls[0], "0" * 64)])
+    out = tmp_path / "store"
+    failed = run_download(wrong, out, make_config(), db_url=empty_db_url)
+    assert failed.jobs[0].state == JobState.FAILED.value
+    assert failed.jobs[0].ended is True
+
+    right = _manifest_with_checksums(path, [("W", "0", urls[0], sha256_of(bodies[0]))])
+    summary = run_download(right, out, make_config(), db_url=empty_db_url)
+
+    assert summary.exit_code == 0
+    assert_stored(out, summary.jobs[0], bodies[0])
+    assert job_record(empty_db_url, summary.jobs[0].job_id).expected_sha256 == sha256_of(bodies[0])
+
+
+def test_a_checksum_added_for_a_job_stored_with_other_bytes_is_checked_by_the_next_run(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    _, urls = _serve(server, 1)
+    path = tmp_path / "m.jsonl"
+    out = tmp_path / "store"
+    first = run_download(
+        _manifest_with_checksums(path, [("W", "0", urls[0], None)]),
+        out,
+        make_config(),
+        db_url=empty_db_url,
+    )
+    assert first.exit_code == 0
+    other = sha256_of(b"what the publisher says it should be")
+
+    summary = run_download(
+        _manifest_with_checksums(path, [("W", "0", urls[0], other)]),
+        out,
+        make_config(),
+        db_url=empty_db_url,
+    )
+
+    assert summary.exit_code == 1
+    assert summary.jobs[0].state == JobState.FAILED.value
+    assert other in str(summary.jobs[0].error)
+    assert server.stats("/doc0.pdf").get_requests == 2  # fetched again, to be checked

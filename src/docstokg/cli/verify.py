@@ -69,6 +69,13 @@ def verify(
         raise typer.Exit(1)
 
 
+def _shown(text: str) -> str:
+    """Ledger text as one printable line: a hand-edited row must not reach the terminal raw."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return escape(text)
+
+
 def _progress(*, enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -108,7 +115,7 @@ def _print_report(report: VerifyReport, out_dir: Path) -> None:
         table.add_column(column)
     for bad in report.bad:
         requeued = "yes" if bad.job_id in report.requeued else "no"
-        table.add_row(bad.job_id, bad.state, escape(bad.final_path), escape(bad.problem), requeued)
+        table.add_row(bad.job_id, bad.state, _shown(bad.final_path), _shown(bad.problem), requeued)
     out.print(table)
     advice = (
         "the requeued jobs are fetched again by the next `docstokg run` of their manifest"

@@ -56,9 +56,9 @@ class StoredFile:
 
     job_id: str
     state: str
-    sha256: str
-    final_path: str
-    size_bytes: int
+    sha256: str | None  # None (as the two below) only in a ledger edited by hand
+    final_path: str | None
+    size_bytes: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ name the holder's (job_id, owner, epoch) and report whether they took effect.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -324,6 +324,17 @@ class JobRepository:
             )
             requeued.extend(job_id for (job_id,) in rows)
         return requeued
+
+    def set_expected_sha256(self, expected: Mapping[str, str | None], *, now: float) -> None:
+        """Record the checksum each job's manifest row now names (None: none)."""
+        if expected:
+            self._connection.execute(
+                sql.SET_EXPECTED_SHA256,
+                [
+                    {"b_job_id": job_id, "b_expected": sha, "now": now}
+                    for job_id, sha in expected.items()
+                ],
+            )
 
     def stored_files(self) -> list[StoredFile]:
         """Every ended job's file as recorded (DEDUPED and SKIPPED_DUPLICATE jobs)."""

@@ -299,10 +299,7 @@ _HOLDS_A_FILE = (
 )
 STORED_FILES = (
     select(jobs.job_id, jobs.state, jobs.sha256, jobs.final_path, jobs.size_bytes)
-    .where(
-        jobs.state.in_([JobState.DEDUPED.value, JobState.SKIPPED_DUPLICATE.value]),
-        jobs.final_path.is_not(None),
-    )
+    .where(jobs.state.in_([JobState.DEDUPED.value, JobState.SKIPPED_DUPLICATE.value]))
     .order_by(jobs.job_id)
 )
 REQUEUE = (
@@ -545,6 +542,12 @@ _EXHAUSTED: tuple[ColumnElement[bool], ...] = (
 _REFILL_VALUES = {"attempts": 0, "next_attempt_at": _now, "updated_at": _now}
 REFILL_ALL_EXHAUSTED = (
     update(jobs_table).where(*_EXHAUSTED).values(**_REFILL_VALUES).returning(jobs.job_id)
+)
+# The manifest is the source of a job's expected checksum: a changed one replaces it.
+SET_EXPECTED_SHA256 = (
+    update(jobs_table)
+    .where(jobs.job_id == bindparam("b_job_id"))
+    .values(expected_sha256=bindparam("b_expected"), updated_at=_now)
 )
 REFILL_EXHAUSTED = (
     update(jobs_table)

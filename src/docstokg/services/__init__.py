@@ -31,7 +31,7 @@ from docstokg.services.maintenance import (
     cleanup_stale_ops,
     reconcile_jobs,
 )
-from docstokg.services.planning import plan_job_if_absent, plan_jobs
+from docstokg.services.planning import follow_expected_checksums, plan_job_if_absent, plan_jobs
 from docstokg.services.queries import count_unfinished, get_job, jobs_among
 from docstokg.services.transitions import (
     Backoff,
@@ -57,6 +57,7 @@ __all__ = [
     "dedupe_job",
     "dedupe_step",
     "fail_job",
+    "follow_expected_checksums",
     "get_effect_result",
     "get_job",
     "index_and_dedupe_steps",

@@ -8,6 +8,7 @@ from docstokg.errors import ConfigurationError
 from docstokg.iterables import batched
 from docstokg.ledger import JobSpec, Ledger
 from docstokg.ledger.repositories import DEFAULT_MAX_ATTEMPTS
+from docstokg.states import SUCCESS_STATES
 
 PlanRow = JobSpec | tuple[str, str, str] | Mapping[str, str]
 
@@ -69,3 +70,34 @@ def _spec(row: PlanRow) -> JobSpec:
         f"plan row {row!r} is not a JobSpec, a (work_id, artifact_id, canonical_url) "
         "tuple or a mapping with those keys"
     )
+
+
+def follow_expected_checksums(ledger: Ledger, expected: Mapping[str, str | None]) -> list[str]:
+    """Record the checksums a manifest now names for planned jobs; returns jobs to fetch again.
+
+    The manifest is the source of a job's ``expected_sha256``: a corrected
+    checksum must not stay frozen at the value first planned.  A job that
+    ended FAILED out of attempts gets a fresh budget (the new checksum may
+    match), and one already stored with other bytes is requeued, so its next
+    fetch is held to the new checksum.  Returns the ids of those two kinds.
+    """
+    if not expected:
+        return []
+    with ledger.unit_of_work() as uow:
+        now = uow.now()
+        uow.jobs.set_expected_sha256(expected, now=now)
+        jobs = uow.jobs.get_many(expected)
+        refilled = uow.jobs.refill_attempts([job.job_id for job in jobs if job.exhausted], now=now)
+        stored_otherwise = [
+            job.job_id
+            for job in jobs
+            if job.state in SUCCESS_STATES
+            and job.expected_sha256 is not None
+            and job.sha256 != job.expected_sha256
+        ]
+        requeued = uow.jobs.requeue(
+            stored_otherwise, error="the manifest's sha256 changed; fetched again", now=now
+        )
+        uow.ops.abandon_for_jobs(requeued, error="redo: the manifest's sha256 changed")
+        uow.commit()
+    return [*refilled, *requeued]

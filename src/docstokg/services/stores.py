@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,19 +36,20 @@ _STORE_ID = re.compile(r"[0-9a-f]{32}")
 def read_store_id(out_dir: Path) -> str | None:
     """The id recorded in ``out_dir``, or None when it has none yet.
 
-    The file is opened without following a link: a link planted there could
-    make any folder pass for the store.
+    The file is opened without following a link (a link planted there could
+    make any folder pass for the store) and without blocking (a FIFO would
+    hang the run); anything but a regular file is refused.
     """
     path = Path(out_dir) / STORE_ID_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StoreMismatch(
-            f"{path} cannot be read as a store id ({exc.strerror}): it is not a file "
-            "docstokg wrote; delete it if this folder is a new store"
-        ) from exc
+        raise _not_an_id_file(path, exc.strerror or "cannot be opened") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_an_id_file(path, "not a regular file")
     with os.fdopen(fd, "rb") as handle:
         text = handle.read(128).decode("ascii", errors="replace").strip()
     if not _STORE_ID.fullmatch(text):
@@ -56,6 +58,13 @@ def read_store_id(out_dir: Path) -> str | None:
             "restore it from a backup, or delete it if this folder is a new store"
         )
     return text
+
+
+def _not_an_id_file(path: Path, why: str) -> StoreMismatch:
+    return StoreMismatch(
+        f"{path} cannot be read as a store id ({why}): it is not a file docstokg wrote; "
+        "move it away if this folder is a new store"
+    )
 
 
 def ensure_store_id(out_dir: Path) -> str:
@@ -112,6 +121,14 @@ def bind_store(ledger: Ledger, out_dir: Path, *, create: bool = True) -> str:
             recorded_path = uow.meta.put_if_absent(STORE_PATH_KEY, str(out_dir.resolve()))
             uow.commit()
         found = store_id
+    if found is None and recorded_path == str(out_dir.resolve()):
+        raise StoreMismatch(
+            f"--out {out_dir} is the store this ledger fills, but its id file "
+            f"{_id_file(out_dir)} is gone; if the files there are still that store's, "
+            f"restore the id: echo {recorded} > {_id_file(out_dir)} (a run then fetches "
+            "again whatever is missing); if the folder was emptied for a fresh start, "
+            "give it a new ledger with --db"
+        )
     if found != recorded:
         what = f"store id {found}" if found is not None else f"no {_id_file(out_dir)}"
         raise StoreMismatch(
@@ -128,9 +145,19 @@ def _id_file(out_dir: Path) -> str:
     return str(out_dir / STORE_ID_FILE)
 
 
+NO_FILE_RECORDED = "the ledger records no file for this ended job"
+
+
 def ended_with_a_file(jobs: Iterable[JobRecord]) -> list[JobRecord]:
     """The jobs that ended with bytes in the store (stored, or a duplicate of stored bytes)."""
-    return [job for job in jobs if job.state in _ENDED_WITH_A_FILE and job.final_path]
+    return [job for job in jobs if job.state in _ENDED_WITH_A_FILE]
+
+
+def stored_file_problem(store: StoredFileChecker, job: JobRecord) -> str | None:
+    """What is wrong with an ended job's file, by a ``stat`` (None: it is there, of its size)."""
+    if not job.final_path or job.size_bytes is None:
+        return NO_FILE_RECORDED
+    return store.check_stored(job.final_path, job.size_bytes)
 
 
 def requeue_for_refetch(ledger: Ledger, job_ids: Collection[str], *, reason: str) -> list[str]:
@@ -189,12 +216,16 @@ def verify_store(
         on_total(len(files))
 
     def check(recorded: StoredFile) -> BadFile | None:
-        problem = store.verify_stored(recorded.final_path, recorded.sha256, recorded.size_bytes)
+        final_path, sha256, size = recorded.final_path, recorded.sha256, recorded.size_bytes
+        if final_path is None or sha256 is None or size is None:
+            problem: str | None = NO_FILE_RECORDED
+        else:
+            problem = store.verify_stored(final_path, sha256, size)
         if on_file is not None:
-            on_file(recorded.size_bytes)
+            on_file(size or 0)
         if problem is None:
             return None
-        return BadFile(recorded.job_id, recorded.state, recorded.final_path, problem)
+        return BadFile(recorded.job_id, recorded.state, final_path or "", problem)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify") as pool:
         bad = [found for found in pool.map(check, files) if found is not None]
@@ -212,3 +243,5 @@ class StoredFileChecker(Protocol):
     """What verification needs of a store (``ArtifactStore`` is one)."""
 
     def verify_stored(self, final_path: str, sha256: str, size: int) -> str | None: ...
+
+    def check_stored(self, final_path: str, size: int) -> str | None: ...
