@@ -56,11 +56,12 @@ def fetch(client: httpx.Client, url: str, part: Path, limits: DownloadLimits = L
     return stream_to_part(client, probe(client, url, limits), part, limits)
 
 
-def staged(part: Path, data: bytes, validator: str | None = strong_etag(BODY)) -> None:
-    """A part an earlier attempt left, with the checkpoint that vouches for all of it."""
+def staged(part: Path, data: bytes, url: str, validator: str | None = strong_etag(BODY)) -> None:
+    """A part an earlier attempt left at ``url`` (of BODY's length), with its checkpoint."""
     part.parent.mkdir(parents=True, exist_ok=True)
     part.write_bytes(data)
-    Checkpoint(validator, len(data), hashlib.sha256(data).hexdigest()).write(checkpoint_for(part))
+    sha256 = hashlib.sha256(data).hexdigest()
+    Checkpoint(validator, len(data), sha256, url=url, total=len(BODY)).write(checkpoint_for(part))
 
 
 # -- probe --------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_resume_appends_after_the_existing_bytes(
 ) -> None:
     keep = 123_457
     url = server.add("/a.bin", Artifact(body=BODY))
-    staged(part, BODY[:keep])
+    staged(part, BODY[:keep], url)
     seen: list[int] = []
 
     result = stream_to_part(client, probe(client, url, LIMITS), part, LIMITS, on_bytes=seen.append)
@@ -311,7 +312,7 @@ def test_resume_uses_last_modified_when_the_etag_is_weak(
     server: ArtifactServer, client: httpx.Client, part: Path
 ) -> None:
     url = server.add("/a.bin", Artifact(body=BODY, etag='W/"weak"'))
-    staged(part, BODY[:1000], "Wed, 21 Oct 2026 07:28:00 GMT")
+    staged(part, BODY[:1000], url, "Wed, 21 Oct 2026 07:28:00 GMT")
 
     result = fetch(client, url, part)
 
@@ -339,7 +340,7 @@ def test_a_server_that_ignores_range_gets_a_fresh_start(
 ) -> None:
     """The probe claimed ranges, the GET ignores them: the 200 body replaces the part."""
     url = server.add("/a.bin", Artifact(body=BODY, ranges=False))
-    staged(part, b"x" * 5000)
+    staged(part, b"x" * 5000, url)
     claims = dataclasses.replace(probe(client, url, LIMITS), accept_ranges=True)
 
     result = stream_to_part(client, claims, part, LIMITS)
@@ -355,7 +356,7 @@ def test_if_range_mismatch_restarts_from_zero(
 ) -> None:
     """The part holds an older version; If-Range carries its ETag, so the server sends all."""
     url = server.add("/a.bin", Artifact(body=BODY))
-    staged(part, generated_body("the old version", 200_000), '"old-version"')
+    staged(part, generated_body("the old version", 200_000), url, '"old-version"')
     old = dataclasses.replace(probe(client, url, LIMITS), etag='"old-version"')
 
     result = stream_to_part(client, old, part, LIMITS)
@@ -371,7 +372,7 @@ def test_a_complete_part_is_recognised_by_416(
     server: ArtifactServer, client: httpx.Client, part: Path
 ) -> None:
     url = server.add("/a.bin", Artifact(body=BODY))
-    staged(part, BODY)
+    staged(part, BODY, url)
 
     result = fetch(client, url, part)
 
@@ -420,7 +421,7 @@ def test_range_replies_capped_short_of_the_end_are_followed_by_requests_for_the_
     cap = 120_000
     url = server.add("/a.bin", Artifact(body=BODY, range_cap=cap))
     found = probe(client, url, LIMITS)
-    staged(part, BODY[:10_000])
+    staged(part, BODY[:10_000], url)
 
     result = stream_to_part(client, found, part, LIMITS)
 
@@ -437,7 +438,7 @@ def test_a_range_reply_cut_short_of_its_own_end_keeps_the_part(
     """Its Content-Range promised more than came: the part waits for the next attempt."""
     url = server.add("/a.bin", Artifact(body=BODY, truncate_at=50_000))
     found = probe(client, url, LIMITS)
-    staged(part, BODY[:10_000])
+    staged(part, BODY[:10_000], url)
 
     with pytest.raises(TransientFetchError, match=f"after 60,000 of {len(BODY):,} bytes"):
         stream_to_part(client, found, part, LIMITS)
@@ -551,7 +552,7 @@ def test_a_transient_status_on_the_get_keeps_the_part(
 ) -> None:
     url = server.add("/a.bin", Artifact(body=BODY))
     found = probe(client, url, LIMITS)
-    staged(part, BODY[:777])
+    staged(part, BODY[:777], url)
     server.add("/a.bin", Artifact(body=BODY, faults=[Fault(503, {"Retry-After": "1"})]))
 
     with pytest.raises(TransientFetchError, match="HTTP 503") as info:

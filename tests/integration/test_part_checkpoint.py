@@ -87,7 +87,9 @@ def test_a_stopped_download_leaves_a_checkpoint_of_exactly_its_bytes(
 
     data = json.loads(checkpoint_for(part).read_text())
     assert data == {
-        "version": 1,
+        "version": 2,
+        "url": found.url,
+        "total": len(BODY),
         "validator": '"A"',
         "length": CUT,
         "sha256": hashlib.sha256(BODY[:CUT]).hexdigest(),
@@ -260,6 +262,10 @@ def test_bytes_past_the_checkpoint_are_cut_off_before_resuming(
         "other version",
         "longer than the part",
         "a link",
+        "deeply nested",
+        "of another URL",
+        "of another length",
+        "older, without URL and length",
     ],
 )
 def test_a_checkpoint_that_cannot_vouch_restarts_from_zero(
@@ -278,6 +284,15 @@ def test_a_checkpoint_that_cannot_vouch_restarts_from_zero(
         dataclasses.replace(good, validator='"elsewhere"').write(checkpoint)
     elif spoil == "longer than the part":
         dataclasses.replace(good, length=CUT + 1).write(checkpoint)
+    elif spoil == "deeply nested":  # exhausts the JSON parser's recursion
+        checkpoint.write_text("[" * 5000)
+    elif spoil == "of another URL":
+        dataclasses.replace(good, url=found.url + "?v=2").write(checkpoint)
+    elif spoil == "of another length":
+        dataclasses.replace(good, total=len(BODY) + 1).write(checkpoint)
+    elif spoil == "older, without URL and length":
+        older = {k: v for k, v in good.to_json().items() if k not in ("url", "total")}
+        checkpoint.write_text(json.dumps({**older, "version": 1}))
     else:
         real = checkpoint.with_name("real.json")
         checkpoint.rename(real)
@@ -291,6 +306,45 @@ def test_a_checkpoint_that_cannot_vouch_restarts_from_zero(
     assert (result.sha256, result.resumed_from) == (SHA, 0)
     assert part.read_bytes() == BODY
     assert server.stats("/a.bin").range_headers == ()
+
+
+def test_parts_swapped_between_two_jobs_with_one_validator_are_not_spliced(
+    server: ArtifactServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Weak ETags and one Last-Modified: both resources share a validator and a length.
+
+    Each part (and its checkpoint) is renamed to the other job's name: both
+    still hash as their checkpoints say, so only the URL they record tells.
+    """
+    store = ArtifactStore(tmp_path / "out")
+    store.prepare()
+    bodies = {"/a.bin": BODY, "/b.bin": OTHER}
+    found, parts = {}, {}
+    for path, body in bodies.items():
+        url = server.add(path, Artifact(body=body, etag='W/"same"', truncate_at=CUT))
+        found[path], parts[path] = probe(client, url, LIMITS), store.part_path(path[1])
+        with pytest.raises(TransientFetchError):
+            stream_to_part(client, found[path], parts[path], LIMITS)
+    assert found["/a.bin"].validator == found["/b.bin"].validator is not None
+    swap = store.staging_dir / "swap"
+    for a, b in (
+        (parts["/a.bin"], parts["/b.bin"]),
+        (checkpoint_for(parts["/a.bin"]), checkpoint_for(parts["/b.bin"])),
+    ):
+        a.rename(swap)
+        b.rename(a)
+        swap.rename(b)
+    for path, body in bodies.items():
+        server.add(path, Artifact(body=body, etag='W/"same"'))
+    server.reset_stats()
+
+    for path, body in bodies.items():
+        result = stream_to_part(client, found[path], parts[path], LIMITS)
+        relpath = store.finalize(parts[path], sha256=result.sha256, size=result.size)
+
+        assert (result.sha256, result.resumed_from) == (hashlib.sha256(body).hexdigest(), 0)
+        assert store.resolve(relpath).read_bytes() == body
+        assert server.stats(path).range_headers == ()
 
 
 def test_a_body_without_a_validator_is_never_resumed(
@@ -378,17 +432,55 @@ def test_bytes_that_do_not_hash_as_expected_are_not_kept(
 def test_the_expected_checksum_is_checked_on_an_already_complete_part(
     server: ArtifactServer, client: httpx.Client, part: Path
 ) -> None:
+    """All of it was kept from an earlier attempt: the mismatch is final only once fetched anew."""
     url = server.add("/a.bin", Artifact(body=BODY))
     found = probe(client, url, LIMITS)
     stream_to_part(client, found, part, LIMITS)
     server.reset_stats()
 
-    with pytest.raises(ChecksumMismatch, match=f"got {SHA}"):
+    with pytest.raises(TransientFetchError, match="restarts from zero"):
         stream_to_part(client, found, part, LIMITS, expected_sha256="f" * 64)
 
     assert server.stats("/a.bin").range_headers == (f"bytes={len(BODY)}-",)  # the 416 path
     assert not part.exists()
     assert not checkpoint_for(part).exists()
+    with pytest.raises(ChecksumMismatch, match=f"got {SHA}"):
+        stream_to_part(client, found, part, LIMITS, expected_sha256="f" * 64)
+    assert server.stats("/a.bin").full_gets == 1
+
+
+def test_a_resumed_download_that_does_not_match_restarts_from_zero(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """A prefix forged along with its checkpoint passes the re-hash; the expected sha256 catches it.
+
+    It is not the permanent ChecksumMismatch: the bytes at fault may be the
+    kept ones, so the part goes and the next attempt downloads everything.
+    """
+    found = leave_a_cut_part(server, client, part)
+    forged = b"EVIL!" + BODY[5:CUT]
+    part.write_bytes(forged)
+    dataclasses.replace(saved(part), sha256=hashlib.sha256(forged).hexdigest()).write(
+        checkpoint_for(part)
+    )
+    server.add("/a.bin", Artifact(body=BODY, etag='"A"'))
+    server.reset_stats()
+
+    with pytest.raises(TransientFetchError) as info:
+        stream_to_part(client, found, part, LIMITS, expected_sha256=SHA)
+
+    message = str(info.value)
+    assert f"first {CUT:,} bytes kept" in message
+    assert "the resumed download did not match" in message
+    assert "restarts from zero" in message
+    assert f"not the expected sha256 {SHA}" in message
+    assert info.value.retryable
+    assert not part.exists()
+    assert not checkpoint_for(part).exists()
+    result = stream_to_part(client, found, part, LIMITS, expected_sha256=SHA)
+    assert (result.sha256, result.resumed_from) == (SHA, 0)
+    assert part.read_bytes() == BODY
+    assert server.stats("/a.bin").range_headers == (f"bytes={CUT}-",)
 
 
 def test_a_matching_checksum_passes_in_any_case(

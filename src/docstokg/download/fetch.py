@@ -8,10 +8,13 @@ Bodies are read raw (``Accept-Encoding: identity``): ranges, lengths and the
 SHA-256 all refer to the bytes exactly as the server stores them.
 
 A part is resumed only as far as its checkpoint vouches for it (see
-:mod:`docstokg.download.part_writer`): written under the validator the server
-gives now, and still hashing as it did when the checkpoint was written.  So a
-part left by an older version, or edited, truncated or swapped between runs,
-is never continued: the download starts over.
+:mod:`docstokg.download.part_writer`): written for the same URL and announced
+length, under the validator the server gives now, still hashing as it did
+when the checkpoint was written, and a file docstokg made (one link).  So a
+part left by an older version, or edited, truncated, hard-linked or swapped
+with another job's between runs, is never continued: the download starts
+over.  A resumed download that does not hash as the manifest says is not
+final either: it may be the splice, so it restarts from zero.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from docstokg.download.http_errors import (
     translate_httpx_error,
 )
 from docstokg.download.part_writer import Checkpoint, PartWriter
-from docstokg.download.store import checkpoint_for, hash_prefix, regular_size
+from docstokg.download.store import checkpoint_for, clear_folder, hash_prefix, staged_size
 from docstokg.errors import (
     ChecksumMismatch,
     DownloadInterrupted,
@@ -206,34 +209,59 @@ def stream_to_part(
     """Download ``probe.url`` into ``part``, resuming what an earlier attempt left there.
 
     The part is kept on a transient failure or an interruption (the next
-    attempt resumes it) and deleted only when it can never succeed (over
+    attempt resumes it) and deleted when it cannot succeed (over
     ``max_bytes``, or not hashing to ``expected_sha256``).  Resuming needs a
     checkpoint that vouches for the part's first bytes (:func:`resume_point`,
     re-hashed here), range support and the same validator, so the server can
     refuse (with a full 200) if the content changed meanwhile.  A range reply
     that ends short of the file (a proxy capping ranges) is followed, in the
-    same attempt, by a request for the rest.
+    same attempt, by a request for the rest.  A folder holding files at the
+    part's or the checkpoint's path fails the attempt before any request.
     """
     if should_stop():
         raise DownloadInterrupted(f"stopped before downloading {probe.url}; nothing was fetched")
     part.parent.mkdir(parents=True, exist_ok=True)
-    writer = PartWriter(part, limits, probe.url, should_stop=should_stop, on_bytes=on_bytes)
+    clear_folder(part)
+    clear_folder(checkpoint_for(part))
+    writer = PartWriter(
+        part, limits, probe.url, total=probe.length, should_stop=should_stop, on_bytes=on_bytes
+    )
     try:
         streamed = _download(client, probe, writer)
     except HTTPX_ERRORS as exc:
         raise translate_httpx_error(exc, probe.url, max_redirects=limits.max_redirects) from exc
-    if expected_sha256 is not None and streamed.sha256 != expected_sha256.strip().lower():
-        writer.discard()
-        raise ChecksumMismatch(probe.url, expected_sha256.strip().lower(), streamed.sha256)
+    if expected_sha256 is not None:
+        _check_sha256(streamed, expected_sha256.strip().lower(), probe.url, writer)
     return streamed
+
+
+def _check_sha256(streamed: Streamed, expected: str, url: str, writer: PartWriter) -> None:
+    """Discard a part that does not hash to ``expected``; only a whole fresh download is final.
+
+    A resumed part could still be wrong in its kept prefix (a checkpoint can
+    only vouch for what was written, not for what was meant), so its mismatch
+    is transient: the next attempt downloads everything and decides.
+    """
+    if streamed.sha256 == expected:
+        return
+    writer.discard()
+    if streamed.resumed_from == 0:
+        raise ChecksumMismatch(url, expected, streamed.sha256)
+    raise TransientFetchError(
+        f"{url}: the resumed download (its first {streamed.resumed_from:,} bytes kept from "
+        f"an earlier attempt) hashed to {streamed.sha256}, not the expected sha256 "
+        f"{expected}; the resumed download did not match, so the part was deleted and the "
+        "next attempt restarts from zero (transient: retried later)"
+    )
 
 
 def resume_point(part: Path, checkpoint: Path, probe: Probe) -> int:
     """How many bytes of ``part`` a resume would keep (0: start over), without hashing them.
 
-    Only what ``checkpoint`` vouches for: it must be valid, name the
-    validator ``probe`` has now, and the part must hold at least its length
-    (bytes past it were never vouched for and are cut off); then
+    Only what ``checkpoint`` vouches for: it must be valid, name the URL,
+    total length and validator ``probe`` has now, the part must be a file
+    docstokg made (regular, one link) and hold at least its length (bytes
+    past it were never vouched for and are cut off); then
     :func:`can_resume` decides.  :func:`stream_to_part` also re-hashes those
     bytes before it trusts them; a pipeline uses this to tell whether a
     resume is planned.
@@ -271,9 +299,9 @@ def pick_validator(etag: str | None, last_modified: str | None) -> str | None:
 def _vouching(part: Path, checkpoint: Path, probe: Probe) -> Checkpoint | None:
     """The checkpoint, if a resume may rely on it for this probe (see :func:`resume_point`)."""
     saved = Checkpoint.read(checkpoint)
-    if saved is None or saved.validator is None or saved.validator != probe.validator:
+    if saved is None or not saved.vouches_for(probe.url, probe.length, probe.validator):
         return None
-    size = regular_size(part)
+    size = staged_size(part)
     if size is None or size < saved.length or not can_resume(probe, saved.length):
         return None
     return saved

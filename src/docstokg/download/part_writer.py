@@ -5,9 +5,10 @@ the one place that touches the staged file, so the rules about when a part is
 kept (transient failure, interruption: the next attempt resumes it) and when it
 is deleted (over the size limit: no attempt can ever succeed) live together.
 
-Beside every part lies its checkpoint (``<job_id>.part.json``): the validator
-the bytes were written under, and the length and SHA-256 of a prefix that is
-on disk.  A resume trusts only what a checkpoint vouches for (see
+Beside every part lies its checkpoint (``<job_id>.part.json``): the URL asked
+and the total length announced (what the bytes are of), the validator they
+were written under, and the length and SHA-256 of a prefix that is on disk.
+A resume trusts only what a checkpoint vouches for (see
 :func:`docstokg.download.fetch.resume_point`), so the checkpoint is written
 before the part changes, every ``checkpoint_bytes`` while it grows, whenever
 the write stops (any exception), and when the body ends.  The part is written
@@ -34,11 +35,12 @@ import httpx
 
 from docstokg.download.http_errors import HTTPX_ERRORS, translate_httpx_error
 from docstokg.download.store import (
+    MOVE_IT_AWAY,
     checkpoint_for,
+    create_staged,
     hash_file,
     hash_prefix,
-    open_existing_regular,
-    open_regular,
+    open_staged,
     remove_file,
 )
 from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
@@ -48,7 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "PartWriter", "hash_file"]
 
-CHECKPOINT_VERSION = 1
+#: 2 added ``url`` and ``total``; a version 1 checkpoint is read but vouches for nothing.
+CHECKPOINT_VERSION = 2
 _CHECKPOINT_MAX_BYTES = 16 * 1024  # a validator is a header value: far less than this
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger(__name__)
@@ -60,16 +63,30 @@ class Checkpoint:
 
     ``validator`` is the ``If-Range`` value those bytes were written under
     (None: the server gave none, so they can never be resumed), ``sha256``
-    the hash of exactly those bytes.
+    the hash of exactly those bytes.  ``url`` (the URL asked) and ``total``
+    (the length HEAD announced, None if it gave none) say what they are a
+    prefix of: two resources may share a validator (one Last-Modified, or
+    nginx's mtime-size ETags), so a part moved to another job's name must
+    not pass for that job's bytes.  ``url`` is None only in a checkpoint
+    written before it was recorded: such a checkpoint vouches for nothing.
     """
 
     validator: str | None
     length: int
     sha256: str
+    url: str | None
+    total: int | None
+
+    def vouches_for(self, url: str, total: int | None, validator: str | None) -> bool:
+        """Whether these bytes were written for this URL, total length and (non-None) validator."""
+        same_source = self.url is not None and (self.url, self.total) == (url, total)
+        return same_source and self.validator is not None and self.validator == validator
 
     def to_json(self) -> dict[str, object]:
         return {
             "version": CHECKPOINT_VERSION,
+            "url": self.url,
+            "total": self.total,
             "validator": self.validator,
             "length": self.length,
             "sha256": self.sha256,
@@ -77,32 +94,40 @@ class Checkpoint:
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint | None:
-        """The checkpoint at ``path``; None if absent, not a regular file, or not valid."""
-        fd = open_existing_regular(path)
-        if fd is None:
+        """The checkpoint at ``path``; None if absent, not one docstokg made, unreadable or invalid.
+
+        Anything wrong with it (even JSON nested deep enough to exhaust the
+        parser) means only that no bytes are vouched for: the download restarts.
+        """
+        try:
+            raw = _read_staged(path)
+        except OSError as exc:
+            log.warning("cannot read the checkpoint %s (%s); downloading from zero", path, exc)
             return None
-        with os.fdopen(fd, "rb") as source:
-            raw = source.read(_CHECKPOINT_MAX_BYTES + 1)
-        if len(raw) > _CHECKPOINT_MAX_BYTES:
+        if raw is None:
             return None
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return cls._from_json(data)
 
     @classmethod
     def _from_json(cls, data: object) -> Checkpoint | None:
-        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in (1, CHECKPOINT_VERSION):
             return None
-        validator, length, sha256 = data.get("validator"), data.get("length"), data.get("sha256")
+        validator, sha256 = data.get("validator"), data.get("sha256")
+        length = _as_size(data.get("length"))
         if validator is not None and not isinstance(validator, str):
             return None
-        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        if length is None or not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             return None
-        if not isinstance(sha256, str) or _SHA256.fullmatch(sha256) is None:
+        if data["version"] == 1:  # vouches for nothing: it does not say what it is a prefix of
+            return cls(validator, length, sha256, url=None, total=None)
+        url, total = data.get("url"), _as_size(data.get("total"))
+        if not isinstance(url, str) or (total is None and data.get("total") is not None):
             return None
-        return cls(validator, length, sha256)
+        return cls(validator, length, sha256, url=url, total=total)
 
     def write(self, path: Path) -> None:
         """Replace the checkpoint at ``path`` atomically (a new file renamed over it).
@@ -120,7 +145,7 @@ class Checkpoint:
             os.unlink(temporary)
             raise TransientFetchError(
                 f"{path} is a folder where docstokg keeps a download's checkpoint; it never "
-                "creates one there: remove it and run again (retried later)"
+                f"creates one there: {MOVE_IT_AWAY}"
             ) from None
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -141,6 +166,7 @@ class PartWriter:
         limits: DownloadLimits,
         url: str,
         *,
+        total: int | None,
         should_stop: Callable[[], bool],
         on_bytes: Callable[[int], None] | None,
         clock: Callable[[], float] = time.monotonic,
@@ -149,6 +175,7 @@ class PartWriter:
         self.checkpoint = checkpoint_for(part)
         self.limits = limits
         self.url = url
+        self.total = total
         self.should_stop = should_stop
         self.on_bytes = on_bytes
         self._pace = _Pace(limits, url, part, clock)
@@ -188,7 +215,7 @@ class PartWriter:
             raise self._too_large(f"is {expected:,} bytes, more")
         hasher = self._prefix_hasher(offset)
         # Recorded before the part changes: bytes past ``offset`` are not vouched for.
-        Checkpoint(validator, offset, hasher.hexdigest()).write(self.checkpoint)
+        self._checkpoint(validator, offset, hasher)
         fd = self._open_at(offset)
         try:
             size = self._pump(response, fd, hasher, offset=offset, validator=validator, of=expected)
@@ -234,7 +261,7 @@ class PartWriter:
                     if self.on_bytes is not None:
                         self.on_bytes(len(chunk))
                     if size - checkpointed >= self.limits.checkpoint_bytes:
-                        Checkpoint(validator, size, hasher.hexdigest()).write(self.checkpoint)
+                        self._checkpoint(validator, size, hasher)
                         checkpointed = size
                     if self.should_stop():
                         raise DownloadInterrupted(
@@ -249,13 +276,18 @@ class PartWriter:
         except BaseException:
             self._save_after_stop(validator, size, hasher)
             raise
-        Checkpoint(validator, size, hasher.hexdigest()).write(self.checkpoint)
+        self._checkpoint(validator, size, hasher)
         return size
+
+    def _checkpoint(self, validator: str | None, size: int, hasher: hashlib._Hash) -> None:
+        """Record that the part's first ``size`` bytes hash to ``hasher`` (for this URL, total)."""
+        saved = Checkpoint(validator, size, hasher.hexdigest(), url=self.url, total=self.total)
+        saved.write(self.checkpoint)
 
     def _save_after_stop(self, validator: str | None, size: int, hasher: hashlib._Hash) -> None:
         """Checkpoint the bytes written before a failure, without hiding that failure."""
         try:
-            Checkpoint(validator, size, hasher.hexdigest()).write(self.checkpoint)
+            self._checkpoint(validator, size, hasher)
         except (OSError, TransientFetchError) as exc:
             # The previous checkpoint still vouches for a shorter prefix: the
             # next attempt re-fetches a little more, nothing worse.
@@ -276,15 +308,19 @@ class PartWriter:
     def _open_at(self, offset: int) -> int:
         """The part opened for writing at ``offset``, cut back to it; never through a link.
 
-        Anything that is not a regular file at the part's path (a link planted
-        there, a FIFO) is removed and replaced by a fresh file.
+        From zero, whatever is at the part's path (a link, a FIFO, a hard link
+        to a file outside ``--out``, an earlier part) is unlinked and a new
+        file created.  A resume continues only a part docstokg made, which
+        :func:`docstokg.download.fetch.resume_point` checked a moment ago.
         """
-        fd = open_regular(self.part, os.O_WRONLY | os.O_CREAT)
+        if offset == 0:
+            return create_staged(self.part)
+        fd = open_staged(self.part, os.O_WRONLY)
         if fd is None:
-            remove_file(self.part)  # a folder raises: it is not ours to delete
-            fd = open_regular(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        if fd is None:  # pragma: no cover - someone replaced it again between two calls
-            raise TransientFetchError(f"{self.part} is not a regular file; retried later")
+            raise TransientFetchError(
+                f"{self.part} stopped being a file docstokg made (a link, or another hard link "
+                "to it) after it was checked; nothing was written (transient: retried later)"
+            )
         if os.fstat(fd).st_size < offset:
             os.close(fd)
             raise TransientFetchError(
@@ -364,6 +400,23 @@ class _Pace:
             )
         if now - self.samples[-1][0] >= window / 16:
             self.samples.append((now, self.received))
+
+
+def _read_staged(path: Path) -> bytes | None:
+    """The first bytes of a staging file docstokg made; None if there is none, or it is too big."""
+    fd = open_staged(path, os.O_RDONLY)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as source:
+        raw = source.read(_CHECKPOINT_MAX_BYTES + 1)
+    return None if len(raw) > _CHECKPOINT_MAX_BYTES else raw
+
+
+def _as_size(value: object) -> int | None:
+    """``value`` if it is a byte count (an int >= 0, not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _of(expected: int | None) -> str:

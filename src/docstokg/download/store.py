@@ -11,6 +11,10 @@ Nothing under ``DIR`` is trusted to be what its name says: files are opened
 without following links (``O_NOFOLLOW``) and checked to be regular files, a
 link or device where a file belongs is removed rather than written through,
 and a file already at an artifact's address is hashed before it is kept.
+Job ids are predictable, so a staging file is written or resumed only if
+docstokg made it: a regular file with one link.  A hard link planted there
+(its other name outside ``DIR``) is unlinked and a new file created, never
+written through, resumed or moved into the store.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ _SAFE_FLAGS = (
 )
 # What opening something that is not a regular file fails with under _SAFE_FLAGS.
 _NOT_REGULAR_ERRNOS = frozenset({errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK})
+#: What to do about a folder planted where docstokg keeps a file (it deletes none it did not make).
+MOVE_IT_AWAY = (
+    "move it away; the job is retried later, and once its attempts are used up "
+    "`docstokg job retry` gives it new ones"
+)
 
 
 class ArtifactStore:
@@ -106,6 +115,8 @@ class ArtifactStore:
             return self._replayed(part, final, relpath, sha256=sha256, size=size)
         if not stat.S_ISREG(info.st_mode):
             wrong = "is not a regular file (a link or a device, never followed)"
+        elif info.st_nlink != 1:
+            wrong = f"has {info.st_nlink} hard links (another name shares its bytes)"
         elif info.st_size != size:
             wrong = f"holds {info.st_size:,} bytes but the download recorded {size:,}"
         else:
@@ -125,7 +136,7 @@ class ArtifactStore:
             if final.is_dir() and not final.is_symlink():
                 raise TransientFetchError(
                     f"{final} is a folder where the artifact {sha256} belongs; docstokg "
-                    "never creates one there: remove it and run again (retried later)"
+                    f"never creates one there: {MOVE_IT_AWAY}"
                 )
             os.replace(part, final)
             _fsync_dir(final.parent)
@@ -253,6 +264,61 @@ def open_existing_regular(path: Path) -> int | None:
         return None
 
 
+def open_staged(path: Path, flags: int) -> int | None:
+    """A descriptor on the staging file at ``path`` if docstokg made it: regular, one link.
+
+    None when it is absent or anything else (a link, a FIFO, a folder, a hard
+    link whose other name may be outside ``--out``): nothing there is ours.
+    """
+    try:
+        fd = open_regular(path, flags)
+    except FileNotFoundError:
+        return None
+    if fd is not None and os.fstat(fd).st_nlink != 1:
+        os.close(fd)
+        return None
+    return fd
+
+
+def create_staged(path: Path) -> int:
+    """A new, empty staging file at ``path``, open for writing; whatever was there is unlinked.
+
+    ``O_EXCL | O_NOFOLLOW``: the descriptor is on a file this call created,
+    never on a link, a hard link or a file someone put there meanwhile.
+    """
+    remove_file(path)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE_FLAGS, 0o644)
+    except FileExistsError:
+        raise TransientFetchError(
+            f"{path} was created by someone else while docstokg replaced it; nothing was "
+            "written (transient: retried later)"
+        ) from None
+
+
+def staged_size(path: Path) -> int | None:
+    """The size of the staging file at ``path`` if docstokg made it (see :func:`open_staged`)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 else None
+
+
+def clear_folder(path: Path) -> None:
+    """Remove an empty folder at ``path``; a folder holding files raises (see :func:`remove_file`).
+
+    Run before a download's first request, so a folder that would block the
+    part or its checkpoint fails the attempt before any byte is fetched.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        remove_file(path)
+
+
 def regular_size(path: Path) -> int | None:
     """The size of the regular file at ``path`` (not followed if a link); None for anything else."""
     try:
@@ -278,8 +344,7 @@ def remove_file(path: Path) -> None:
         except OSError as exc:
             raise TransientFetchError(
                 f"{path} is a folder holding files, where docstokg keeps a file of its own; "
-                "it deletes no folder it did not make: move it away and run again "
-                "(retried later)"
+                f"it deletes no folder it did not make: {MOVE_IT_AWAY}"
             ) from exc
         return
     path.unlink(missing_ok=True)
