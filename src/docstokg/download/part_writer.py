@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "PartWriter", "hash_file"]
 
-#: 2 added ``url`` and ``total``; a version 1 checkpoint is read but vouches for nothing.
+#: The checkpoint format; a checkpoint of any other version vouches for nothing.
 CHECKPOINT_VERSION = 2
 _CHECKPOINT_MAX_BYTES = 16 * 1024  # a validator is a header value: far less than this
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -67,19 +67,18 @@ class Checkpoint:
     (the length HEAD announced, None if it gave none) say what they are a
     prefix of: two resources may share a validator (one Last-Modified, or
     nginx's mtime-size ETags), so a part moved to another job's name must
-    not pass for that job's bytes.  ``url`` is None only in a checkpoint
-    written before it was recorded: such a checkpoint vouches for nothing.
+    not pass for that job's bytes.
     """
 
     validator: str | None
     length: int
     sha256: str
-    url: str | None
+    url: str
     total: int | None
 
     def vouches_for(self, url: str, total: int | None, validator: str | None) -> bool:
         """Whether these bytes were written for this URL, total length and (non-None) validator."""
-        same_source = self.url is not None and (self.url, self.total) == (url, total)
+        same_source = (self.url, self.total) == (url, total)
         return same_source and self.validator is not None and self.validator == validator
 
     def to_json(self) -> dict[str, object]:
@@ -114,7 +113,7 @@ class Checkpoint:
 
     @classmethod
     def _from_json(cls, data: object) -> Checkpoint | None:
-        if not isinstance(data, dict) or data.get("version") not in (1, CHECKPOINT_VERSION):
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
             return None
         validator, sha256 = data.get("validator"), data.get("sha256")
         length = _as_size(data.get("length"))
@@ -122,8 +121,6 @@ class Checkpoint:
             return None
         if length is None or not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             return None
-        if data["version"] == 1:  # vouches for nothing: it does not say what it is a prefix of
-            return cls(validator, length, sha256, url=None, total=None)
         url, total = data.get("url"), _as_size(data.get("total"))
         if not isinstance(url, str) or (total is None and data.get("total") is not None):
             return None
