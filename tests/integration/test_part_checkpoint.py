@@ -265,7 +265,7 @@ def test_bytes_past_the_checkpoint_are_cut_off_before_resuming(
         "deeply nested",
         "of another URL",
         "of another length",
-        "older, without URL and length",
+        "of another version",
     ],
 )
 def test_a_checkpoint_that_cannot_vouch_restarts_from_zero(
@@ -290,7 +290,7 @@ def test_a_checkpoint_that_cannot_vouch_restarts_from_zero(
         dataclasses.replace(good, url=found.url + "?v=2").write(checkpoint)
     elif spoil == "of another length":
         dataclasses.replace(good, total=len(BODY) + 1).write(checkpoint)
-    elif spoil == "older, without URL and length":
+    elif spoil == "of another version":
         older = {k: v for k, v in good.to_json().items() if k not in ("url", "total")}
         checkpoint.write_text(json.dumps({**older, "version": 1}))
     else:
