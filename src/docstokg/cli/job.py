@@ -36,7 +36,7 @@ from docstokg.states import JobState
 
 job_app = typer.Typer(
     help="Inspect and repair the jobs of a ledger: status, leases, stats, show, cleanup, "
-    "retry, vacuum, metrics.",
+    "retry, vacuum, metrics, verify.",
     no_args_is_help=True,
 )
 
