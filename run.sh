@@ -86,8 +86,10 @@ test)
     "$VENV/bin/ruff" format --check src tests bench
     echo "== mypy --strict" >&2
     "$VENV/bin/mypy"
+    # Two test processes (the machines this runs on have 2 cores); each starts
+    # its own throwaway PostgreSQL.  DOCSTOKG_TEST_WORKERS=0 runs in this process.
     echo "== pytest" >&2
-    exec "$VENV/bin/pytest" "$@"
+    exec "$VENV/bin/pytest" -n "${DOCSTOKG_TEST_WORKERS:-2}" "$@"
     ;;
 *)
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
