@@ -139,15 +139,14 @@ class Checkpoint:
                 json.dump(self.to_json(), out)
             os.replace(temporary, path)
         except IsADirectoryError:
-            os.unlink(temporary)
             raise TransientFetchError(
                 f"{path} is a folder where docstokg keeps a download's checkpoint; it never "
                 f"creates one there: {MOVE_IT_AWAY}"
             ) from None
-        except BaseException:
+        finally:
+            # Gone once renamed into place; left behind by any failure before that.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
-            raise
 
 
 class PartWriter:
@@ -247,10 +246,12 @@ class PartWriter:
         bytes written so far, so the next attempt resumes from there.
         """
         size = checkpointed = offset
+        ended = False  # the body was copied whole, or went over max_bytes (the part goes)
         try:
             try:
                 for chunk in _chunks(response, self.limits.chunk_bytes):
                     if size + len(chunk) > self.limits.max_bytes:
+                        ended = True
                         return None
                     _write_all(fd, chunk)
                     hasher.update(chunk)
@@ -266,13 +267,14 @@ class PartWriter:
                             f"{self.part} is kept and the next attempt resumes it"
                         )
                     self._pace.check(len(chunk), size)
+                ended = True
             except HTTPX_ERRORS as exc:
                 raise translate_httpx_error(
                     exc, self.url, detail=f" after {size:,} of {_of(of)} bytes"
                 ) from exc
-        except BaseException:
-            self._save_after_stop(validator, size, hasher)
-            raise
+        finally:
+            if not ended:  # cut short by whatever is propagating: keep what is on disk
+                self._save_after_stop(validator, size, hasher)
         self._checkpoint(validator, size, hasher)
         return size
 
