@@ -8,29 +8,14 @@ their exit codes, and that ``--repair`` plus a run put the bytes back.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
+from tests.e2e.test_job_cli import docstokg
 
 pytestmark = pytest.mark.slow
-
-
-def _docstokg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCSTOKG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "docstokg", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -43,7 +28,7 @@ def filled_store(server: ArtifactServer, tmp_path: Path) -> tuple[Path, Path, li
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     out = tmp_path / "store"
-    ran = _docstokg("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path)
+    ran = docstokg("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     return manifest, out, bodies
 
@@ -54,12 +39,12 @@ def test_verify_reports_damage_by_job_and_repair_lets_a_run_restore_it(
     manifest, out, bodies = filled_store
     stored = sorted((out / "artifacts").rglob("*"))
     files = [path for path in stored if path.is_file()]
-    clean = _docstokg("job", "verify", "--out", str(out), "--json", cwd=tmp_path)
+    clean = docstokg("job", "verify", "--out", str(out), "--json", cwd=tmp_path)
     assert clean.returncode == 0, clean.stderr
     assert json.loads(clean.stdout)["checked"] == 3
 
     files[0].write_bytes(b"\0" * files[0].stat().st_size)  # corrupt, same size
-    found = _docstokg("job", "verify", "--out", str(out), "--json", cwd=tmp_path)
+    found = docstokg("job", "verify", "--out", str(out), "--json", cwd=tmp_path)
     assert found.returncode == 1
     report = json.loads(found.stdout)
     (bad,) = report["bad"]
@@ -67,16 +52,16 @@ def test_verify_reports_damage_by_job_and_repair_lets_a_run_restore_it(
     assert "sha256" in bad["problem"]
     assert report["requeued"] == []
 
-    repaired = _docstokg("job", "verify", "--out", str(out), "--repair", cwd=tmp_path)
+    repaired = docstokg("job", "verify", "--out", str(out), "--repair", cwd=tmp_path)
     assert repaired.returncode == 1  # the store was bad when looked at
     assert "1 of 3 stored files are missing or corrupt" in repaired.stdout
     assert "fetched again" in repaired.stdout
-    requeued = _docstokg("job", "show", bad["job_id"], "--out", str(out), "--json", cwd=tmp_path)
+    requeued = docstokg("job", "show", bad["job_id"], "--out", str(out), "--json", cwd=tmp_path)
     assert json.loads(requeued.stdout)["job"]["state"] == "FAILED"
 
-    rerun = _docstokg("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path)
+    rerun = docstokg("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    assert _docstokg("job", "verify", "--out", str(out), cwd=tmp_path).returncode == 0
+    assert docstokg("job", "verify", "--out", str(out), cwd=tmp_path).returncode == 0
     assert files[0].read_bytes() in bodies
 
 
@@ -87,7 +72,7 @@ def test_a_run_with_the_ledger_of_another_store_exits_2_naming_both(
     ledger = out / "manifest.sqlite3"
     other = tmp_path / "other"
 
-    refused = _docstokg(
+    refused = docstokg(
         "run", str(manifest), "--out", str(other), "--db", f"sqlite:///{ledger}",
         "--idempotency", cwd=tmp_path,
     )  # fmt: skip
