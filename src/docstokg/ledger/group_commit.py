@@ -18,19 +18,18 @@ What a caller sees:
 
 * Its unit of work is atomic (a savepoint rolled back on error undoes its
   writes alone) and sees every write committed before it, in order.
-* ``commit()`` returns once its writes are ordered into the writer's
-  transaction; a unit of work that hands the group on does not wait for the
-  COMMIT.  The group is committed by a later member before that member
-  returns, so a crash loses a suffix of the units of work, never one in the
-  middle: exactly as if the process had died a moment earlier.  Effects are
-  written for that (a step whose record is lost runs again).
-* A read-only unit of work (on its thread's own connection) first waits for
-  the open group to commit, so it sees every write reported done before it
-  began, its own thread's included.
-* If a group's COMMIT fails (a full disk, an I/O error), units of work that
-  had handed it on have lost their writes without being told: from then on
-  every write unit of work of this process raises :class:`LedgerError`, and
-  the process must stop and start over from what the database holds.
+* ``commit()`` returns only once the COMMIT holding its writes has run: a
+  unit of work that hands the group on waits for that COMMIT, as members of
+  PostgreSQL's and SQLite's own group commits wait for theirs.  A process
+  killed at any moment loses no unit of work whose ``commit()`` returned.
+  (Against power loss, durability is the engine's: WAL with
+  ``synchronous=NORMAL`` may lose the last commits, never corrupt the file.)
+* If a group's COMMIT fails (a full disk, an I/O error), every unit of work
+  it held gets the error from its ``commit()``; nothing else is affected,
+  and the next unit of work starts a fresh transaction.
+* The group is formed while its members wait: a unit of work only hands the
+  group on when another is already queuing for the writer, so a lone writer
+  commits at once and never waits for anyone's network or disk I/O.
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ class _Group:
 
     transaction: RootTransaction
     members: int = 0  # units of work whose writes it holds
-    handed_on: int = 0  # of which returned before its COMMIT
     savepoint: bool = False  # the unit of work inside it now works in a savepoint
     finished: bool = False
     failure: Failure | None = None
@@ -81,8 +79,7 @@ class GroupCommit:
         self._waiting = 0  # units of work queuing for it
         self._group: _Group | None = None
         self._connection: Connection | None = None
-        self._lost: Failure | None = None  # a failed group took writes already reported done
-        # .inside: this thread holds the writer; .pending: the group its last writes went to
+        # .inside: this thread holds the writer
         self._thread = threading.local()
 
     # --- a unit of work's side ------------------------------------------------------
@@ -96,7 +93,6 @@ class GroupCommit:
             )
         try:
             self._take_writer()  # sets self._thread.inside once the writer is ours
-            self._refuse_if_lost()
             connection, group = self._join_group()
             # Only the writes of members before it need protecting from its
             # rollback; the first one may roll back the whole transaction.
@@ -125,9 +121,10 @@ class GroupCommit:
         """End the caller's part of the open group (see the module's docstring).
 
         With ``commit`` its writes join the group (its savepoint is simply
-        left in place: the group's COMMIT commits it); otherwise they are
-        rolled back.  Raises if the group could not be committed, except when
-        ``failing``: the caller's own error is then the one to see.
+        left in place: the group's COMMIT commits it) and this returns once
+        that COMMIT has run; otherwise they are rolled back.  Raises if the
+        group could not be committed, except when ``failing``: the caller's
+        own error is then the one to see.
         """
         group = self._group
         if group is None or not getattr(self._thread, "inside", False):
@@ -153,11 +150,13 @@ class GroupCommit:
         group.savepoint = False
         if commit:
             group.members += 1
-        if self._hand_on(group, committed=commit):
-            self._thread.pending = group
-            return
-        self._end_group(failure=None)
-        if not failing:
+        if self._hand_on(group):
+            if not commit:
+                return  # nothing of ours is in the group any more
+            self._await_commit(group)
+        else:
+            self._end_group(failure=None)
+        if commit and not failing:
             self._raise_if_failed(group)
 
     def wait_for_queue(self, count: int, timeout_s: float) -> bool:
@@ -168,34 +167,22 @@ class GroupCommit:
         with self._lock:
             return self._queued.wait_for(lambda: self._waiting >= count, timeout_s)
 
-    def settle(self) -> None:
-        """Wait until every write already reported done is committed.
+    def _await_commit(self, group: _Group) -> None:
+        """Wait until ``group`` has been committed (or has failed).
 
-        Called before a read on another connection, so that a read sees the
-        writes of every unit of work that returned before it began, this
-        thread's first of all.  Raises if the group holding this thread's own
-        writes failed.  (Inside a write unit of work there is nothing to wait
-        for: that unit of work's own writes are not committed yet anyway.)
+        Its COMMIT is run by whichever member finds nobody queuing behind it.
+        Should that member be interrupted while queuing, the group is left
+        with nobody to end it: the waiting member ends it itself.
         """
-        if getattr(self._thread, "inside", False):
-            return
-        mine: _Group | None = getattr(self._thread, "pending", None)
-        self._thread.pending = None
         with self._lock:
-            group = self._group
-            waiting_for = [g for g in (group, mine) if g is not None]
-            while not all(g.finished for g in waiting_for):
-                if group is not None and self._orphaned() and self._group is group:
-                    # Nobody is left to end it (the unit of work it was handed
-                    # to was interrupted while queuing): it is ours to end.
+            while not group.finished:
+                if self._orphaned() and self._group is group:
                     self._busy = True
                     self._thread.inside = True
                     break
                 self._ended.wait()
         if getattr(self._thread, "inside", False):
             self._end_group(failure=None)
-        if mine is not None:
-            self._raise_if_failed(mine)
 
     # --- the writer's life ----------------------------------------------------------
 
@@ -264,13 +251,11 @@ class GroupCommit:
         self._group = _Group(transaction)
         return connection, self._group
 
-    def _hand_on(self, group: _Group, *, committed: bool) -> bool:
+    def _hand_on(self, group: _Group) -> bool:
         """Pass the open group to a queuing unit of work instead of committing, if one queues."""
         with self._lock:
             if self._waiting == 0 or group.members >= self._max_group:
                 return False
-            if committed:  # it returns before the COMMIT that makes its writes last
-                group.handed_on += 1
             self._busy = False
             self._free.notify()
         self._thread.inside = False
@@ -306,8 +291,6 @@ class GroupCommit:
         self._thread.inside = False
         with self._lock:
             if group is not None:
-                if group.failure is not None and group.handed_on:
-                    self._lost = group.failure
                 group.finished = True
                 if self._group is group:
                     self._group = None
@@ -336,15 +319,6 @@ class GroupCommit:
         """With the lock held: is a group open that nobody holds or queues for?"""
         return not self._busy and self._waiting == 0 and self._group is not None
 
-    def _refuse_if_lost(self) -> None:
-        lost = self._lost
-        if lost is not None:
-            raise LedgerError(
-                "an earlier commit of this process failed, taking with it writes that were "
-                f"already reported done ({_describe(lost)}); stop this process and run again: "
-                "the ledger holds everything up to its last successful commit"
-            ) from lost
-
     def _raise_if_failed(self, group: _Group) -> None:
         failure = group.failure
         if failure is None:
@@ -357,12 +331,6 @@ class GroupCommit:
         if self._connection is None:
             raise LedgerError("the writer connection is gone; open a new unit of work")
         return self._connection
-
-
-def _describe(failure: Failure) -> str:
-    if isinstance(failure, DBAPIError):
-        return " ".join(str(failure.orig).split())
-    return str(failure)
 
 
 def _run(connection: Connection, statement: str) -> None:

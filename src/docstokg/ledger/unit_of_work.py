@@ -12,10 +12,11 @@ back.  The block is meant to be short: no network or disk I/O inside it.
 On PostgreSQL a unit of work is one transaction on the thread's connection.
 On SQLite (one writer at a time) the write units of work of a process take
 turns on one writer connection and commit in groups (see
-:mod:`docstokg.ledger.group_commit`): each is still atomic and sees every
-write before it, and the writer's lock is taken with ``BEGIN IMMEDIATE`` so a
-read can never fail half-way upgrading to a write.  Read-only units of work
-run on the thread's own connection, after this thread's writes are committed.
+:mod:`docstokg.ledger.group_commit`): each is still atomic, sees every write
+before it, and its ``commit()`` returns only after the COMMIT that holds it;
+the writer's lock is taken with ``BEGIN IMMEDIATE`` so a read can never fail
+half-way upgrading to a write.  Read-only units of work run on the thread's
+own connection.
 
 A unit of work is a Core connection and its transaction, not an ORM session:
 repositories run compiled Core statements, which keeps a state transition to a
@@ -79,18 +80,16 @@ class UnitOfWork:
     def __enter__(self) -> Self:
         if self._connection is not None:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
-        if self._writer is not None:
-            if not self._read_only:
-                connection = None
-                try:
-                    connection = self._writer.enter()
-                    self._connection = connection
-                except BaseException:  # interrupted once the writer was ours: hand it on
-                    if connection is not None:
-                        self._writer.release_if_held()
-                    raise
-                return self
-            self._writer.settle()  # this thread's writes first: it reads them on another connection
+        if self._writer is not None and not self._read_only:
+            connection = None
+            try:
+                connection = self._writer.enter()
+                self._connection = connection
+            except BaseException:  # interrupted once the writer was ours: hand it on
+                if connection is not None:
+                    self._writer.release_if_held()
+                raise
+            return self
         connection = None
         try:
             connection, self._kept = self._connections.acquire()
