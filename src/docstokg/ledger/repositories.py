@@ -203,8 +203,16 @@ class JobRepository:
     # --- leases ---------------------------------------------------------------------
 
     def claim(self, *, owner: str, ttl_s: float, now: float) -> Lease | None:
-        """Grant the oldest claimable job to ``owner``, or None if there is none."""
-        row = self._claim.first(self._connection, {"owner": owner, "ttl_s": ttl_s, "now": now})
+        """Grant the oldest claimable job to ``owner``, or None if there is none.
+
+        Taking over a job whose holder's lease expired mid-step costs it an
+        attempt; a job that had none left ends FAILED there and the next one
+        is tried (each such job is claimable once: the loop ends).
+        """
+        params = {"owner": owner, "ttl_s": ttl_s, "now": now}
+        while (row := self._claim.first(self._connection, params)) is not None:
+            if row[1] is not None:  # granted, not given up
+                break
         if row is None:
             return None
         job_id, owner, epoch, lease_until, work_id, artifact_id, url, state, expected = row

@@ -166,25 +166,71 @@ _LEASE_RETURNING = (
 )
 
 
+# The step a job in each state was running: what a takeover names as lost.
+_STEP_OF_STATE = {
+    JobState.LEASED: "HEAD",
+    JobState.HEAD_DONE: "STREAM",
+    JobState.RESUME_OK: "STREAM",
+    JobState.STREAMING: "FINALIZE",
+    JobState.FINALIZED: "INDEX",
+    JobState.INDEXED: "DEDUPE",
+}
+# A lease that expired with its owner still named: the holder died, hung or
+# was paused mid-step.  Taking such a job over costs it an attempt, so a job
+# that kills its worker every time ends FAILED instead of being retried forever.
+_WORKER_LOST: ColumnElement[bool] = and_(jobs.lease_owner.is_not(None), jobs.lease_until < _now)
+_LOST_ERROR = case(
+    *(
+        (jobs.state == state.value, f"worker lost during {step} (lease expired)")
+        for state, step in _STEP_OF_STATE.items()
+    ),
+    else_=literal("worker lost (lease expired)"),
+)
+# The takeover used the job's last attempt: it ends FAILED, leased to nobody.
+_LOST_FOR_GOOD: ColumnElement[bool] = and_(_WORKER_LOST, jobs.attempts + 1 >= jobs.max_attempts)
+
+
+def _after_worker_lost(granted: dict[str, Any]) -> dict[str, Any]:
+    """The values a claim or a cleanup writes: ``granted`` unless the takeover exhausted the job."""
+    return {
+        "attempts": case((_WORKER_LOST, jobs.attempts + 1), else_=jobs.attempts),
+        "last_error": case((_WORKER_LOST, _LOST_ERROR), else_=jobs.last_error),
+        **{
+            column: value if value is exhausted else case((_LOST_FOR_GOOD, exhausted), else_=value)
+            for column, (value, exhausted) in granted.items()
+        },
+        "updated_at": _now,
+    }
+
+
 def _claim(name: str) -> Any:
     oldest = select(jobs.job_id).where(_CLAIMABLE).order_by(jobs.created_at, jobs.job_id).limit(1)
     if name == "postgresql":
         # Workers skip rows another claim holds instead of queueing behind it.
         oldest = oldest.with_for_update(skip_locked=True)
+    granted_state = case(
+        (or_(*(jobs.state == state for state in _restart_states)), JobState.LEASED.value),
+        else_=jobs.state,
+    )
     return (
         update(jobs_table)
         # The claim re-checks the predicate on the row it updates: a job that
         # changed since the subquery looked (finished, leased) is not taken.
         .where(jobs.job_id == oldest.scalar_subquery(), _CLAIMABLE)
         .values(
-            lease_owner=bindparam("owner"),
-            lease_until=_now + bindparam("ttl_s", type_=jobs.lease_until.type),
-            lease_epoch=jobs.lease_epoch + 1,
-            state=case(
-                (or_(*(jobs.state == state for state in _restart_states)), JobState.LEASED.value),
-                else_=jobs.state,
+            # A takeover that used the last attempt ends the job FAILED and
+            # leased to nobody: the caller sees no owner and claims again.
+            **_after_worker_lost(
+                {
+                    "lease_owner": (bindparam("owner"), None),
+                    "lease_until": (
+                        _now + bindparam("ttl_s", type_=jobs.lease_until.type),
+                        None,
+                    ),
+                    "state": (granted_state, JobState.FAILED.value),
+                }
             ),
-            updated_at=_now,
+            lease_epoch=jobs.lease_epoch + 1,
         )
         .returning(*_LEASE_RETURNING)
     )
@@ -277,7 +323,15 @@ COUNT_UNFINISHED = (
 EXPIRE_STALE_LEASES = (
     update(jobs_table)
     .where(jobs.lease_until < _now)
-    .values(lease_owner=None, lease_until=None)
+    .values(
+        **_after_worker_lost(
+            {
+                "lease_owner": (None, None),
+                "lease_until": (None, None),
+                "state": (jobs.state, JobState.FAILED.value),
+            }
+        )
+    )
     .returning(jobs.job_id)
 )
 LIVE_LEASES = select(jobs.job_id).where(

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from docstokg.errors import ConfigurationError, LeaseLost
 from docstokg.ledger import Lease, Ledger
+from docstokg.services.transitions import finished_under
 
 
 def lease_next_job(ledger: Ledger, *, owner: str, ttl_s: float) -> Lease | None:
@@ -28,14 +29,19 @@ def renew_lease(ledger: Ledger, lease: Lease, *, ttl_s: float) -> Lease:
     """Extend ``lease`` by ``ttl_s`` from now, in any non-terminal state.
 
     A lease that expired but that nobody took over (same owner, same epoch)
-    can still be renewed: no one else can have written in between.  Raises
-    :class:`LeaseLost` if the job was granted to someone else, cleaned up, or
-    has finished.
+    can still be renewed: no one else can have written in between.  A job
+    that this very lease just finished has nothing left to renew: the lease
+    is returned as it is (the renewal raced the job's last commit; nothing
+    was lost).  Raises :class:`LeaseLost` if the job was granted to someone
+    else or cleaned up.
     """
     check_owner_and_ttl(lease.owner, ttl_s)
     with ledger.unit_of_work() as uow:
         lease_until = uow.jobs.renew(lease, ttl_s=ttl_s, now=uow.now())
         if lease_until is None:
+            job = uow.jobs.get(lease.job_id)
+            if job is not None and finished_under(job, lease):
+                return lease
             raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "renewing the lease")
         uow.commit()
     return replace(lease, lease_until=lease_until)
