@@ -7,6 +7,8 @@ offending value and says what to do about it; the CLI prints it verbatim.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class DocstokgError(Exception):
     """Base class of every error docstokg raises on purpose."""
@@ -28,8 +30,21 @@ class DatabaseUnavailable(LedgerError):
     """The database cannot be opened: missing file, not a database, server down."""
 
 
-class LedgerBusy(DatabaseUnavailable):
+class TransientDatabaseError(DatabaseUnavailable):
+    """A passing database error: connection lost, server restarting, a lock held, a conflict.
+
+    The ledger retries what it safely can; what reaches the caller means the
+    unit of work did not happen (or, for a lost COMMIT, may have: every write
+    is fenced or keyed, so doing it again is safe).
+    """
+
+
+class LedgerBusy(TransientDatabaseError):
     """SQLite stayed locked by other writers for longer than the busy timeout."""
+
+
+class DatabaseOutage(DatabaseUnavailable):
+    """The database stayed unreachable for longer than ``db_outage_s``: the run stops."""
 
 
 class SchemaError(LedgerError):
@@ -139,6 +154,22 @@ class PermanentFetchError(FetchError):
 
 class DownloadInterrupted(DocstokgError):
     """The run was asked to stop while a download was under way; its ``.part`` is kept."""
+
+
+class PartLost(DownloadInterrupted):
+    """Another holder of the job took this worker's part over, or the job was stored meanwhile.
+
+    The worker lost the job: it writes nothing more, and its next ledger write
+    is fenced out anyway (see :mod:`docstokg.download.handover`).
+    """
+
+    def __init__(self, part: Path, why: str) -> None:
+        self.part = part
+        super().__init__(
+            f"lost the job: {part} {why}; another worker holds the job now (its lease is "
+            "newer), so this worker writes nothing more to it and stops (raise lease_ttl_s "
+            "if leases expire while downloads go on)"
+        )
 
 
 class StoreError(ConfigurationError):

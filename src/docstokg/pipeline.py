@@ -31,8 +31,10 @@ from docstokg.download import (
     Probe,
     Streamed,
     probe,
-    resume_point,
+    regular_size,
+    resume_point_among,
     stream_to_part,
+    take_over_finished,
 )
 from docstokg.errors import (
     DocstokgError,
@@ -59,6 +61,8 @@ from docstokg.services import (
 from docstokg.states import JobState
 
 HEAD, STREAM, FINALIZE = "HEAD", "STREAM", "FINALIZE"
+#: The lease epoch of the ledger-off pipeline: its parts keep their old names.
+PLAIN_EPOCH = 0
 log = logging.getLogger(__name__)
 
 StopCheck = Callable[[], bool]
@@ -99,7 +103,12 @@ class JobOutcome:
 
 
 class Fetcher:
-    """The HTTP and disk work of a job, shared by both pipelines (and all workers)."""
+    """The HTTP and disk work of a job, shared by both pipelines (and all workers).
+
+    ``epoch`` is the lease epoch of the job's holder (0 with the ledger off):
+    each holder writes a ``.part`` of its own, so a holder paused past its
+    lease writes nothing another reads (see :mod:`docstokg.download.handover`).
+    """
 
     def __init__(self, client: httpx.Client, store: ArtifactStore, limits: DownloadLimits) -> None:
         self.client = client
@@ -109,35 +118,53 @@ class Fetcher:
     def probe(self, url: str) -> Probe:
         return probe(self.client, url, self.limits)
 
-    def can_resume(self, job_id: str, head: Probe) -> bool:
-        """Would STREAM continue a ``.part`` its checkpoint vouches for (Range + If-Range)?"""
-        part, checkpoint = self.store.part_path(job_id), self.store.checkpoint_path(job_id)
-        return resume_point(part, checkpoint, head) > 0
+    def can_resume(self, job_id: str, head: Probe, *, epoch: int) -> bool:
+        """Would STREAM continue a ``.part`` its checkpoint vouches for (Range + If-Range)?
+
+        Its own, or one an earlier holder of the job left.
+        """
+        parts = [self.store.part_path(job_id, epoch), *self.store.earlier_parts(job_id, epoch)]
+        return resume_point_among(parts, head) > 0
 
     def stream(
         self,
         job_id: str,
         head: Probe,
         *,
+        epoch: int,
         expected_sha256: str | None,
         should_stop: StopCheck,
         on_bytes: ByteCounter,
     ) -> Streamed:
-        """Download into the job's ``.part``, held to the manifest's checksum if it gave one."""
-        part = self.store.part_path(job_id)
+        """Download into the holder's ``.part``, held to the manifest's checksum if it gave one."""
         return stream_to_part(
             self.client,
             head,
-            part,
+            self.store.part_path(job_id, epoch),
             self.limits,
             should_stop=should_stop,
             on_bytes=on_bytes,
             expected_sha256=expected_sha256,
+            earlier=self.store.earlier_parts(job_id, epoch),
         )
 
-    def finalize(self, job_id: str, streamed: Streamed) -> str:
-        part = self.store.part_path(job_id)
-        return self.store.finalize(part, sha256=streamed.sha256, size=streamed.size)
+    def finalize(self, job_id: str, streamed: Streamed, *, epoch: int) -> str:
+        """Store the holder's own ``.part``; then no earlier holder's part is of any use.
+
+        A STREAM replayed from a predecessor's record left its bytes in that
+        predecessor's part: they are taken over first.
+        """
+        part = self.store.part_path(job_id, epoch)
+        if regular_size(part) is None:
+            take_over_finished(
+                part,
+                self.store.earlier_parts(job_id, epoch),
+                sha256=streamed.sha256,
+                size=streamed.size,
+            )
+        relpath = self.store.finalize(part, sha256=streamed.sha256, size=streamed.size)
+        self.store.discard_earlier(job_id, epoch)
+        return relpath
 
 
 def cut_short_by_the_wire(exc: BaseException) -> bool:
@@ -216,7 +243,7 @@ class LedgerPipeline:
         if failed.outcome is Outcome.FAILED and not retryable:
             # Out of attempts, and recorded so under our lease (a lost lease
             # would be LOST: the new holder may be resuming this very file).
-            self._fetcher.store.discard_part(lease.job_id)
+            self._fetcher.store.discard_part(lease.job_id, lease.epoch)
         return failed
 
     def _hand_back(self, lease: Lease, target: Target, reason: str) -> JobOutcome:
@@ -258,7 +285,7 @@ class LedgerPipeline:
         )
 
         def stream() -> dict[str, object]:
-            if self._fetcher.can_resume(job_id, head):
+            if self._fetcher.can_resume(job_id, head, epoch=lease.epoch):
                 advance_state(
                     self._ledger,
                     lease,
@@ -271,6 +298,7 @@ class LedgerPipeline:
             return self._fetcher.stream(
                 job_id,
                 asked,
+                epoch=lease.epoch,
                 expected_sha256=lease.expected_sha256,
                 should_stop=should_stop,
                 on_bytes=on_bytes,
@@ -290,7 +318,9 @@ class LedgerPipeline:
             stored = steps.effect(
                 kind=FINALIZE,
                 opkey=op_key(FINALIZE, job_id),
-                effect_fn=lambda: {"final_path": self._fetcher.finalize(job_id, streamed)},
+                effect_fn=lambda: {
+                    "final_path": self._fetcher.finalize(job_id, streamed, epoch=lease.epoch)
+                },
                 advance_to=JobState.FINALIZED,
                 allowed_from={JobState.STREAMING},
             )
@@ -355,11 +385,12 @@ class PlainPipeline:
             streamed = self._fetcher.stream(
                 target.job_id,
                 head,
+                epoch=PLAIN_EPOCH,
                 expected_sha256=target.expected_sha256,
                 should_stop=should_stop,
                 on_bytes=on_bytes,
             )
-            final_path = self._fetcher.finalize(target.job_id, streamed)
+            final_path = self._fetcher.finalize(target.job_id, streamed, epoch=PLAIN_EPOCH)
         except DownloadInterrupted as exc:
             return JobOutcome(target, Outcome.INTERRUPTED, error=str(exc))
         except FetchError as exc:

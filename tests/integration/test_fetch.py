@@ -35,6 +35,7 @@ from docstokg.download import (
     stream_to_part,
 )
 from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
+from tests.runner_kit import BytesReached
 
 BODY = generated_body("test-fetch", 300_000)
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -620,16 +621,26 @@ def test_should_stop_interrupts_between_chunks_and_keeps_the_part(
     found = probe(client, url, LIMITS)
     stop = threading.Event()
 
+    written = BytesReached(pause)  # every byte sent before the pause is on disk
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(stream_to_part, client, found, part, LIMITS, should_stop=stop.is_set)
-        assert server.wait_paused("/a.bin", timeout=10)
+        running = pool.submit(
+            stream_to_part,
+            client,
+            found,
+            part,
+            LIMITS,
+            should_stop=stop.is_set,
+            on_bytes=written.advance_bytes,
+        )
+        assert written.reached.wait(timeout=10)
         stop.set()
         server.release("/a.bin")
         with pytest.raises(DownloadInterrupted, match="is kept"):
             running.result(timeout=30)
 
     kept = part.stat().st_size
-    assert 0 < kept < len(BODY)
+    assert kept == pause  # the stop is seen before the next chunk is written
     assert part.read_bytes() == BODY[:kept]
 
     result = stream_to_part(client, found, part, LIMITS)

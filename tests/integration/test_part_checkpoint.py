@@ -38,6 +38,7 @@ from docstokg.errors import (
     PermanentFetchError,
     TransientFetchError,
 )
+from tests.runner_kit import BytesReached
 
 BODY = generated_body("test-part-checkpoint", 300_000)
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -104,16 +105,26 @@ def test_an_interrupted_download_checkpoints_what_it_wrote(
     url = server.add("/a.bin", Artifact(body=BODY, pause_after=65_536))
     found = probe(client, url, LIMITS)
     stop = threading.Event()
+    written = BytesReached(65_536)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(stream_to_part, client, found, part, LIMITS, should_stop=stop.is_set)
-        assert server.wait_paused("/a.bin", timeout=10)
+        running = pool.submit(
+            stream_to_part,
+            client,
+            found,
+            part,
+            LIMITS,
+            should_stop=stop.is_set,
+            on_bytes=written.advance_bytes,
+        )
+        assert written.reached.wait(timeout=10)
         stop.set()
         server.release("/a.bin")
         with pytest.raises(DownloadInterrupted):
             running.result(timeout=30)
 
     kept = part.stat().st_size
+    assert kept == 65_536
     checkpoint = saved(part)
     assert (checkpoint.length, checkpoint.validator) == (kept, strong_etag(BODY))
     assert vouches(checkpoint, BODY)

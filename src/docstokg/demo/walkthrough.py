@@ -158,15 +158,24 @@ def _wait_for_part(out_dir: Path, manifest: Manifest, size: int) -> int:
     """Until the large download's .part holds ``size`` bytes (the server pauses there)."""
     [row] = [row for row in manifest.rows if row.url.endswith(LARGE)]
     job_id = job_id_for(job_key(row.work_id, row.artifact_id, row.url))
-    part = ArtifactStore(out_dir).part_path(job_id)
+    store = ArtifactStore(out_dir)
     deadline = time.monotonic() + 30
     have = 0
     while time.monotonic() < deadline:
-        have = part.stat().st_size if part.exists() else 0
+        # One .part per lease epoch: the newest is the one being written.
+        parts = store.parts_of(job_id)
+        have = _size_of(parts[0][1]) if parts else 0
         if have >= size:
             break
         time.sleep(0.02)  # a demo watching a file grow, not a test synchronising
     return have
+
+
+def _size_of(part: Path) -> int:
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:  # stored or taken over a moment ago
+        return 0
 
 
 def _print_states(title: str, summary: RunSummary) -> None:

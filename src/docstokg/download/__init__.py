@@ -13,16 +13,20 @@ from docstokg.download.fetch import (
     pick_validator,
     probe,
     resume_point,
+    resume_point_among,
     stream_to_part,
 )
+from docstokg.download.handover import take_over_finished
 from docstokg.download.http_errors import classify_status, parse_retry_after
 from docstokg.download.part_writer import Checkpoint
-from docstokg.download.store import ArtifactStore, checkpoint_for
+from docstokg.download.store import ArtifactStore, checkpoint_for, regular_size
+from docstokg.errors import PartLost
 
 __all__ = [
     "ArtifactStore",
     "Checkpoint",
     "DownloadLimits",
+    "PartLost",
     "Probe",
     "Streamed",
     "can_resume",
@@ -32,6 +36,9 @@ __all__ = [
     "parse_retry_after",
     "pick_validator",
     "probe",
+    "regular_size",
     "resume_point",
+    "resume_point_among",
     "stream_to_part",
+    "take_over_finished",
 ]

@@ -15,6 +15,11 @@ part left by an older version, or edited, truncated, hard-linked or swapped
 with another job's between runs, is never continued: the download starts
 over.  A resumed download that does not hash as the manifest says is not
 final either: it may be the splice, so it restarts from zero.
+
+Each lease epoch writes a part of its own, held under an exclusive lock for
+the whole attempt; a new holder takes up an earlier epoch's part by moving it
+(its writer is gone) or by copying its verified prefix (its writer is alive,
+perhaps paused past its lease): :mod:`docstokg.download.handover` says why.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 
+from docstokg.download.handover import Busy, copy_prefix, take_over
 from docstokg.download.http_errors import (
     HTTPX_ERRORS,
     classify_status,
@@ -37,7 +44,13 @@ from docstokg.download.http_errors import (
     translate_httpx_error,
 )
 from docstokg.download.part_writer import Checkpoint, PartWriter
-from docstokg.download.store import checkpoint_for, clear_folder, hash_prefix, staged_size
+from docstokg.download.store import (
+    checkpoint_for,
+    clear_folder,
+    hash_fd_prefix,
+    remove_file,
+    staged_size,
+)
 from docstokg.errors import (
     ChecksumMismatch,
     DownloadInterrupted,
@@ -55,6 +68,7 @@ __all__ = [
     "pick_validator",
     "probe",
     "resume_point",
+    "resume_point_among",
     "stream_to_part",
 ]
 
@@ -205,8 +219,17 @@ def stream_to_part(
     should_stop: Callable[[], bool] = lambda: False,
     on_bytes: Callable[[int], None] | None = None,
     expected_sha256: str | None = None,
+    earlier: Sequence[Path] = (),
 ) -> Streamed:
     """Download ``probe.url`` into ``part``, resuming what an earlier attempt left there.
+
+    ``part`` is this holder's own (its lease epoch's, see
+    :meth:`~docstokg.download.store.ArtifactStore.part_path`), held locked
+    until this returns; ``earlier`` the parts of earlier epochs, newest first.
+    When ``part`` holds no vouched bytes, the newest earlier part that does is
+    taken over (moved, or its prefix copied: :mod:`docstokg.download.handover`).
+    A part another writer holds, or one moved away meanwhile, ends the attempt
+    with :class:`~docstokg.download.store.PartLost`.
 
     The part is kept on a transient failure or an interruption (the next
     attempt resumes it) and deleted when it cannot succeed (over
@@ -227,11 +250,13 @@ def stream_to_part(
         part, limits, probe.url, total=probe.length, should_stop=should_stop, on_bytes=on_bytes
     )
     try:
-        streamed = _download(client, probe, writer)
+        streamed = _download(client, probe, writer, earlier)
+        if expected_sha256 is not None:
+            _check_sha256(streamed, expected_sha256.strip().lower(), probe.url, writer)
     except HTTPX_ERRORS as exc:
         raise translate_httpx_error(exc, probe.url, max_redirects=limits.max_redirects) from exc
-    if expected_sha256 is not None:
-        _check_sha256(streamed, expected_sha256.strip().lower(), probe.url, writer)
+    finally:
+        writer.close()
     return streamed
 
 
@@ -268,6 +293,19 @@ def resume_point(part: Path, checkpoint: Path, probe: Probe) -> int:
     """
     saved = _vouching(part, checkpoint, probe)
     return 0 if saved is None else saved.length
+
+
+def resume_point_among(parts: Sequence[Path], probe: Probe) -> int:
+    """:func:`resume_point` of the first of ``parts`` whose checkpoint vouches for it (else 0).
+
+    ``parts`` as :func:`stream_to_part` looks at them: the holder's own, then
+    earlier epochs' newest first.
+    """
+    for part in parts:
+        have = resume_point(part, checkpoint_for(part), probe)
+        if have:
+            return have
+    return 0
 
 
 def can_resume(probe: Probe, have: int) -> bool:
@@ -307,24 +345,80 @@ def _vouching(part: Path, checkpoint: Path, probe: Probe) -> Checkpoint | None:
     return saved
 
 
-def _verified_prefix(part: Path, probe: Probe) -> tuple[int, hashlib._Hash | None]:
-    """The resume point and the hash of the bytes before it, re-read from disk and checked."""
-    saved = _vouching(part, checkpoint_for(part), probe)
-    if saved is None:
+def _take_up(
+    writer: PartWriter, probe: Probe, earlier: Sequence[Path]
+) -> tuple[int, hashlib._Hash | None]:
+    """The resume point and the hash of the bytes before it, re-read from disk and checked.
+
+    The writer's own part if its checkpoint vouches for it; else the newest
+    earlier epoch's part that is vouched for, taken over.  Bytes that no
+    longer hash as their checkpoint says are not resumed: 0, start over.
+    """
+    own = writer.hold_own()
+    saved = _vouching(writer.part, writer.checkpoint, probe)
+    if own is not None and saved is not None:
+        return _checked(writer.part, own.fd, saved)
+    for source in earlier:
+        saved = _vouching(source, checkpoint_for(source), probe)
+        if saved is not None:
+            return _take_over(writer, source, saved)
+    return 0, None
+
+
+def _take_over(
+    writer: PartWriter, source: Path, saved: Checkpoint
+) -> tuple[int, hashlib._Hash | None]:
+    """Continue from an earlier holder's part: moved if its writer is gone, else copied."""
+    remove_file(writer.checkpoint)  # the part is about to change: nothing vouches for it now
+    taken = take_over(source, writer.part)
+    if taken is None:  # gone meanwhile (stored, or taken by another): start over
         return 0, None
-    hasher = hash_prefix(part, saved.length)
+    if isinstance(taken, Busy):
+        return _copy_from(writer, source, taken, saved)
+    writer.adopt(taken)
+    saved.write(writer.checkpoint)
+    remove_file(checkpoint_for(source))
+    log.info("took over %s (its writer is gone) as %s", source, writer.part)
+    return _checked(writer.part, taken.fd, saved)
+
+
+def _copy_from(
+    writer: PartWriter, source: Path, busy: Busy, saved: Checkpoint
+) -> tuple[int, hashlib._Hash | None]:
+    """Copy the vouched prefix of a part whose writer is alive (paused or slow) into ours."""
+    try:
+        hasher = copy_prefix(busy.fd, writer.hold_new(), saved.length)
+    finally:
+        os.close(busy.fd)
     if hasher is None or hasher.hexdigest() != saved.sha256:
-        log.warning(
-            "the first %d bytes of %s no longer match its checkpoint; downloading it again",
-            saved.length,
-            part,
-        )
+        _mismatch(source, saved)
+        return 0, None
+    saved.write(writer.checkpoint)
+    log.info("copied %d vouched bytes of %s (its writer is alive)", saved.length, source)
+    return saved.length, hasher
+
+
+def _checked(part: Path, fd: int, saved: Checkpoint) -> tuple[int, hashlib._Hash | None]:
+    """``saved.length`` and the hash of that prefix of ``fd``, if it still hashes as vouched."""
+    hasher = hash_fd_prefix(fd, saved.length)
+    if hasher is None or hasher.hexdigest() != saved.sha256:
+        _mismatch(part, saved)
         return 0, None
     return saved.length, hasher
 
 
-def _download(client: httpx.Client, probe: Probe, writer: PartWriter) -> Streamed:
-    have, hasher = _verified_prefix(writer.part, probe)
+def _mismatch(part: Path, saved: Checkpoint) -> None:
+    log.warning(
+        "the first %d bytes of %s no longer match its checkpoint; downloading it again",
+        saved.length,
+        part,
+    )
+
+
+def _download(
+    client: httpx.Client, probe: Probe, writer: PartWriter, earlier: Sequence[Path]
+) -> Streamed:
+    have, hasher = _take_up(writer, probe, earlier)
     resumed_from = have
     if hasher is not None:
         writer.carry(have, hasher)

@@ -5,7 +5,7 @@ the one place that touches the staged file, so the rules about when a part is
 kept (transient failure, interruption: the next attempt resumes it) and when it
 is deleted (over the size limit: no attempt can ever succeed) live together.
 
-Beside every part lies its checkpoint (``<job_id>.part.json``): the URL asked
+Beside every part lies its checkpoint (``<part>.json``): the URL asked
 and the total length announced (what the bytes are of), the validator they
 were written under, and the length and SHA-256 of a prefix that is on disk.
 A resume trusts only what a checkpoint vouches for (see
@@ -13,6 +13,11 @@ A resume trusts only what a checkpoint vouches for (see
 before the part changes, every ``checkpoint_bytes`` while it grows, whenever
 the write stops (any exception), and when the body ends.  The part is written
 unbuffered, so a checkpoint never names bytes that are still in this process.
+
+A writer holds its part open and exclusively locked for the whole attempt
+(:mod:`docstokg.download.handover`), and before every chunk checks that the
+part's name still leads to its file and that it may go on; a writer that lost
+its part writes neither bytes nor checkpoints.
 """
 
 from __future__ import annotations
@@ -33,17 +38,22 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from docstokg.download.handover import HeldPart, create_held, hold
 from docstokg.download.http_errors import HTTPX_ERRORS, translate_httpx_error
 from docstokg.download.store import (
     MOVE_IT_AWAY,
     checkpoint_for,
-    create_staged,
+    hash_fd_prefix,
     hash_file,
-    hash_prefix,
     open_staged,
     remove_file,
 )
-from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
+from docstokg.errors import (
+    DownloadInterrupted,
+    PartLost,
+    PermanentFetchError,
+    TransientFetchError,
+)
 
 if TYPE_CHECKING:
     from docstokg.download.fetch import DownloadLimits
@@ -178,6 +188,35 @@ class PartWriter:
         # The hash of the part as the last write (or the resume check) left
         # it: a write that continues it takes this up instead of reading it again.
         self._carried: tuple[int, hashlib._Hash] | None = None
+        self._held: HeldPart | None = None  # the part, open and locked, until close()
+
+    @property
+    def held(self) -> HeldPart | None:
+        """The part this writer holds open and locked, if it has opened it yet."""
+        return self._held
+
+    def hold_own(self) -> HeldPart | None:
+        """Open and lock the part already at this writer's name; None if there is none.
+
+        :class:`PartLost` if another writer holds it locked.
+        """
+        self._take(hold(self.part))
+        return self._held
+
+    def hold_new(self) -> HeldPart:
+        """The part held, created empty if this writer holds none yet."""
+        if self._held is None:
+            self._take(create_held(self.part))
+        assert self._held is not None
+        return self._held
+
+    def adopt(self, held: HeldPart) -> None:
+        """Write into ``held`` from now on: an earlier holder's part, renamed to this one's name."""
+        self._take(held)
+
+    def close(self) -> None:
+        """Close the part (releasing its lock); the writer may open it again later."""
+        self._take(None)
 
     def carry(self, length: int, hasher: hashlib._Hash) -> None:
         """Take up ``hasher``, the hash of the part's first ``length`` bytes, already verified."""
@@ -187,6 +226,10 @@ class PartWriter:
         """SHA-256 (hex) of the part's first ``length`` bytes, from the carried hash if it fits."""
         if self._carried is not None and self._carried[0] == length:
             return self._carried[1].hexdigest()
+        if self._held is not None:
+            hasher = hash_fd_prefix(self._held.fd, length)
+            if hasher is not None:
+                return hasher.hexdigest()
         return hash_file(self.part, length)
 
     def write(
@@ -213,10 +256,7 @@ class PartWriter:
         # Recorded before the part changes: bytes past ``offset`` are not vouched for.
         self._checkpoint(validator, offset, hasher)
         fd = self._open_at(offset)
-        try:
-            size = self._pump(response, fd, hasher, offset=offset, validator=validator, of=expected)
-        finally:
-            os.close(fd)
+        size = self._pump(response, fd, hasher, offset=offset, validator=validator, of=expected)
         if size is None:
             self.discard()
             raise self._too_large("sent more bytes")
@@ -226,8 +266,15 @@ class PartWriter:
 
     def discard(self) -> None:
         """Delete the part and its checkpoint: its bytes cannot be part of a correct download."""
+        self.close()
         remove_file(self.part)
         remove_file(self.checkpoint)
+
+    def _take(self, held: HeldPart | None) -> None:
+        """Hold ``held`` instead of the part held so far (closed, so its lock goes)."""
+        if self._held is not None and self._held is not held:
+            self._held.close()
+        self._held = held
 
     def _pump(
         self,
@@ -253,6 +300,7 @@ class PartWriter:
                     if size + len(chunk) > self.limits.max_bytes:
                         ended = True
                         return None
+                    self._may_write(size)
                     _write_all(fd, chunk)
                     hasher.update(chunk)
                     size += len(chunk)
@@ -278,8 +326,28 @@ class PartWriter:
         self._checkpoint(validator, size, hasher)
         return size
 
+    def _may_write(self, size: int) -> None:
+        """Before each chunk: the part is still this writer's, and nobody asked it to stop.
+
+        After the write comes the same stop check again: a stop is then seen
+        before the next read, which may wait a while.
+        """
+        if self._held is not None:
+            self._held.check()
+        if self.should_stop():
+            raise DownloadInterrupted(
+                f"stopped while downloading {self.url} after {size:,} bytes; "
+                f"{self.part} is kept and the next attempt resumes it"
+            )
+
     def _checkpoint(self, validator: str | None, size: int, hasher: hashlib._Hash) -> None:
-        """Record that the part's first ``size`` bytes hash to ``hasher`` (for this URL, total)."""
+        """Record that the part's first ``size`` bytes hash to ``hasher`` (for this URL, total).
+
+        Not for a part this writer no longer holds (:class:`PartLost`): its
+        checkpoint's name is no longer one anybody resumes from.
+        """
+        if self._held is not None:
+            self._held.check()
         saved = Checkpoint(validator, size, hasher.hexdigest(), url=self.url, total=self.total)
         saved.write(self.checkpoint)
 
@@ -287,6 +355,8 @@ class PartWriter:
         """Checkpoint the bytes written before a failure, without hiding that failure."""
         try:
             self._checkpoint(validator, size, hasher)
+        except PartLost:
+            log.info("not checkpointing %s: this worker lost it", self.part)
         except (OSError, TransientFetchError) as exc:
             # The previous checkpoint still vouches for a shorter prefix: the
             # next attempt re-fetches a little more, nothing worse.
@@ -296,7 +366,9 @@ class PartWriter:
         carried, self._carried = self._carried, None
         if carried is not None and carried[0] == offset:
             return carried[1]
-        hasher = hash_prefix(self.part, offset) if offset else hashlib.sha256()
+        if not offset:
+            return hashlib.sha256()
+        hasher = None if self._held is None else hash_fd_prefix(self._held.fd, offset)
         if hasher is None:
             raise TransientFetchError(
                 f"{self.part} is shorter than the {offset:,} bytes expected; it changed while "
@@ -305,30 +377,31 @@ class PartWriter:
         return hasher
 
     def _open_at(self, offset: int) -> int:
-        """The part opened for writing at ``offset``, cut back to it; never through a link.
+        """The held part, positioned at ``offset`` and cut back to it; never through a link.
 
-        From zero, whatever is at the part's path (a link, a FIFO, a hard link
-        to a file outside ``--out``, an earlier part) is unlinked and a new
-        file created.  A resume continues only a part docstokg made, which
-        :func:`docstokg.download.fetch.resume_point` checked a moment ago.
+        From zero with no part held yet, whatever is at the part's path (a
+        link, a FIFO, a hard link to a file outside ``--out``, an earlier part)
+        is unlinked and a new file created and locked.  A resume continues only
+        the part the resume check held (see :func:`docstokg.download.fetch.stream_to_part`).
         """
         if offset == 0:
-            return create_staged(self.part)
-        fd = open_staged(self.part, os.O_WRONLY)
-        if fd is None:
+            held = self.hold_new()
+        elif self._held is None:
             raise TransientFetchError(
                 f"{self.part} stopped being a file docstokg made (a link, or another hard link "
                 "to it) after it was checked; nothing was written (transient: retried later)"
             )
-        if os.fstat(fd).st_size < offset:
-            os.close(fd)
+        else:
+            held = self._held
+        held.check()
+        if os.fstat(held.fd).st_size < offset:
             raise TransientFetchError(
                 f"{self.part} is shorter than the {offset:,} bytes checked a moment ago; it "
                 "changed meanwhile (transient: retried later)"
             )
-        os.ftruncate(fd, offset)
-        os.lseek(fd, offset, os.SEEK_SET)
-        return fd
+        os.ftruncate(held.fd, offset)
+        os.lseek(held.fd, offset, os.SEEK_SET)
+        return held.fd
 
     def _check_complete(self, size: int, expected: int | None, at_least: int | None) -> None:
         if expected is not None and size != expected:

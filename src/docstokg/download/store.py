@@ -1,8 +1,13 @@
 """The on-disk layout of a run: staged ``.part`` files and content-addressed artifacts.
 
-``DIR/.staging/<job_id>.part`` holds a download in progress, with its
-checkpoint ``<job_id>.part.json`` beside it; the finished file moves to
-``DIR/artifacts/<sha[:2]>/<sha256>``.  Every path is built from a job id or a
+``DIR/.staging/<job_id>.<epoch>.part`` holds a download in progress, with its
+checkpoint ``<job_id>.<epoch>.part.json`` beside it; the finished file moves to
+``DIR/artifacts/<sha[:2]>/<sha256>``.  ``epoch`` is the lease epoch of the
+job's holder: each grant writes a file of its own (see
+:mod:`docstokg.download.handover` for why, and how a holder takes over the
+bytes of an earlier one).  Epoch 0, the ledger off, keeps the names of older
+versions, ``<job_id>.part`` and ``<job_id>.part.json``, so their staged files
+are resumed as they are.  Every path is built from a job id or a
 SHA-256 that is checked to be hex, never from manifest strings, so no URL or
 artifact id can make a path escape ``DIR``.  Staging and artifacts live on the
 same filesystem, so the move is one atomic ``os.replace``.
@@ -20,19 +25,25 @@ written through, resumed or moved into the store.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
 
-from docstokg.errors import StoreError, TransientFetchError
+from docstokg.errors import PartLost, StoreError, TransientFetchError
 
 # New job ids are hex UUIDs; ids adopted from a v3 ledger may be any short
 # name.  Letters, digits, dot, dash, underscore, not starting with a dot: no
 # separator, no "..", so no staging path can leave the staging folder.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: ``.<epoch>`` between a job id and ``.part``: a lease epoch, written without leading zeros.
+_EPOCH = re.compile(r"\.[1-9][0-9]{0,18}")
+#: A staged part's name ends so; its checkpoint's name is the part's plus ``.json``.
+PART_SUFFIX = ".part"
+CHECKPOINT_SUFFIX = ".json"
 _HASH_BLOCK = 1024 * 1024
 # O_NONBLOCK: opening a FIFO planted where a file belongs must not hang the
 # worker; it changes nothing for regular files.
@@ -62,24 +73,67 @@ class ArtifactStore:
         _ensure_real_dir(self.staging_dir)
         _ensure_real_dir(self.artifacts_dir)
 
-    def part_path(self, job_id: str) -> Path:
-        """Where job ``job_id`` stages its download; refuses ids that could name another path."""
-        if not _JOB_ID.fullmatch(job_id) or ".." in job_id:
+    def part_path(self, job_id: str, epoch: int = 0) -> Path:
+        """Where the holder of job ``job_id`` with lease ``epoch`` stages its download.
+
+        The one definition of a part's name: ``<job_id>.<epoch>.part``, and
+        ``<job_id>.part`` for epoch 0 (the ledger off, and older versions).
+        Refuses ids that could name another path.
+        """
+        _check_job_id(job_id)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(
-                f"job_id {job_id!r} is not a safe file name (letters, digits, '.', '-', '_', "
-                "not starting with '.', no '..'); refusing to build a staging path from it"
+                f"lease epoch {epoch!r} is not a whole number >= 0; refusing to build a "
+                "staging path from it"
             )
-        return self.staging_dir / f"{job_id}.part"
+        name = f"{job_id}{PART_SUFFIX}" if epoch == 0 else f"{job_id}.{epoch}{PART_SUFFIX}"
+        return self.staging_dir / name
 
-    def checkpoint_path(self, job_id: str) -> Path:
-        """The checkpoint that vouches for the first bytes of ``part_path(job_id)``."""
-        return checkpoint_for(self.part_path(job_id))
+    def checkpoint_path(self, job_id: str, epoch: int = 0) -> Path:
+        """The checkpoint that vouches for the first bytes of ``part_path(job_id, epoch)``."""
+        return checkpoint_for(self.part_path(job_id, epoch))
 
-    def discard_part(self, job_id: str) -> None:
-        """Delete a job's part and its checkpoint: they can never be part of a correct download."""
-        part = self.part_path(job_id)
-        remove_file(part)
-        remove_file(checkpoint_for(part))
+    def parts_of(self, job_id: str) -> list[tuple[int, Path]]:
+        """Every staged part of ``job_id`` as (epoch, path), newest epoch first.
+
+        A v3 job id may itself end in ``.<digits>``: then another job's
+        ``<job_id>.<n>.part`` is listed here too.  Harmless: its bytes are used
+        only where its checkpoint vouches for the same URL, length and
+        validator, that is for the same bytes.
+        """
+        _check_job_id(job_id)
+        found: list[tuple[int, Path]] = []
+        try:
+            entries = list(os.scandir(self.staging_dir))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.startswith(job_id):
+                epoch = _epoch_in(entry.name, job_id)
+                if epoch is not None:
+                    found.append((epoch, self.staging_dir / entry.name))
+        return sorted(found, key=lambda item: item[0], reverse=True)
+
+    def earlier_parts(self, job_id: str, epoch: int) -> list[Path]:
+        """The parts earlier holders of ``job_id`` (epochs below ``epoch``) left, newest first."""
+        return [path for number, path in self.parts_of(job_id) if number < epoch]
+
+    def discard_part(self, job_id: str, epoch: int = 0) -> None:
+        """Delete the job's parts of epochs up to ``epoch``, and their checkpoints.
+
+        Called when they can never be part of a correct download (the job
+        failed for good, or is stored).  A holder still writing one of them
+        (paused past its lease) writes on into an unlinked file: nobody reads it.
+        """
+        for number, part in self.parts_of(job_id):
+            if number <= epoch:
+                remove_file(part)
+                remove_file(checkpoint_for(part))
+
+    def discard_earlier(self, job_id: str, epoch: int) -> None:
+        """Delete the parts (and checkpoints) of epochs below ``epoch``: the job is stored."""
+        if epoch > 0:
+            self.discard_part(job_id, epoch - 1)
 
     def relpath_for(self, sha256: str) -> str:
         """The artifact's path relative to ``out_dir`` (POSIX): artifacts/<sha[:2]>/<sha>."""
@@ -98,14 +152,16 @@ class ArtifactStore:
     def finalize(self, part: Path, *, sha256: str, size: int) -> str:
         """Move a finished part to its content-addressed place; returns the relpath.
 
-        Safe to replay: once the rename has happened (and the caller crashed
-        before recording it) the part is gone and the artifact is there, which
-        is success once the artifact's hash is checked.  A regular file
-        already at the address is hashed: the same bytes are kept (the part is
-        a duplicate and is removed), other bytes are replaced by the part.  A
-        link or device there is replaced, never followed.  The part's hash is
-        the one STREAM computed while writing it; only its size is checked
-        here, which catches a part that changed since.
+        ``part`` is the caller's own epoch's file: it is moved under its lock,
+        so no successor can take it over meanwhile (a part locked by another
+        is lost: :class:`PartLost`).  Safe to replay: once the rename has
+        happened (and the caller crashed before recording it) the part is gone
+        and the artifact is there, which is success once the artifact's hash
+        is checked.  A regular file already at the address is hashed: the same
+        bytes are kept (the part is a duplicate and is removed), other bytes
+        are replaced by the part.  A link or device there is replaced, never
+        followed.  The part's hash is the one STREAM computed while writing
+        it; only its size is checked here, which catches a part that changed since.
         """
         relpath = self.relpath_for(sha256)
         final = self.out_dir / relpath
@@ -113,36 +169,47 @@ class ArtifactStore:
             info = part.lstat()
         except FileNotFoundError:
             return self._replayed(part, final, relpath, sha256=sha256, size=size)
-        if not stat.S_ISREG(info.st_mode):
-            wrong = "is not a regular file (a link or a device, never followed)"
-        elif info.st_nlink != 1:
-            wrong = f"has {info.st_nlink} hard links (another name shares its bytes)"
-        elif info.st_size != size:
-            wrong = f"holds {info.st_size:,} bytes but the download recorded {size:,}"
-        else:
-            wrong = None
-        if wrong is not None:
+        wrong = _unfit(info, size)
+        fd = None if wrong is not None else open_staged(part, os.O_RDWR)
+        if fd is None:
+            if wrong is None and _part_gone(part):  # moved by a successor a moment ago
+                return self._replayed(part, final, relpath, sha256=sha256, size=size)
             remove_file(part)
             remove_file(checkpoint_for(part))
             raise TransientFetchError(
-                f"staged file {part} {wrong}; it was deleted rather than stored, and the "
-                "artifact is fetched again"
+                f"staged file {part} {wrong or 'changed while it was stored'}; it was deleted "
+                "rather than stored, and the artifact is fetched again"
             )
-        _fsync_file(part)
-        self._artifact_folder(final.parent)
-        if _holds(final, sha256, size):
-            part.unlink()
-        else:  # absent, a link, or a stray with other bytes: ours replaces it
-            if final.is_dir() and not final.is_symlink():
-                raise TransientFetchError(
-                    f"{final} is a folder where the artifact {sha256} belongs; docstokg "
-                    f"never creates one there: {MOVE_IT_AWAY}"
-                )
-            os.replace(part, final)
-            _fsync_dir(final.parent)
+        try:
+            self._store_held(fd, part, final, sha256=sha256, size=size)
+        finally:
+            os.close(fd)
         remove_file(checkpoint_for(part))
         _fsync_dir(part.parent)
         return relpath
+
+    def _store_held(self, fd: int, part: Path, final: Path, *, sha256: str, size: int) -> None:
+        """Lock the part open on ``fd`` and move it to ``final`` (or drop it as a duplicate)."""
+        if not try_lock(fd, part):
+            raise PartLost(part, "is locked by a newer holder of the job, taking it over")
+        if not names_file(part, fd) or os.fstat(fd).st_size != size:
+            raise TransientFetchError(
+                f"staged file {part} changed while it was stored (moved or resized); the "
+                "artifact is fetched again"
+            )
+        os.fsync(fd)
+        self._artifact_folder(final.parent)
+        if _holds(final, sha256, size):
+            part.unlink()
+            return
+        # absent, a link, or a stray with other bytes: ours replaces it
+        if final.is_dir() and not final.is_symlink():
+            raise TransientFetchError(
+                f"{final} is a folder where the artifact {sha256} belongs; docstokg "
+                f"never creates one there: {MOVE_IT_AWAY}"
+            )
+        os.replace(part, final)
+        _fsync_dir(final.parent)
 
     def check_stored(self, final_path: str, size: int) -> str | None:
         """Why the stored file at ``final_path`` is not a regular file of ``size`` bytes, or None.
@@ -233,9 +300,47 @@ class ArtifactStore:
         _fsync_dir(self.artifacts_dir)
 
 
+def _unfit(info: os.stat_result, size: int) -> str | None:
+    """Why a staged file with this ``lstat`` cannot be stored as ``size`` bytes, or None."""
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a link or a device, never followed)"
+    if info.st_nlink != 1:
+        return f"has {info.st_nlink} hard links (another name shares its bytes)"
+    if info.st_size != size:
+        return f"holds {info.st_size:,} bytes but the download recorded {size:,}"
+    return None
+
+
+def _part_gone(part: Path) -> bool:
+    """Whether nothing is at ``part`` (not even a link)."""
+    try:
+        part.lstat()
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def checkpoint_for(part: Path) -> Path:
-    """The checkpoint beside a part: ``<job_id>.part.json``."""
-    return part.with_name(part.name + ".json")
+    """The checkpoint beside a part: ``<job_id>[.<epoch>].part.json``."""
+    return part.with_name(part.name + CHECKPOINT_SUFFIX)
+
+
+def _check_job_id(job_id: str) -> None:
+    if not _JOB_ID.fullmatch(job_id) or ".." in job_id:
+        raise ValueError(
+            f"job_id {job_id!r} is not a safe file name (letters, digits, '.', '-', '_', "
+            "not starting with '.', no '..'); refusing to build a staging path from it"
+        )
+
+
+def _epoch_in(name: str, job_id: str) -> int | None:
+    """The epoch of ``name`` if it is a part of ``job_id`` (see :meth:`ArtifactStore.part_path`)."""
+    if name == f"{job_id}{PART_SUFFIX}":
+        return 0
+    middle = name[len(job_id) : -len(PART_SUFFIX)]
+    if not (name.startswith(job_id) and name.endswith(PART_SUFFIX)) or len(middle) < 2:
+        return None
+    return int(middle[1:]) if _EPOCH.fullmatch(middle) else None
 
 
 def open_regular(path: Path, flags: int, mode: int = 0o644) -> int | None:
@@ -281,19 +386,49 @@ def open_staged(path: Path, flags: int) -> int | None:
 
 
 def create_staged(path: Path) -> int:
-    """A new, empty staging file at ``path``, open for writing; whatever was there is unlinked.
+    """A new, empty staging file at ``path``, open read-write; whatever was there is unlinked.
 
     ``O_EXCL | O_NOFOLLOW``: the descriptor is on a file this call created,
     never on a link, a hard link or a file someone put there meanwhile.
     """
     remove_file(path)
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE_FLAGS, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _SAFE_FLAGS, 0o644)
     except FileExistsError:
         raise TransientFetchError(
             f"{path} was created by someone else while docstokg replaced it; nothing was "
             "written (transient: retried later)"
         ) from None
+
+
+def try_lock(fd: int, path: Path) -> bool:
+    """``flock(LOCK_EX | LOCK_NB)`` on ``fd`` (open on ``path``): False if another holds it.
+
+    On an error other than "held" (a filesystem without locks) ``fd`` is
+    closed and the attempt fails: writing without the lock is never safe.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        os.close(fd)
+        raise TransientFetchError(
+            f"cannot lock {path} ({exc.strerror}); docstokg needs a filesystem with "
+            "working file locks under --out (a local disk, or NFSv4 with locking): move "
+            "--out there (transient: retried later)"
+        ) from exc
+    return True
+
+
+def names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` (not followed if a link) is the file open on ``fd``."""
+    try:
+        named = path.lstat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def staged_size(path: Path) -> int | None:
@@ -359,15 +494,22 @@ def hash_prefix(path: Path, size: int) -> hashlib._Hash | None:
     fd = open_existing_regular(path)
     if fd is None:
         return None
+    try:
+        return hash_fd_prefix(fd, size)
+    finally:
+        os.close(fd)
+
+
+def hash_fd_prefix(fd: int, size: int) -> hashlib._Hash | None:
+    """SHA-256 state over the first ``size`` bytes of the file open on ``fd``; None if shorter."""
     hasher = hashlib.sha256()
-    remaining = size
-    with os.fdopen(fd, "rb") as source:
-        while remaining:
-            block = source.read(min(_HASH_BLOCK, remaining))
-            if not block:
-                return None
-            hasher.update(block)
-            remaining -= len(block)
+    done = 0
+    while done < size:
+        block = os.pread(fd, min(_HASH_BLOCK, size - done), done)
+        if not block:
+            return None
+        hasher.update(block)
+        done += len(block)
     return hasher
 
 
@@ -409,19 +551,6 @@ def _ensure_real_dir(folder: Path) -> None:
             f"{folder} is not a folder; docstokg keeps its files there: move it away, or "
             "choose another --out"
         )
-
-
-def _fsync_file(path: Path) -> None:
-    fd = open_regular(path, os.O_RDONLY)
-    if fd is None:
-        raise TransientFetchError(
-            f"{path} stopped being a regular file while it was stored; the artifact is "
-            "fetched again"
-        )
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -8,16 +8,21 @@ expired leases, ops no live holder owns, and files no live lease owns.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from docstokg.ledger import Ledger
 
+# A staged part is ``<job_id>.<epoch>.part`` (one per lease epoch), or
+# ``<job_id>.part`` (epoch 0: the ledger off, and older versions); the names
+# are made by docstokg.download.store.ArtifactStore.part_path.
 PART_SUFFIX = ".part"
 # Beside each part, the checkpoint that vouches for its bytes (length, SHA-256,
 # validator): it goes with its part, and alone it vouches for nothing.
 CHECKPOINT_SUFFIX = ".part.json"
+_EPOCHED = re.compile(r"(?P<job_id>.+)\.[1-9][0-9]{0,18}")
 
 
 @dataclass(slots=True)
@@ -30,9 +35,22 @@ class ReconcileReport:
     jobs_requeued: list[str] = field(default_factory=list)
 
 
-def _leased_now(ledger: Ledger, job_id: str) -> bool:
+def part_job_ids(name: str) -> tuple[str, ...]:
+    """The job ids a staged part named ``name`` (ending in ``.part``) may belong to.
+
+    ``<job_id>.<epoch>.part`` belongs to ``job_id``.  A job id adopted from a
+    v3 ledger may itself end in ``.<digits>``, so such a name may also be that
+    job's ``<job_id>.part``: both readings are returned, and the part is kept
+    while either job is leased.
+    """
+    stem = name[: -len(PART_SUFFIX)]
+    match = _EPOCHED.fullmatch(stem)
+    return (match.group("job_id"), stem) if match else (stem,)
+
+
+def _leased_now(ledger: Ledger, job_ids: tuple[str, ...]) -> bool:
     with ledger.unit_of_work(read_only=True) as uow:
-        return bool(uow.jobs.live_leases([job_id], now=uow.now()))
+        return bool(uow.jobs.live_leases(list(job_ids), now=uow.now()))
 
 
 def cleanup_stale_leases(ledger: Ledger, now: float | None = None) -> int:
@@ -88,12 +106,13 @@ def reconcile_jobs(
 ) -> ReconcileReport:
     """Delete stale ``.part`` files and requeue finalized jobs whose file vanished.
 
-    A ``<job_id>.part`` older than ``max_age_s`` is deleted unless its job
-    holds a live lease.  A FINALIZED or INDEXED job whose ``final_path``
-    (absolute, or relative to ``artifacts_root``, default the staging folder's
-    parent) no longer exists goes back to FAILED with its ops ABANDONED, so the
-    next holder fetches it again.  Disk is read outside any transaction.
-    ``dry_run`` reports what would be deleted and requeued, changing nothing.
+    A part (``<job_id>.<epoch>.part``, or ``<job_id>.part``) older than
+    ``max_age_s`` is deleted unless its job holds a live lease.  A FINALIZED
+    or INDEXED job whose ``final_path`` (absolute, or relative to
+    ``artifacts_root``, default the staging folder's parent) no longer exists
+    goes back to FAILED with its ops ABANDONED, so the next holder fetches it
+    again.  Disk is read outside any transaction.  ``dry_run`` reports what
+    would be deleted and requeued, changing nothing.
     """
     staging_root = Path(staging_root)
     base = Path(artifacts_root) if artifacts_root is not None else staging_root.parent
@@ -101,13 +120,14 @@ def reconcile_jobs(
 
     with ledger.unit_of_work(read_only=True) as uow:
         now = uow.now()
-        live = uow.jobs.live_leases([part.name[: -len(PART_SUFFIX)] for part in parts], now=now)
+        owners = {part: part_job_ids(part.name) for part in parts}
+        live = uow.jobs.live_leases(sorted({i for ids in owners.values() for i in ids}), now=now)
         finalized = uow.jobs.finalized_files(now=now)
 
     report = ReconcileReport()
     for part in parts:
-        job_id = part.name[: -len(PART_SUFFIX)]
-        if job_id in live:
+        job_ids = owners[part]
+        if any(job_id in live for job_id in job_ids):
             report.parts_kept_live.append(part)
             continue
         try:
@@ -117,7 +137,7 @@ def reconcile_jobs(
             continue  # its worker finished it meanwhile
         if age <= max_age_s:
             report.parts_kept_recent.append(part)
-        elif _leased_now(ledger, job_id):  # granted since the first look: keep it
+        elif _leased_now(ledger, job_ids):  # granted since the first look: keep it
             report.parts_kept_live.append(part)
         else:
             if not dry_run:
