@@ -132,6 +132,14 @@ class IdempotencyConfig(BaseModel):
         description="Seconds between reconciliation passes over expired leases and stray files "
         "(> 0, at most 30 days).",
     )
+    db_outage_s: float = Field(
+        default=120.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="Seconds a run waits for a ledger database that stopped answering "
+        "(a restart, a lost connection) before it stops cleanly (0: stop at once; at most "
+        "30 days).",
+    )
     db_path: str | None = Field(
         default=None,
         min_length=1,
@@ -220,6 +228,7 @@ class IdempotencyConfig(BaseModel):
         "lease_ttl_s",
         "stale_file_age_s",
         "reconciliation_interval_s",
+        "db_outage_s",
         "max_attempts",
         "max_bytes",
         "connect_timeout_s",

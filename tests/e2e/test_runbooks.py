@@ -54,7 +54,7 @@ from docstokg.cli import app
 from docstokg.config import ENABLE_ENV, KEYS, IdempotencyConfig, env_var
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.keys import job_id_for, job_key
-from docstokg.ledger.engine import connect_error, parse_url
+from docstokg.ledger.engine import database_error, parse_url
 from docstokg.metrics import exposition
 
 pytestmark = pytest.mark.slow
@@ -386,7 +386,7 @@ def test_the_busy_error_points_at_runbook_5() -> None:
     locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
     wrapped = DBAPIError.instance("BEGIN IMMEDIATE", (), locked, sqlite3.Error)
     assert isinstance(wrapped, DBAPIError)
-    message = str(connect_error(parse_url("sqlite:////srv/ledger.sqlite3"), wrapped))
+    message = str(database_error(parse_url("sqlite:////srv/ledger.sqlite3"), wrapped))
     pointer = re.search(r"see '([^']+)' in AGENTS\.md", message)
     assert pointer is not None, message
     title, _ = runbook_sections()[5]

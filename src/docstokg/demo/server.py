@@ -12,6 +12,11 @@ updated *before* the bytes they count are written, so that once a client holds
 a complete response the server's statistics already include it; a test never
 needs to sleep before reading them.
 
+Besides the counters, the server keeps a log of every request
+(:meth:`ArtifactServer.requests`): path, method, status, the span answered, the
+body bytes actually written, when, and the client's User-Agent.  A chaos test
+reads it to tell what each of several processes fetched, and when.
+
 Run ``python -m docstokg.demo.server --count N --size BYTES`` to serve N
 artifacts at ``/a/{i}`` (body ``generated_body(f"/a/{i}", BYTES)``) from a
 separate process; it prints its base URL and serves until killed.
@@ -117,6 +122,64 @@ class PathStats:
     if_range_headers: tuple[str, ...] = ()
     body_bytes_sent: int = 0
     faults_served: int = 0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server answered it, from :meth:`ArtifactServer.requests`.
+
+    ``start``/``stop`` (stop exclusive) is the span of the body the response
+    announced (``0, 0`` for HEAD and for fault or error responses, whose short
+    text is not artifact body); ``bytes_sent`` counts the body bytes actually
+    written, after truncation and aborted writes, so ``bytes_sent < stop -
+    start`` means the response was cut short.  Times are ``time.time()``, the
+    clock a SQLite ledger records, so a test can compare the two; ``ended_at``
+    is None while the response is still being written.  ``user_agent`` tells
+    the clients apart (each process of a chaos test sends its own).
+    """
+
+    path: str
+    method: str
+    status: int
+    start: int
+    stop: int
+    bytes_sent: int
+    started_at: float
+    ended_at: float | None
+    user_agent: str | None
+
+    @property
+    def cut_short(self) -> bool:
+        """True when fewer body bytes went out than the response announced."""
+        return self.bytes_sent < self.stop - self.start
+
+
+@dataclass
+class _Request:
+    """The mutable twin of :class:`RequestRecord`, only touched under the server's lock."""
+
+    path: str
+    method: str
+    user_agent: str | None
+    started_at: float
+    status: int = 0
+    start: int = 0
+    stop: int = 0
+    bytes_sent: int = 0
+    ended_at: float | None = None
+
+    def snapshot(self) -> RequestRecord:
+        return RequestRecord(
+            path=self.path,
+            method=self.method,
+            status=self.status,
+            start=self.start,
+            stop=self.stop,
+            bytes_sent=self.bytes_sent,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            user_agent=self.user_agent,
+        )
 
 
 @dataclass
@@ -272,6 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are two writes; no 40 ms delayed-ACK stall
     timeout = _IDLE_TIMEOUT_S
+    _request: _Request  # the entry of the request being served, in the server's log
 
     def log_message(self, format: str, *args: Any) -> None:
         """Log nothing: tests and the demo's progress display own the terminal."""
@@ -293,8 +357,17 @@ class _Handler(BaseHTTPRequestHandler):
         return cast(_HTTPServer, self.server).owner
 
     def _serve(self, *, head: bool) -> None:
-        owner = self._owner
         path = urlsplit(self.path).path
+        self._request = self._owner._log_request(
+            path, "HEAD" if head else "GET", self.headers.get("User-Agent")
+        )
+        try:
+            self._serve_logged(path, head=head)
+        finally:
+            self._owner._end_request(self._request)
+
+    def _serve_logged(self, path: str, *, head: bool) -> None:
+        owner = self._owner
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         entry, fault = owner._admit(path, head=head, range_header=range_header, if_range=if_range)
@@ -350,6 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = HTTPStatus.OK
             if not head:
                 owner._bump(path, full_gets=1)
+        owner._answer_request(self._request, status, (0, 0) if head else (start, stop))
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -369,6 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             phrase = ""
         body = f"{status} {phrase}\n".encode()
+        self._owner._answer_request(self._request, status, (0, 0))
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -403,11 +478,11 @@ class _Handler(BaseHTTPRequestHandler):
             if pause_at is not None:
                 end = min(end, pause_at)
             # Counted before writing, so a client that has the bytes sees them counted.
-            owner._bump(path, body_bytes_sent=end - position)
+            owner._count_sent(path, self._request, end - position)
             try:
                 self.wfile.write(view[position:end])
             except OSError:
-                owner._bump(path, body_bytes_sent=-(end - position))
+                owner._count_sent(path, self._request, -(end - position))
                 break
             position = end
             if artifact.bytes_per_s is not None and position < limit:
@@ -440,6 +515,7 @@ class ArtifactServer:
         self._connections = 0
         self._paused: dict[str, int] = {}
         self._released: set[str] = set()
+        self._requests: list[_Request] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -539,11 +615,23 @@ class ArtifactServer:
         with self._cond:
             return self._connections
 
+    def requests(self) -> tuple[RequestRecord, ...]:
+        """Every request answered (or being answered) since start or ``reset_stats``, in order.
+
+        Unlike the per-path counters, this says which client asked (its
+        User-Agent), for which span, when, and how many bytes each response
+        really carried: what a test of several competing processes needs to
+        check that no finished artifact was fetched again.
+        """
+        with self._cond:
+            return tuple(request.snapshot() for request in self._requests)
+
     def reset_stats(self) -> None:
-        """Zero every counter, including ``connections()``."""
+        """Zero every counter, including ``connections()``, and empty the request log."""
         with self._cond:
             self._counters.clear()
             self._connections = 0
+            self._requests.clear()
 
     # -- pausing ---------------------------------------------------------------
 
@@ -585,6 +673,28 @@ class ArtifactServer:
             counters = self._counters.setdefault(path, _Counters())
             for name, delta in deltas.items():
                 setattr(counters, name, getattr(counters, name) + delta)
+
+    def _log_request(self, path: str, method: str, user_agent: str | None) -> _Request:
+        request = _Request(path, method, user_agent, started_at=time.time())
+        with self._cond:
+            self._requests.append(request)
+        return request
+
+    def _answer_request(self, request: _Request, status: int, span: tuple[int, int]) -> None:
+        with self._cond:
+            request.status = int(status)
+            request.start, request.stop = span
+
+    def _end_request(self, request: _Request) -> None:
+        with self._cond:
+            request.ended_at = time.time()
+
+    def _count_sent(self, path: str, request: _Request, count: int) -> None:
+        """Count ``count`` body bytes (negative: a write that failed) for the path and request."""
+        with self._cond:
+            counters = self._counters.setdefault(path, _Counters())
+            counters.body_bytes_sent += count
+            request.bytes_sent += count
 
     def _count_connection(self) -> None:
         with self._cond:

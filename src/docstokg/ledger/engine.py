@@ -23,7 +23,13 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
-from docstokg.errors import ConfigurationError, DatabaseUnavailable, LedgerBusy
+from docstokg.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    LedgerBusy,
+    TransientDatabaseError,
+)
+from docstokg.ledger.faults import database_name, is_transient
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Page cache per connection, in KiB (negative = KiB for SQLite).  The default
@@ -121,18 +127,25 @@ def driver_reason(exc: DBAPIError) -> str:
     return " ".join(str(exc.orig).split())
 
 
-def connect_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
-    """Why the database at ``url`` could not be opened, in words a user can act on."""
+def database_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
+    """A driver error as a :mod:`docstokg.errors` type, in words a user can act on.
+
+    Passing errors (see :func:`docstokg.ledger.faults.is_transient`) become
+    :class:`TransientDatabaseError`, which callers may retry; the others say
+    what to fix.
+    """
+    if is_transient(exc):
+        if is_sqlite(url) and _is_busy(exc):
+            return LedgerBusy(
+                f"the SQLite ledger {sqlite_path(url)} stayed locked by other writers for "
+                f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; too many writers share one file (see "
+                "'database is locked' in AGENTS.md), or a process hangs inside a transaction"
+            )
+        return TransientDatabaseError(f"{database_name(url)}: {driver_reason(exc)}")
     if not is_sqlite(url):
         where = url.render_as_string(hide_password=True)
         return DatabaseUnavailable(f"cannot use the ledger database {where}: {driver_reason(exc)}")
     path = sqlite_path(url)
-    if _is_busy(exc):
-        return LedgerBusy(
-            f"the SQLite ledger {path} stayed locked by other writers for "
-            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; too many writers share one file (see "
-            "'database is locked' in AGENTS.md), or a process hangs inside a transaction"
-        )
     if path.is_dir():
         return DatabaseUnavailable(
             f"the SQLite file {path} is a directory; point --db at a file inside it, e.g. "
@@ -143,12 +156,28 @@ def connect_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
             f"the SQLite file {path} is not a SQLite database (its header is wrong); point "
             "--db at a ledger database or at a path where a new one may be created"
         )
+    if _sqlite_code(exc) == sqlite3.SQLITE_READONLY:
+        return DatabaseUnavailable(
+            f"the SQLite ledger {path} cannot be written ({driver_reason(exc)}); make the file, "
+            "its -wal and -shm files and its folder writable for this user, or point --db at "
+            "a writable copy"
+        )
+    if "no such table" in driver_reason(exc):
+        return DatabaseUnavailable(
+            f"the SQLite ledger {path} lost its tables ({driver_reason(exc)}): the file was "
+            "deleted or replaced while in use. Restore it, or run again to start a new ledger "
+            "there (work already stored is found again by its files)"
+        )
     return DatabaseUnavailable(f"cannot use the SQLite file {path}: {driver_reason(exc)}")
 
 
-def _is_busy(exc: DBAPIError) -> bool:
+def _sqlite_code(exc: DBAPIError) -> int | None:
     code = getattr(exc.orig, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _is_busy(exc: DBAPIError) -> bool:
+    return _sqlite_code(exc) == sqlite3.SQLITE_BUSY
 
 
 def _is_not_sqlite(path: Path) -> bool:

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from docstokg.errors import LedgerError
-from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
+from docstokg.ledger.engine import READ_ONLY_OPTION, database_error
 
 # Units of work per COMMIT at most: a bound on how long other processes wait
 # for SQLite's write lock, and on how much a failed COMMIT takes with it.
@@ -101,7 +101,7 @@ class GroupCommit:
                 _run(connection, f"SAVEPOINT {_SAVEPOINT}")
         except DBAPIError as exc:
             self.release_if_held()  # what the members before it wrote still commits
-            raise connect_error(self._url, exc) from exc
+            raise database_error(self._url, exc) from exc
         except BaseException:  # even Ctrl-C must hand the writer on, then propagate as is
             self.release_if_held()
             raise
@@ -142,7 +142,7 @@ class GroupCommit:
                 # error): the writes of the members before it went with it.
                 self._end_group(failure=exc)
                 if not failing:
-                    raise connect_error(self._url, exc) from exc
+                    raise database_error(self._url, exc) from exc
                 return
             except BaseException:  # Ctrl-C mid-rollback: the group's state is unknown, so it goes
                 self._end_group(failure=LedgerError("a unit of work was interrupted while ending"))
@@ -324,7 +324,7 @@ class GroupCommit:
         if failure is None:
             return
         if isinstance(failure, DBAPIError):
-            raise connect_error(self._url, failure) from failure
+            raise database_error(self._url, failure) from failure
         raise LedgerError(f"nothing was committed: {failure}") from failure
 
     def _require_connection(self) -> Connection:

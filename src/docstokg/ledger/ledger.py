@@ -9,8 +9,9 @@ own connection.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -21,21 +22,32 @@ from docstokg.ledger.clock import DatabaseClock
 from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import (
     READ_ONLY_OPTION,
-    connect_error,
     create_ledger_engine,
+    database_error,
     parse_url,
 )
+from docstokg.ledger.faults import DEFAULT_OUTAGE_S, OutageWatch
 from docstokg.ledger.group_commit import GroupCommit
 from docstokg.ledger.unit_of_work import Clock, UnitOfWork
+
+_T = TypeVar("_T")
 
 
 class Ledger:
     """The entry point to one ledger database (SQLite file or PostgreSQL)."""
 
     def __init__(
-        self, url: URL, engine: Engine, clock: Clock | None, engine_options: dict[str, Any]
+        self,
+        url: URL,
+        engine: Engine,
+        clock: Clock | None,
+        engine_options: dict[str, Any],
+        *,
+        outage_s: float = DEFAULT_OUTAGE_S,
     ) -> None:
         self._url = url
+        # Shared by every thread: an outage is waited out once, for at most outage_s.
+        self._outage = OutageWatch(url, outage_s=outage_s)
         self._engine = engine
         self._clock = clock
         self._engine_options = engine_options
@@ -52,17 +64,28 @@ class Ledger:
         self._database_clock = DatabaseClock() if engine.dialect.name == "postgresql" else None
 
     @classmethod
-    def connect(cls, url: str | URL, *, clock: Clock | None = None, **engine_options: Any) -> Self:
+    def connect(
+        cls,
+        url: str | URL,
+        *,
+        clock: Clock | None = None,
+        outage_s: float = DEFAULT_OUTAGE_S,
+        **engine_options: Any,
+    ) -> Self:
         """Open the ledger at ``url``; nothing touches the database until it is used.
 
         ``clock`` returns the current time in epoch seconds; tests inject one
         to move time.  Without it, lease times come from PostgreSQL's clock
         (so workers on drifting machines agree), or this host's for SQLite.  ``engine_options`` go
         to :func:`sqlalchemy.create_engine` (``pool_size``, ``connect_args``...).
+
+        Once the database has answered, a passing error (a server restart, a
+        lost connection) is waited out for up to ``outage_s`` seconds before
+        :class:`~docstokg.errors.DatabaseOutage` is raised (see :meth:`retrying`).
         """
         parsed = parse_url(url)
         engine = create_ledger_engine(parsed, **engine_options)
-        return cls(parsed, engine, clock, engine_options)
+        return cls(parsed, engine, clock, engine_options, outage_s=outage_s)
 
     @property
     def url(self) -> URL:
@@ -95,7 +118,17 @@ class Ledger:
             read_only=read_only,
             writer=self._writer,
             database_clock=self._database_clock,
+            outage=self._outage,
         )
+
+    def retrying(self, work: Callable[[], _T]) -> _T:
+        """``work()``, done again after each passing database error, for up to ``outage_s``.
+
+        For work that is safe to repeat whole, including after a COMMIT whose
+        fate is unknown (fenced or keyed writes, reads).  A unit of work's
+        start is always retried; this retries the statements and the COMMIT.
+        """
+        return self._outage.retrying(work)
 
     @property
     def group_commit(self) -> GroupCommit | None:
@@ -152,7 +185,7 @@ class Ledger:
                 connection.execution_options(**{READ_ONLY_OPTION: True})
                 migrate.check_current(connection)
         except DBAPIError as exc:
-            raise connect_error(self._url, exc) from exc
+            raise database_error(self._url, exc) from exc
         self._schema_checked.set()
 
     def __enter__(self) -> Self:

@@ -37,9 +37,9 @@ from docstokg.errors import (
     UnknownRevision,
 )
 from docstokg.ledger.engine import (
-    connect_error,
     create_inspection_engine,
     create_ledger_engine,
+    database_error,
     driver_reason,
     is_sqlite,
     parse_url,
@@ -354,6 +354,6 @@ def _connected(engine: Engine, url: URL) -> Iterator[Connection]:
             connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").all()
             connection.rollback()
     except DBAPIError as exc:
-        raise connect_error(url, exc) from exc
+        raise database_error(url, exc) from exc
     with connection:
         yield connection

@@ -87,10 +87,19 @@ class Prepared:
             cursor.execute(form.sql, bound)
             return cursor.fetchall() if cursor.description else []
         except dbapi.Error as exc:
-            # Wrapped as SQLAlchemy would, so callers meet one family of errors.
-            raise DBAPIError.instance(form.sql, values, exc, dbapi.Error) from exc
+            # Wrapped as SQLAlchemy would, so callers meet one family of errors;
+            # a lost connection is invalidated as SQLAlchemy would, so that the
+            # next unit of work opens a fresh one.
+            driver = connection.connection.dbapi_connection
+            lost = connection.dialect.is_disconnect(exc, driver, cursor)
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                form.sql, values, exc, dbapi.Error, connection_invalidated=lost
+            ) from exc
         finally:
-            cursor.close()
+            if not connection.invalidated:
+                cursor.close()
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> Sequence[Any] | None:
         rows = self.rows(connection, params)

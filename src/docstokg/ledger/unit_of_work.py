@@ -36,10 +36,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from docstokg.errors import LedgerError
+from docstokg.errors import LedgerError, TransientDatabaseError
 from docstokg.ledger.clock import DatabaseClock
 from docstokg.ledger.connections import ThreadConnections
-from docstokg.ledger.engine import READ_ONLY_OPTION, connect_error
+from docstokg.ledger.engine import READ_ONLY_OPTION, database_error
+from docstokg.ledger.faults import OutageWatch
 from docstokg.ledger.group_commit import GroupCommit
 from docstokg.ledger.reports import ReportRepository
 from docstokg.ledger.repositories import JobRepository, MetaRepository, OpRepository
@@ -61,8 +62,10 @@ class UnitOfWork:
         read_only: bool = False,
         writer: GroupCommit | None = None,
         database_clock: DatabaseClock | None = None,
+        outage: OutageWatch | None = None,
     ) -> None:
         self._writer = writer
+        self._outage = outage
         self._database_clock = database_clock
         self._connections = connections
         self._kept = False
@@ -78,8 +81,29 @@ class UnitOfWork:
         self._reports: ReportRepository | None = None
 
     def __enter__(self) -> Self:
+        """Begin; a passing error (the server restarting, SQLite locked) is waited out.
+
+        Nothing has happened yet when the connection or its BEGIN fails, so
+        beginning again is always safe; the wait ends after ``db_outage_s``
+        with :class:`DatabaseOutage`.
+        """
         if self._connection is not None:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
+        attempt = 0
+        while True:
+            try:
+                self._begin()
+            except TransientDatabaseError as exc:
+                if self._outage is None:
+                    raise
+                self._outage.wait(exc, attempt)
+                attempt += 1
+                continue
+            if self._outage is not None:
+                self._outage.recovered()
+            return self
+
+    def _begin(self) -> None:
         if self._writer is not None and not self._read_only:
             connection = None
             try:
@@ -89,7 +113,7 @@ class UnitOfWork:
                 if connection is not None:
                     self._writer.release_if_held()
                 raise
-            return self
+            return
         connection = None
         try:
             connection, self._kept = self._connections.acquire()
@@ -99,9 +123,8 @@ class UnitOfWork:
         except DBAPIError as exc:
             if connection is not None:
                 self._connections.release(connection, kept=self._kept, broken=True)
-            raise connect_error(self._url, exc) from exc
+            raise database_error(self._url, exc) from exc
         self._connection = connection
-        return self
 
     def __exit__(
         self,
@@ -111,6 +134,8 @@ class UnitOfWork:
     ) -> None:
         if self._connection is not None:
             self._end(commit=False, failing=exc_type is not None)
+        if isinstance(exc, DBAPIError):  # a statement failed: the caller meets docstokg's errors
+            raise database_error(self._url, exc) from exc
 
     @property
     def jobs(self) -> JobRepository:
@@ -173,7 +198,10 @@ class UnitOfWork:
     def commit(self) -> None:
         """Commit the transaction; the unit of work cannot be used afterwards."""
         self._require(self._connection)
-        self._end(commit=True)
+        try:
+            self._end(commit=True)
+        except DBAPIError as exc:
+            raise database_error(self._url, exc) from exc
 
     def rollback(self) -> None:
         """Discard the transaction; the unit of work cannot be used afterwards."""

@@ -36,23 +36,35 @@ def renew_lease(ledger: Ledger, lease: Lease, *, ttl_s: float) -> Lease:
     else or cleaned up.
     """
     check_owner_and_ttl(lease.owner, ttl_s)
-    with ledger.unit_of_work() as uow:
-        lease_until = uow.jobs.renew(lease, ttl_s=ttl_s, now=uow.now())
-        if lease_until is None:
-            job = uow.jobs.get(lease.job_id)
-            if job is not None and finished_under(job, lease):
-                return lease
-            raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "renewing the lease")
-        uow.commit()
-    return replace(lease, lease_until=lease_until)
+
+    def renew() -> Lease:  # fenced: renewing twice is renewing once
+        with ledger.unit_of_work() as uow:
+            lease_until = uow.jobs.renew(lease, ttl_s=ttl_s, now=uow.now())
+            if lease_until is None:
+                job = uow.jobs.get(lease.job_id)
+                if job is not None and finished_under(job, lease):
+                    return lease
+                raise LeaseLost(lease.job_id, lease.owner, lease.epoch, "renewing the lease")
+            uow.commit()
+        return replace(lease, lease_until=lease_until)
+
+    return ledger.retrying(renew)
 
 
 def release_lease(ledger: Ledger, lease: Lease) -> bool:
-    """Give the job back; False if ``lease`` was no longer the job's lease."""
-    with ledger.unit_of_work() as uow:
-        released = uow.jobs.release(lease)
-        uow.commit()
-    return released
+    """Give the job back; False if ``lease`` was no longer the job's lease.
+
+    Waits out a passing database error: a worker that hands its job back
+    after one must not leave it leased until the lease expires.
+    """
+
+    def release() -> bool:  # fenced: a repeat after a lost COMMIT finds nothing to release
+        with ledger.unit_of_work() as uow:
+            released = uow.jobs.release(lease)
+            uow.commit()
+        return released
+
+    return ledger.retrying(release)
 
 
 def check_owner_and_ttl(owner: str, ttl_s: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import partial
 
 from docstokg.errors import ConfigurationError
 from docstokg.iterables import batched
@@ -41,10 +42,16 @@ def plan_jobs(
     created = 0
     specs = (_spec(row) for row in rows)
     for batch in batched(specs, PLAN_TRANSACTION_ROWS):
-        with ledger.unit_of_work() as uow:
-            created += uow.jobs.plan_many(batch, now=uow.now(), max_attempts=max_attempts)
-            uow.commit()
+        # Keyed by the job triple: a batch whose COMMIT was lost is planned again harmlessly.
+        created += ledger.retrying(partial(_plan_batch, ledger, batch, max_attempts))
     return created
+
+
+def _plan_batch(ledger: Ledger, batch: list[JobSpec], max_attempts: int) -> int:
+    with ledger.unit_of_work() as uow:
+        planned = uow.jobs.plan_many(batch, now=uow.now(), max_attempts=max_attempts)
+        uow.commit()
+    return planned
 
 
 def _spec(row: PlanRow) -> JobSpec:
