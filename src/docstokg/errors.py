@@ -35,8 +35,14 @@ class TransientDatabaseError(DatabaseUnavailable):
 
     The ledger retries what it safely can; what reaches the caller means the
     unit of work did not happen (or, for a lost COMMIT, may have: every write
-    is fenced or keyed, so doing it again is safe).
+    is fenced or keyed, so doing it again is safe).  ``server_seen`` says a
+    server did answer (a connection was lost, the server said it is going
+    down), as opposed to nothing answering at that address at all.
     """
+
+    def __init__(self, message: str, *, server_seen: bool = False) -> None:
+        super().__init__(message)
+        self.server_seen = server_seen
 
 
 class LedgerBusy(TransientDatabaseError):

@@ -251,6 +251,12 @@ class LedgerPipeline:
         released = release_lease(self._ledger, lease)
         return JobOutcome(target, Outcome.INTERRUPTED if released else Outcome.LOST, error=reason)
 
+    @staticmethod
+    def interrupted(lease: Lease, reason: str) -> JobOutcome:
+        """The outcome of a job cut short by something outside it (the database), handed back."""
+        target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
+        return JobOutcome(target, Outcome.INTERRUPTED, error=reason)
+
     def give_up(self, lease: Lease, exc: Exception) -> JobOutcome:
         """A job broke in a way no step expects (a bug): record it as a failure and go on.
 

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from docstokg.config import IdempotencyConfig
 from docstokg.download import ArtifactStore, DownloadLimits, make_client
-from docstokg.errors import DocstokgError
+from docstokg.errors import DatabaseUnavailable, DocstokgError, TransientDatabaseError
 from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import JobRecord, JobSpec, Lease, Ledger
@@ -141,6 +141,9 @@ class RunSummary:
     bytes_fetched: int
     elapsed_s: float
     interrupted: bool
+    # Why the run stopped early for its database (an outage past db_outage_s,
+    # a read-only file, tables gone), in words an operator can act on.
+    ledger_error: str | None = None
     counts: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -161,8 +164,11 @@ class RunSummary:
         """0: every row was run and succeeded; 1: some failed or were skipped; 130: stopped.
 
         A skipped row is work the manifest asked for and the run did not do,
-        so a run with one never reports success.
+        so a run with one never reports success; nor does one its database
+        stopped.
         """
+        if self.ledger_error is not None:
+            return 1
         if self.counts["unfinished"] and self.interrupted:
             return 130
         lost = self.counts["failed"] or self.counts["unfinished"] or self.skipped_rows
@@ -179,6 +185,7 @@ class RunSummary:
             "bytes_fetched": self.bytes_fetched,
             "elapsed_s": round(self.elapsed_s, 3),
             "interrupted": self.interrupted,
+            "ledger_error": None if self.ledger_error is None else mask_urls(self.ledger_error),
             "exit_code": self.exit_code,
             "jobs": [
                 {
@@ -217,6 +224,10 @@ class DownloadRun:
         self._counters = RunCounters()
         self._bytes = 0
         self._bytes_lock = threading.Lock()
+        self._ledger_failure: DatabaseUnavailable | None = None
+        # What each job's last pass here came to: the summary's source when the
+        # database cannot be asked at the end.
+        self._outcomes: dict[str, JobOutcome] = {}
         # host:pid:run: an operator can tell which process (and which run in
         # it) holds a lease; the workers add :wN.
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -258,7 +269,8 @@ class DownloadRun:
             duplicate_rows=self._manifest.duplicates,
             bytes_fetched=self._bytes,
             elapsed_s=monotonic() - started,
-            interrupted=self._stop.is_set(),
+            interrupted=self._stop.is_set() and self._ledger_failure is None,
+            ledger_error=None if self._ledger_failure is None else str(self._ledger_failure),
         )
 
     # --- the ledger on ---------------------------------------------------------------
@@ -267,7 +279,7 @@ class DownloadRun:
         settings = self._settings
         if settings.db_url is None:
             raise ValueError("RunSettings.db_url is required when the ledger is enabled")
-        with Ledger.connect(settings.db_url) as ledger:
+        with Ledger.connect(settings.db_url, outage_s=settings.config.db_outage_s) as ledger:
             upgraded = ledger.upgrade()
             log.info(
                 "%s (schema_version %s, revision %s, database %s)",
@@ -309,8 +321,28 @@ class DownloadRun:
             self._run_workers(
                 lambda number: self._ledger_worker(ledger, pipeline, keeper, completion, number)
             )
-        records = {job.job_id: job for job in jobs_among(ledger, job_ids)}
+        try:
+            records = {job.job_id: job for job in jobs_among(ledger, job_ids)}
+        except DatabaseUnavailable as exc:
+            self._stop_for_the_database(exc)
+            return [
+                _plain_report_of(target, self._outcomes.get(target.job_id)) for target in targets
+            ]
         return [_report(target, records.get(target.job_id)) for target in targets]
+
+    def _stop_for_the_database(self, exc: DatabaseUnavailable) -> None:
+        """The database is gone for good (or for longer than db_outage_s): stop cleanly.
+
+        Downloads under way stop at their next chunk and keep their ``.part``;
+        the summary says what this process saw, and the run exits 1.
+        """
+        with self._bytes_lock:
+            first = self._ledger_failure is None
+            if first:
+                self._ledger_failure = exc
+        if first:
+            log.error("stopping the run: %s", exc)
+        self.request_stop()
 
     @property
     def _poll_s(self) -> float:
@@ -405,7 +437,7 @@ class DownloadRun:
         try:
             while not self._stop.is_set():
                 seen = self._news.count  # before the claim: a job ending after it wakes us
-                steps = claimed or pipeline.claim(owner=owner, ttl_s=ttl_s)
+                steps = claimed or ledger.retrying(lambda: pipeline.claim(owner=owner, ttl_s=ttl_s))
                 claimed = None
                 if steps is None:
                     if completion.all_ended():
@@ -418,14 +450,17 @@ class DownloadRun:
                     claimed = steps
                     return
                 try:
-                    outcome = self._process(pipeline, keeper, steps, next_claim)
+                    outcome = self._process(ledger, pipeline, keeper, steps, next_claim)
                 finally:
                     claimed = steps.next_job  # committed with the job's end, whatever came after
+                self._outcomes[outcome.target.job_id] = outcome
                 completion.ask_again()
                 self._news.announce()
                 if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
                     self._counters.failed(outcome.error)
                 self._reporter.job_ended(outcome)
+        except DatabaseUnavailable as exc:
+            self._stop_for_the_database(exc)
         finally:
             if claimed is not None:  # stopping: hand back the job not yet started
                 self._hand_back(ledger, claimed.lease)
@@ -443,7 +478,12 @@ class DownloadRun:
             )
 
     def _process(
-        self, pipeline: LedgerPipeline, keeper: LeaseKeeper, steps: JobSteps, then: NextClaim
+        self,
+        ledger: Ledger,
+        pipeline: LedgerPipeline,
+        keeper: LeaseKeeper,
+        steps: JobSteps,
+        then: NextClaim,
     ) -> JobOutcome:
         """One leased job through the pipeline, its lease renewed meanwhile."""
         lease = steps.lease
@@ -455,8 +495,30 @@ class DownloadRun:
                     on_bytes=self._count_bytes,
                     then_claim=None if self._stop.is_set() else then,
                 )
+            except TransientDatabaseError as exc:
+                return self._after_database_error(ledger, pipeline, lease, exc)
+            except DatabaseUnavailable as exc:
+                self._stop_for_the_database(exc)
+                return pipeline.interrupted(lease, str(exc))
             except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the run
                 return pipeline.give_up(lease, exc)
+
+    def _after_database_error(
+        self, ledger: Ledger, pipeline: LedgerPipeline, lease: Lease, exc: TransientDatabaseError
+    ) -> JobOutcome:
+        """A passing database error cut a step short: hand the job back, no attempt used.
+
+        The step's record may or may not have committed; either way the job's
+        next holder (maybe this worker, a moment later) replays what was
+        recorded and redoes the rest, resuming its ``.part``.  Handing back
+        waits out the outage; if it lasts past ``db_outage_s``, the run stops.
+        """
+        log.warning("job %s: %s; handed back, no attempt used", lease.job_id, exc)
+        try:
+            release_lease(ledger, lease)
+        except DatabaseUnavailable as lasting:
+            self._stop_for_the_database(lasting)
+        return pipeline.interrupted(lease, f"database error, handed back: {exc}")
 
     # --- the ledger off --------------------------------------------------------------
 
@@ -620,3 +682,9 @@ def _plain_report(
         attempts=attempts,
         ended=state != UNFINISHED,
     )
+
+
+def _plain_report_of(target: Target, outcome: JobOutcome | None) -> JobReport:
+    """What this process saw of a job, for a summary the database could not give."""
+    state = UNFINISHED if outcome is None else _PLAIN_STATES.get(outcome.outcome, UNFINISHED)
+    return _plain_report(target, state, outcome, 0)

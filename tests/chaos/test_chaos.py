@@ -33,10 +33,10 @@ def test_competing_runs_under_kills_stops_and_database_faults_break_no_invariant
     if backend == "postgresql":
         cluster: ThrowawayPostgres = request.getfixturevalue("postgres")
         database = Database(backend, empty_db_url, restart=postgres_restarter(cluster))
-        plan = ChaosPlan(backend, kills=6, urls=20, pg_restarts=1)
+        plan = ChaosPlan(backend, kills=6, pg_restarts=1)
     else:
         database = Database(backend)  # the runs' own OUT/manifest.sqlite3
-        plan = ChaosPlan(backend, kills=6, urls=20, held_writers=1)
+        plan = ChaosPlan(backend, kills=6, held_writers=1)
 
     result = ChaosRound(plan, work_dir=tmp_path, server=server, database=database).run()
 

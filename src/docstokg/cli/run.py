@@ -153,6 +153,8 @@ def run(
         print_json(summary.to_json())
     else:
         print_summary(summary)
+    if summary.ledger_error is not None:  # one line an operator can act on, after the summary
+        err.print(f"[bold red]error:[/] {escape(mask_urls(summary.ledger_error))}")
     raise typer.Exit(summary.exit_code)
 
 

@@ -141,7 +141,16 @@ def database_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
                 f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; too many writers share one file (see "
                 "'database is locked' in AGENTS.md), or a process hangs inside a transaction"
             )
-        return TransientDatabaseError(f"{database_name(url)}: {driver_reason(exc)}")
+        # A server answered: a connection was open, or it sent an error (psycopg
+        # reports one met while connecting as "FATAL: ..." with no SQLSTATE).
+        seen = (
+            exc.connection_invalidated
+            or getattr(exc.orig, "sqlstate", None) is not None
+            or "FATAL:" in driver_reason(exc)
+        )
+        return TransientDatabaseError(
+            f"{database_name(url)}: {driver_reason(exc)}", server_seen=seen or is_sqlite(url)
+        )
     if not is_sqlite(url):
         where = url.render_as_string(hide_password=True)
         return DatabaseUnavailable(f"cannot use the ledger database {where}: {driver_reason(exc)}")

@@ -92,9 +92,11 @@ class OutageWatch:
     def wait(self, error: TransientDatabaseError, attempt: int) -> None:
         """Pause before attempt ``attempt + 1``; raises :class:`DatabaseOutage` once too long.
 
-        Re-raises ``error`` at once if the database never answered yet.
+        Re-raises ``error`` at once if nothing ever answered at the database's
+        address (a wrong host or port is said at once, not waited out); a
+        server met restarting at start-up is waited for like any outage.
         """
-        if not self._answered:
+        if not self._answered and not error.server_seen:
             raise error
         now = time.monotonic()
         with self._lock:

@@ -136,8 +136,19 @@ class Ledger:
         return self._writer
 
     def upgrade(self, revision: str = "head") -> migrate.UpgradeResult:
-        """Create, adopt or upgrade the schema to ``revision`` through Alembic."""
-        result = migrate.upgrade(self._url, revision, **self._engine_options)
+        """Create, adopt or upgrade the schema to ``revision`` through Alembic.
+
+        A server restarting under it is waited out: the upgrade is one
+        transaction, so doing it again after a lost connection is safe.
+        """
+
+        def upgrade_once() -> migrate.UpgradeResult:
+            try:
+                return migrate.upgrade(self._url, revision, **self._engine_options)
+            except DBAPIError as exc:
+                raise database_error(self._url, exc) from exc
+
+        result = self._outage.retrying(upgrade_once)
         # Connections opened before the upgrade may have cached the old schema.
         self._close_connections()
         self._engine.dispose()
@@ -177,7 +188,7 @@ class Ledger:
     def _check_schema(self) -> None:
         with self._schema_lock:  # one thread checks; the others wait for its verdict
             if not self._schema_checked.is_set():
-                self._check_schema_now()
+                self._outage.retrying(self._check_schema_now)
 
     def _check_schema_now(self) -> None:
         try:

@@ -1,0 +1,156 @@
+"""A database that goes away: a passing error is waited out, a lasting one stops the run cleanly.
+
+The PostgreSQL here is a cluster of the test's own (it is stopped for good
+mid-run); a restart in the middle of competing runs is the chaos suite's
+(tests/chaos).  The SQLite errors are the driver's own, provoked for real.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from docstokg import Ledger
+from docstokg.demo.server import Artifact, ArtifactServer, generated_body
+from docstokg.errors import DatabaseOutage, DatabaseUnavailable, TransientDatabaseError
+from docstokg.ledger.engine import database_error, parse_url
+from docstokg.ledger.faults import OutageWatch
+from tests.pgcluster import ThrowawayPostgres
+from tests.runner_kit import BytesReached, make_config, make_run, part_files, write_manifest
+
+LARGE = "/outage/large.bin"
+LARGE_BYTES = 2 * 1024 * 1024
+PAUSE_AT = 1024 * 1024
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[ThrowawayPostgres]:
+    """A cluster this test may stop: the session's is shared with other tests."""
+    with ThrowawayPostgres() as cluster:
+        yield cluster
+
+
+def test_a_database_down_for_good_stops_the_run_cleanly_with_a_summary(
+    own_postgres: ThrowawayPostgres, server: ArtifactServer, tmp_path: Path
+) -> None:
+    url = server.add(LARGE, Artifact(generated_body(LARGE, LARGE_BYTES), pause_after=PAUSE_AT))
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W-large", "pdf", url)])
+    db_url = own_postgres.url()
+    config = make_config(lease_ttl_s=30.0).model_copy(update={"db_outage_s": 1.0})
+    written = BytesReached(PAUSE_AT)
+    run = make_run(manifest, tmp_path / "out", config, db_url=db_url, workers=2, reporter=written)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(run.run)
+        assert server.wait_paused(LARGE, timeout=30)
+        assert written.reached.wait(timeout=30)
+        own_postgres.stop()  # for good, in the middle of the download
+        server.release(LARGE)
+        summary = running.result(timeout=120)  # no exception: a summary
+
+    assert summary.exit_code == 1
+    assert summary.ledger_error is not None
+    assert "stayed unreachable" in summary.ledger_error
+    assert f"127.0.0.1:{own_postgres.port}" in summary.ledger_error
+    assert not summary.interrupted  # not a Ctrl-C: exit 1, not 130
+    assert summary.to_json()["ledger_error"] == summary.ledger_error
+    [job] = summary.jobs
+    assert job.state == "UNFINISHED"
+    # The bytes fetched are kept for the next run to resume.
+    assert [part.stat().st_size for part in part_files(tmp_path / "out")] == [LARGE_BYTES]
+
+
+def test_an_outage_is_waited_out_then_given_up_after_its_deadline() -> None:
+    watch = OutageWatch(parse_url("postgresql+psycopg://u:secret@db.example:5432/x"), outage_s=0.2)
+    calls = 0
+
+    def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise TransientDatabaseError("the ledger database: connection refused")
+
+    # Before the database ever answered: said at once, nothing waited.
+    with pytest.raises(TransientDatabaseError):
+        watch.retrying(failing)
+    assert calls == 1
+
+    watch.recovered()  # it answered once: from now on an outage is waited out
+    with pytest.raises(DatabaseOutage, match="stayed unreachable") as caught:
+        watch.retrying(failing)
+    assert calls > 2
+    assert "secret" not in str(caught.value)
+    assert "db.example:5432" in str(caught.value)
+
+
+def test_a_passing_error_is_retried_until_it_passes() -> None:
+    watch = OutageWatch(parse_url("sqlite:///ledger.sqlite3"), outage_s=30.0)
+    watch.recovered()
+    answers = iter([TransientDatabaseError("locked"), TransientDatabaseError("locked"), 7])
+
+    def flaky() -> int:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert watch.retrying(flaky) == 7
+
+
+def sqlite_error(connection: sqlite3.Connection, statement: str) -> DBAPIError:
+    try:
+        connection.execute(statement)
+    except sqlite3.Error as exc:
+        wrapped = DBAPIError.instance(statement, (), exc, sqlite3.Error)
+        assert isinstance(wrapped, DBAPIError)
+        return wrapped
+    raise AssertionError(f"{statement} did not fail")
+
+
+def test_a_read_only_sqlite_ledger_is_a_permanent_error_that_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with Ledger.connect(f"sqlite:///{path}") as ledger:
+        ledger.upgrade()
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    error = database_error(
+        parse_url(f"sqlite:///{path}"), sqlite_error(read_only, "DELETE FROM artifact_jobs")
+    )
+    read_only.close()
+
+    assert isinstance(error, DatabaseUnavailable)
+    assert not isinstance(error, TransientDatabaseError)
+    assert str(path) in str(error)
+    assert "writable" in str(error)
+
+
+def test_lost_tables_are_a_permanent_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    empty = sqlite3.connect(path)
+    error = database_error(
+        parse_url(f"sqlite:///{path}"), sqlite_error(empty, "SELECT * FROM artifact_jobs")
+    )
+    empty.close()
+
+    assert not isinstance(error, TransientDatabaseError)
+    assert "lost its tables" in str(error)
+    assert str(path) in str(error)
+
+
+def test_sqlite_locked_past_its_busy_timeout_is_transient(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    error = database_error(parse_url(f"sqlite:///{path}"), sqlite_error(other, "BEGIN IMMEDIATE"))
+    holder.rollback()
+    holder.close()
+    other.close()
+
+    assert isinstance(error, TransientDatabaseError)
