@@ -79,16 +79,25 @@ def run_download(
     return run.run()
 
 
-def run_interrupted(run: DownloadRun, server: ArtifactServer, path: str) -> RunSummary:
+def run_interrupted(
+    run: DownloadRun, server: ArtifactServer, path: str, *, written: BytesReached
+) -> RunSummary:
     """Run until a GET of ``path`` pauses at its ``pause_after``, then stop the run there.
 
-    The stop is requested while the server holds the body back, so the worker
-    is in the middle of the download when it sees it.
+    ``written`` is ``run``'s reporter, its threshold the ``pause_after``: the
+    stop is requested once every byte sent before the pause is in the part, so
+    the worker waits for the held-back body when it is asked to stop.  The
+    chunk that then arrives is not written (the stop is checked before each
+    write): the part keeps exactly the bytes before the pause.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(run.run)
         try:
             assert server.wait_paused(path, timeout=30), f"no GET of {path} reached its pause"
+            assert written.reached.wait(timeout=30), (
+                f"only {written.written:,} of the {written.threshold:,} bytes before the pause "
+                f"of {path} reached the part"
+            )
         finally:
             run.request_stop()
             server.release(path)

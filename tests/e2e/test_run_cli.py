@@ -34,6 +34,7 @@ import pytest
 
 from docstokg import JobState, Ledger
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
+from docstokg.download import ArtifactStore
 from docstokg.keys import job_id_for, job_key
 from docstokg.runner import ENABLED_MESSAGE
 
@@ -47,6 +48,8 @@ LARGE_BYTES = 4 * MiB
 # the client, so by the time its .part holds most of it the download is
 # unmistakably mid-way, and a resume must ask for bytes=N- with N > 0.
 PAUSE_AT = 1 * MiB
+#: The lease epoch of a job's first grant: the first run's worker stages it in ``<job_id>.1.part``.
+FIRST_GRANT = 1
 RUN_TIMEOUT_S = 60.0
 ENABLE_ENV = "DOCSTOKG_ENABLE_IDEMPOTENCY"
 LEASE_TTL_ENV = "DOCSTOKG_IDEMPOTENCY_LEASE_TTL_S"
@@ -74,6 +77,7 @@ SUMMARY_KEYS = {
     "bytes_fetched",
     "elapsed_s",
     "interrupted",
+    "ledger_error",
     "exit_code",
     "jobs",
 }
@@ -287,8 +291,9 @@ def part_files(out: Path) -> list[Path]:
     return sorted((out / ".staging").glob("*.part"))
 
 
-def part_path(out: Path, served: Served) -> Path:
-    return out / ".staging" / f"{served.job_id}.part"
+def part_path(out: Path, served: Served, epoch: int) -> Path:
+    """Where the holder of ``served``'s job with lease ``epoch`` stages it (the first grant: 1)."""
+    return ArtifactStore(out).part_path(served.job_id, epoch)
 
 
 def poll_child(check: Callable[[], bool], *, timeout: float, failure: Callable[[], str]) -> None:
@@ -372,11 +377,11 @@ def test_sigkill_mid_stream_then_rerun_resumes_with_range_and_finalizes_once(
     # Let the child write all the bytes the server sent before the pause and
     # checkpoint them (one checkpoint per MiB), so the kill leaves a .part
     # worth resuming.
-    vouched = wait_for_checkpoint(part_path(out, large), PAUSE_AT)
+    vouched = wait_for_checkpoint(part_path(out, large, FIRST_GRANT), PAUSE_AT)
     first.process.kill()
     assert first.process.wait(timeout=10) == -signal.SIGKILL
     server.release(LARGE)
-    kept = part_path(out, large).stat().st_size
+    kept = part_path(out, large, FIRST_GRANT).stat().st_size
     assert vouched == kept == PAUSE_AT
 
     second = cli(*args, cwd=tmp_path, env=env)
@@ -688,6 +693,9 @@ def test_sigterm_keeps_the_part_releases_the_lease_and_a_rerun_resumes_at_once(
 
     first = start(*args, cwd=tmp_path)
     assert server.wait_paused(LARGE, timeout=30), first.finish(timeout=5).explain()
+    # Every byte sent before the pause is in the part (a stop is checked before
+    # each write, so bytes that arrive after it are not written).
+    vouched = wait_for_checkpoint(part_path(out, large, FIRST_GRANT), PAUSE_AT)
     first.process.send_signal(signal.SIGTERM)
     server.release(LARGE)  # the next chunk arrives, and the download sees the stop request
     stopped = first.finish(timeout=30)
@@ -700,10 +708,10 @@ def test_sigterm_keeps_the_part_releases_the_lease_and_a_rerun_resumes_at_once(
     assert summary["counts"]["unfinished"] >= 1
     [large_job] = [job for job in summary["jobs"] if job["job_id"] == large.job_id]
     assert large_job["state"] not in {"DEDUPED", "SKIPPED_DUPLICATE", "FAILED"}, large_job
-    part = part_path(out, large)
+    part = part_path(out, large, FIRST_GRANT)
     assert part in part_files(out)
     kept = part.stat().st_size
-    assert 0 < kept < LARGE_BYTES
+    assert 0 < vouched <= kept < LARGE_BYTES
     url = ledger_url(backend, empty_db_url, out)
     assert ledger_jobs(url, [large.job_id])[large.job_id].lease_owner is None
 
@@ -830,6 +838,7 @@ def test_the_json_summary_has_the_documented_shape(server: ArtifactServer, tmp_p
     assert summary["ledger"] is True
     assert summary["db_url"] == f"sqlite:///{(tmp_path / 'out').resolve()}/manifest.sqlite3"
     assert summary["out_dir"] == "out"
+    assert summary["ledger_error"] is None
     assert summary["counts"] == {
         "stored": 2, "duplicates": 1, "failed": 0, "unfinished": 0, "jobs": 3,
     }  # fmt: skip

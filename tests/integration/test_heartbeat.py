@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from docstokg import JobState, Ledger, lease_next_job
 from docstokg.config import IdempotencyConfig
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
+from docstokg.download import ArtifactStore
 from docstokg.errors import LedgerError
 from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
@@ -274,7 +275,7 @@ def test_a_run_renews_a_long_download_and_reconciles_staging_while_it_runs(
             try:
                 assert server.wait_paused("/slow.pdf", timeout=DEADLINE_S)
                 job = job_of(ledger, job_id_for(job_key("W1", "pdf", url)))
-                own_part = out / ".staging" / f"{job.job_id}.part"
+                own_part = ArtifactStore(out).part_path(job.job_id, job.lease_epoch)
                 # The server pauses once it has sent the bytes; the worker may open its
                 # .part a moment later (no event for that): poll with a deadline.
                 assert poll_until(own_part.exists)

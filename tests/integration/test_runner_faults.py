@@ -2,9 +2,10 @@
 
 Each misbehaviour is scripted on the loopback :class:`ArtifactServer`; a run
 is stopped mid-download deterministically by the server's pause point (the
-test waits for the pause, requests the stop, then releases the body), never
-by sleeping.  Results are checked in the run's summary, in the ledger and in
-the server's counters.  Tests that take a database run on both backends.
+test waits for the pause and for the bytes before it to be in the part,
+requests the stop, then releases the body), never by sleeping.  Results are
+checked in the run's summary, in the ledger and in the server's counters.
+Tests that take a database run on both backends.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def test_an_interrupted_download_resumes_with_a_range_request(
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
     out = tmp_path / "out"
 
-    run = make_run(manifest, out, make_config(), db_url=empty_db_url)
-    stopped = run_interrupted(run, server, "/big")
+    written = BytesReached(PAUSE_AT)
+    run = make_run(manifest, out, make_config(), db_url=empty_db_url, reporter=written)
+    stopped = run_interrupted(run, server, "/big", written=written)
 
     assert stopped.interrupted is True
     assert stopped.exit_code == 130
@@ -220,7 +222,7 @@ def test_without_the_ledger_a_stop_during_a_stalled_read_on_the_last_attempt_is_
 def test_a_worker_whose_lease_ran_out_unrenewed_stops_writing_and_the_run_resumes_the_job(
     server: ArtifactServer, tmp_path: Path, empty_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """By then another worker may own the job and append to the same .part."""
+    """By then another worker may own the job: not one more chunk goes into the part."""
     clock = {"now": 1000.0}
     monkeypatch.setattr("docstokg.heartbeat._monotonic", lambda: clock["now"])
     body = generated_body("ran-out", BIG)
@@ -229,12 +231,15 @@ def test_a_worker_whose_lease_ran_out_unrenewed_stops_writing_and_the_run_resume
     out = tmp_path / "out"
     # A long TTL: the keeper's first renewal (ttl/3) comes after the test is over.
     config = make_config(lease_ttl_s=60.0)
-    run = make_run(manifest, out, config, db_url=empty_db_url, workers=1)
+    written = BytesReached(PAUSE_AT)
+    run = make_run(manifest, out, config, db_url=empty_db_url, workers=1, reporter=written)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(run.run)
         try:
             assert server.wait_paused("/ran-out", timeout=30), "the download never paused"
+            # Every byte before the pause is in the part: the worker waits for the next chunk.
+            assert written.reached.wait(timeout=30), "the bytes before the pause never arrived"
             clock["now"] += 61.0  # a whole TTL without a renewal, by the keeper's clock
         finally:
             server.release("/ran-out")
@@ -244,9 +249,9 @@ def test_a_worker_whose_lease_ran_out_unrenewed_stops_writing_and_the_run_resume
     stats = server.stats("/ran-out")
     assert stats.full_gets == 1
     (resumed,) = stats.range_headers  # the worker stopped, handed the job back, took it again
-    # It stopped at the first chunk it read after its lease ran out: the rest of
-    # the body was still held back by the server, so before the end.
-    assert 0 < int(resumed.removeprefix("bytes=").rstrip("-")) < len(body)
+    # The first chunk it read after its lease ran out was not written: the part
+    # held exactly the bytes sent before the pause.
+    assert resumed == f"bytes={PAUSE_AT}-"
     assert job_record(empty_db_url, report.job_id).lease_epoch == 2
 
 
@@ -258,9 +263,9 @@ def test_content_changed_while_interrupted_is_fetched_whole_not_spliced(
     url = server.add("/doc", Artifact(body=old, pause_after=PAUSE_AT))
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
     out = tmp_path / "out"
-    stopped = run_interrupted(
-        make_run(manifest, out, make_config(), db_url=empty_db_url), server, "/doc"
-    )
+    written = BytesReached(PAUSE_AT)
+    run = make_run(manifest, out, make_config(), db_url=empty_db_url, reporter=written)
+    stopped = run_interrupted(run, server, "/doc", written=written)
     assert stopped.exit_code == 130
     (part,) = part_files(out)
     have = part.stat().st_size
@@ -287,9 +292,9 @@ def test_without_range_support_an_interrupted_download_starts_over(
     url = server.add("/big", Artifact(body=body, ranges=ranges_at_first, pause_after=PAUSE_AT))
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
     out = tmp_path / "out"
-    stopped = run_interrupted(
-        make_run(manifest, out, make_config(), db_url=empty_db_url), server, "/big"
-    )
+    written = BytesReached(PAUSE_AT)
+    run = make_run(manifest, out, make_config(), db_url=empty_db_url, reporter=written)
+    stopped = run_interrupted(run, server, "/big", written=written)
     assert stopped.exit_code == 130
     (part,) = part_files(out)
     have = part.stat().st_size
@@ -322,7 +327,9 @@ def test_without_the_ledger_an_interrupted_download_also_resumes(
     out = tmp_path / "out"
     config = make_config(enabled=False)
 
-    stopped = run_interrupted(make_run(manifest, out, config, db_url=None), server, "/big")
+    written = BytesReached(PAUSE_AT)
+    run = make_run(manifest, out, config, db_url=None, reporter=written)
+    stopped = run_interrupted(run, server, "/big", written=written)
 
     assert stopped.exit_code == 130
     assert [job.ended for job in stopped.jobs] == [False]
@@ -601,13 +608,14 @@ def test_a_body_that_grew_past_max_bytes_while_interrupted_leaves_no_part(
 ) -> None:
     """The recorded HEAD is replayed, so the limit is only found on the resumed GET."""
     body = generated_body("grows", 400_000)
-    url = server.add("/grows", Artifact(body=body, pause_after=100_000))
+    pause = 100_000
+    url = server.add("/grows", Artifact(body=body, pause_after=pause))
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])
     out = tmp_path / "out"
     config = make_config(max_bytes=BIG)
-    stopped = run_interrupted(
-        make_run(manifest, out, config, db_url=empty_db_url), server, "/grows"
-    )
+    written = BytesReached(pause)
+    run = make_run(manifest, out, config, db_url=empty_db_url, reporter=written)
+    stopped = run_interrupted(run, server, "/grows", written=written)
     assert stopped.exit_code == 130
     assert len(part_files(out)) == 1
     server.add("/grows", Artifact(body=generated_body("grown", 2 * BIG)))  # a new ETag

@@ -174,8 +174,9 @@ def database_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
     if "no such table" in driver_reason(exc):
         return DatabaseUnavailable(
             f"the SQLite ledger {path} lost its tables ({driver_reason(exc)}): the file was "
-            "deleted or replaced while in use. Restore it, or run again to start a new ledger "
-            "there (work already stored is found again by its files)"
+            "deleted or replaced while in use. Restore it from a backup, or run again to start "
+            "a new ledger there (it downloads again what it does not know; identical files "
+            "are stored once)"
         )
     return DatabaseUnavailable(f"cannot use the SQLite file {path}: {driver_reason(exc)}")
 
