@@ -212,15 +212,7 @@ def postgres_restarter(cluster: ThrowawayPostgres) -> Callable[[], None]:
     """
 
     def restart() -> None:
-        command = [
-            str(cluster.bindir / "pg_ctl"), "-D", str(cluster.data),
-            "-l", str(cluster.root / "server.log"), "-m", "fast", "-w", "-t", "60", "restart",
-        ]  # fmt: skip
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
+        cluster.restart()
 
     return restart
 

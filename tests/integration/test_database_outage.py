@@ -90,7 +90,9 @@ def test_an_outage_is_waited_out_then_given_up_after_its_deadline() -> None:
 def test_a_passing_error_is_retried_until_it_passes() -> None:
     watch = OutageWatch(parse_url("sqlite:///ledger.sqlite3"), outage_s=30.0)
     watch.recovered()
-    answers = iter([TransientDatabaseError("locked"), TransientDatabaseError("locked"), 7])
+    answers: Iterator[TransientDatabaseError | int] = iter(
+        [TransientDatabaseError("locked"), TransientDatabaseError("locked"), 7]
+    )
 
     def flaky() -> int:
         answer = next(answers)
@@ -154,3 +156,37 @@ def test_sqlite_locked_past_its_busy_timeout_is_transient(tmp_path: Path) -> Non
     other.close()
 
     assert isinstance(error, TransientDatabaseError)
+
+
+def test_a_run_survives_a_postgresql_restart_mid_download_and_spends_no_attempt(
+    own_postgres: ThrowawayPostgres, server: ArtifactServer, tmp_path: Path
+) -> None:
+    large = server.add(LARGE, Artifact(generated_body(LARGE, LARGE_BYTES), pause_after=PAUSE_AT))
+    rows = [("W-large", "pdf", large)]
+    for n in range(6):
+        path = f"/outage/small-{n}.bin"
+        rows.append((f"W{n}", "pdf", server.add(path, Artifact(generated_body(path, 50_000)))))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    db_url = own_postgres.url()
+    written = BytesReached(PAUSE_AT)
+    config = make_config(lease_ttl_s=30.0, max_attempts=2)
+    run = make_run(manifest, tmp_path / "out", config, db_url=db_url, workers=2, reporter=written)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(run.run)
+        assert server.wait_paused(LARGE, timeout=30)
+        assert written.reached.wait(timeout=30)
+        own_postgres.restart()  # every connection of the run is cut mid-download
+        server.release(LARGE)
+        summary = running.result(timeout=120)
+
+    assert summary.exit_code == 0, summary.to_json()
+    assert summary.ledger_error is None
+    assert {job.state for job in summary.jobs} == {"DEDUPED"}
+    with Ledger.connect(db_url) as ledger, ledger.unit_of_work(read_only=True) as uow:
+        jobs = uow.jobs.get_many([job.job_id for job in summary.jobs])
+    # A passing database error never costs a job an attempt, nor leaves an error behind.
+    assert [(job.attempts, job.last_error) for job in jobs] == [(0, None)] * len(rows)
+    # The large body was not fetched again from zero: what was kept is resumed.
+    assert server.stats(LARGE).body_bytes_sent <= LARGE_BYTES
+    assert part_files(tmp_path / "out") == []

@@ -635,10 +635,14 @@ class ArtifactServer:
 
     # -- pausing ---------------------------------------------------------------
 
-    def wait_paused(self, path: str, timeout: float = 10.0) -> bool:
-        """Block until a GET of ``path`` is paused at ``pause_after``; False on timeout."""
+    def wait_paused(self, path: str, timeout: float = 10.0, *, count: int = 1) -> bool:
+        """Block until ``count`` GETs of ``path`` are paused at ``pause_after``; False on timeout.
+
+        A GET whose client died stays paused until :meth:`release`: ``count``
+        tells the next one from those.
+        """
         with self._cond:
-            return self._cond.wait_for(lambda: self._paused.get(path, 0) > 0, timeout)
+            return self._cond.wait_for(lambda: self._paused.get(path, 0) >= count, timeout)
 
     def release(self, path: str) -> None:
         """Let paused, and future, GETs of ``path`` continue past ``pause_after``."""
