@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -60,10 +61,17 @@ def committed_work_ids(path: Path) -> set[str]:
         return {work_id for (work_id,) in outside.execute("SELECT work_id FROM artifact_jobs")}
 
 
-def plan_and_commit(ledger: Ledger, n: int, before_commit: Callable[[], object] = dict) -> None:
-    """Plan job ``n``; ``before_commit`` runs inside the unit of work, holding the writer."""
+def plan_and_commit(
+    ledger: Ledger, n: int, before_commit: Callable[[], object] = dict, *, poison: bool = False
+) -> None:
+    """Plan job ``n``; ``before_commit`` runs inside the unit of work, holding the writer.
+
+    With ``poison``, the unit of work also writes an op that fails the COMMIT.
+    """
     with ledger.unit_of_work() as uow:
         uow.jobs.plan(spec(n), now=1.0)
+        if poison:
+            insert_orphan_op(uow)
         before_commit()
         uow.commit()
 
@@ -120,33 +128,56 @@ def test_a_rollback_in_a_group_undoes_its_own_writes_only(ledger: Ledger, path: 
     assert committed_work_ids(path) == {"W1", "W3"}
 
 
-def test_a_failed_group_commit_raises_in_every_member_and_the_next_one_commits(
-    ledger: Ledger, path: Path
-) -> None:
-    """No member of a failed group hears "committed"; the process goes on afterwards."""
-    second_may_commit = threading.Event()
-    first_queued = threading.Event()
+def outcome(call: Callable[[], None]) -> BaseException | None:
+    try:
+        call()
+    except DocstokgError as error:
+        return error
+    return None
 
-    def orphan_op_checked_at_commit() -> None:
-        # A foreign key checked only at COMMIT: the group's COMMIT fails.
-        with ledger.unit_of_work() as uow:
-            insert_orphan_op(uow)
-            first_queued.set()
-            assert writer(ledger).wait_for_queue(1, QUEUE_TIMEOUT_S)
-            uow.commit()  # hands on, then waits for the COMMIT that will fail
+
+@pytest.mark.parametrize("poisoned", [1, 2, 3], ids=["first", "second", "third"])
+def test_a_failed_group_commit_raises_in_every_unit_of_work_it_held_and_the_process_goes_on(
+    ledger: Ledger, path: Path, poisoned: int
+) -> None:
+    """Three units of work share one COMMIT, which fails because of one of them: all three hear."""
+
+    def member(n: int, before_commit: Callable[[], object] = dict) -> BaseException | None:
+        return outcome(
+            partial(plan_and_commit, ledger, n, poison=poisoned == n, before_commit=before_commit)
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first = pool.submit(orphan_op_checked_at_commit)
-        assert first_queued.wait(QUEUE_TIMEOUT_S)
-        second = pool.submit(plan_and_commit, ledger, 2, second_may_commit.wait)
-        second_may_commit.set()
-        with pytest.raises(DocstokgError, match="FOREIGN KEY"):
-            first.result(timeout=QUEUE_TIMEOUT_S)
-        with pytest.raises(DocstokgError, match="FOREIGN KEY"):
-            second.result(timeout=QUEUE_TIMEOUT_S)
-    assert committed_work_ids(path) == set()
-    plan_and_commit(ledger, 3)
-    assert committed_work_ids(path) == {"W3"}
+        others: dict[int, Future[BaseException | None]] = {}
+
+        def let_the_others_queue() -> None:
+            # The first holds the writer until the other two queue for it: it
+            # hands the transaction on, and the three share one COMMIT.
+            others.update({n: pool.submit(member, n) for n in (2, 3)})
+            assert writer(ledger).wait_for_queue(2, QUEUE_TIMEOUT_S), "nobody queued"
+
+        errors = {1: member(1, let_the_others_queue)}
+        errors.update({n: future.result(timeout=QUEUE_TIMEOUT_S) for n, future in others.items()})
+
+    in_file = committed_work_ids(path)
+    returned_but_lost = sorted(
+        n for n, error in errors.items() if error is None and f"W{n}" not in in_file
+    )
+    assert not returned_but_lost, (
+        f"commit() returned for units of work {returned_but_lost}, whose writes are not in "
+        f"the file: their group's COMMIT failed after they were told it succeeded ({errors})"
+    )
+    assert in_file == set(), in_file  # one COMMIT held all three, and it failed
+    for n, error in errors.items():
+        assert error is not None, (n, errors)
+        assert "FOREIGN KEY" in str(error), (n, errors)
+
+    # No "this process must stop": the next unit of work, and a burst of them, commit.
+    plan_and_commit(ledger, 4)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(plan_and_commit, ledger, n) for n in range(5, 13)]:
+            future.result(timeout=QUEUE_TIMEOUT_S)
+    assert committed_work_ids(path) == {f"W{n}" for n in range(4, 13)}
 
 
 def test_many_threads_writing_at_once_all_commit(ledger: Ledger, path: Path) -> None:
