@@ -12,9 +12,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -34,11 +32,10 @@ from docstokg.download import (
 )
 from docstokg.errors import (
     ChecksumMismatch,
-    DownloadInterrupted,
     PermanentFetchError,
     TransientFetchError,
 )
-from tests.runner_kit import BytesReached
+from tests.download_kit import stop_at_pause
 
 BODY = generated_body("test-part-checkpoint", 300_000)
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -104,24 +101,8 @@ def test_an_interrupted_download_checkpoints_what_it_wrote(
 ) -> None:
     url = server.add("/a.bin", Artifact(body=BODY, pause_after=65_536))
     found = probe(client, url, LIMITS)
-    stop = threading.Event()
-    written = BytesReached(65_536)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(
-            stream_to_part,
-            client,
-            found,
-            part,
-            LIMITS,
-            should_stop=stop.is_set,
-            on_bytes=written.advance_bytes,
-        )
-        assert written.reached.wait(timeout=10)
-        stop.set()
-        server.release("/a.bin")
-        with pytest.raises(DownloadInterrupted):
-            running.result(timeout=30)
+    stop_at_pause(client, found, part, LIMITS, server=server, path="/a.bin", pause=65_536)
 
     kept = part.stat().st_size
     assert kept == 65_536
