@@ -54,6 +54,7 @@ from docstokg.services import (
     plan_jobs,
     reconcile_jobs,
     release_lease,
+    release_leases_of,
 )
 from docstokg.services.stores import (
     bind_store,
@@ -437,7 +438,7 @@ class DownloadRun:
         try:
             while not self._stop.is_set():
                 seen = self._news.count  # before the claim: a job ending after it wakes us
-                steps = claimed or ledger.retrying(lambda: pipeline.claim(owner=owner, ttl_s=ttl_s))
+                steps = claimed or self._claim(ledger, pipeline, owner)
                 claimed = None
                 if steps is None:
                     if completion.all_ended():
@@ -464,6 +465,29 @@ class DownloadRun:
         finally:
             if claimed is not None:  # stopping: hand back the job not yet started
                 self._hand_back(ledger, claimed.lease)
+
+    def _claim(self, ledger: Ledger, pipeline: LedgerPipeline, owner: str) -> JobSteps | None:
+        """The worker's next job, through passing database errors.
+
+        A claim whose COMMIT failed may still have taken a job: before trying
+        again, the worker hands back whatever it may hold (it holds nothing
+        else at this point), so no job waits out a lease nobody works under.
+        """
+        ttl_s = self._settings.config.lease_ttl_s
+        unsure = False
+
+        def claim() -> JobSteps | None:
+            nonlocal unsure
+            if unsure:
+                release_leases_of(ledger, owner)
+                unsure = False
+            try:
+                return pipeline.claim(owner=owner, ttl_s=ttl_s)
+            except TransientDatabaseError:
+                unsure = True
+                raise
+
+        return ledger.retrying(claim)
 
     @staticmethod
     def _hand_back(ledger: Ledger, lease: Lease) -> None:
@@ -515,7 +539,8 @@ class DownloadRun:
         """
         log.warning("job %s: %s; handed back, no attempt used", lease.job_id, exc)
         try:
-            release_lease(ledger, lease)
+            # Every lease of this worker: the failed COMMIT may have claimed its next job too.
+            release_leases_of(ledger, lease.owner)
         except DatabaseUnavailable as lasting:
             self._stop_for_the_database(lasting)
         return pipeline.interrupted(lease, f"database error, handed back: {exc}")

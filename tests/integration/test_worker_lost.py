@@ -21,6 +21,7 @@ from docstokg import (
 )
 from docstokg.errors import LeaseLost
 from docstokg.ledger.models import jobs_table
+from docstokg.services import release_leases_of
 from docstokg.services.operations import retry_jobs
 from tests.conftest import ManualClock
 from tests.lifecycle import TTL, job_of, plan, take, walk
@@ -151,3 +152,18 @@ def test_renewing_a_lease_whose_job_just_finished_is_not_a_lost_lease(
     assert take(ledger, "b").job_id == taken_over.job_id
     with pytest.raises(LeaseLost):
         renew_lease(ledger, taken_over, ttl_s=TTL)
+
+
+def test_a_worker_unsure_of_its_claims_hands_them_all_back_at_no_cost(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """After a COMMIT whose fate it could not learn, a worker gives back whatever it may hold."""
+    first, second = plan(ledger, 1), plan(ledger, 2)
+    take(ledger, "w1")
+    take(ledger, "w1")  # a claim the worker never heard of (its COMMIT's answer was lost)
+
+    assert release_leases_of(ledger, "w1") == 2
+
+    clock.advance(TTL + 1)  # no lease to expire: the next claims are no takeovers
+    assert {take(ledger, "w2").job_id, take(ledger, "w3").job_id} == {first, second}
+    assert [job_of(ledger, job_id).attempts for job_id in (first, second)] == [0, 0]

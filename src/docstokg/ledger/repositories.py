@@ -236,6 +236,10 @@ class JobRepository:
     def release(self, lease: Lease) -> bool:
         return sql.RELEASE.count(self._connection, _fence(lease, 0.0)) == 1
 
+    def release_owner(self, owner: str) -> int:
+        """Hand back every lease ``owner`` holds; returns how many (a release costs no attempt)."""
+        return sql.RELEASE_OWNER.count(self._connection, {"owner": owner})
+
     def holds(self, lease: Lease, *, now: float) -> bool:
         """Is ``lease`` the job's current, unexpired lease?"""
         return sql.HOLDS_LEASE.first(self._connection, _fence(lease, now)) is not None

@@ -257,6 +257,13 @@ RELEASE = Prepared(
     )
     .values(lease_owner=None, lease_until=None)
 )
+# Every lease of one worker: what it hands back after a COMMIT whose fate it
+# could not learn (a claim that may have taken a job it never heard of).
+RELEASE_OWNER = Prepared(
+    update(jobs_table)
+    .where(jobs.lease_owner == bindparam("owner"))
+    .values(lease_owner=None, lease_until=None)
+)
 HOLDS_LEASE = Prepared(select(literal(1)).where(LEASE_IS_CURRENT))
 # One slot per state, so the statement compiles once: unused slots repeat a state.
 ADVANCE_FROM_SLOTS = tuple(f"from_{n}" for n in range(len(JobState)))

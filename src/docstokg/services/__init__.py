@@ -24,7 +24,12 @@ from docstokg.services.effects import (
     run_effect,
     run_ledger_step,
 )
-from docstokg.services.leasing import lease_next_job, release_lease, renew_lease
+from docstokg.services.leasing import (
+    lease_next_job,
+    release_lease,
+    release_leases_of,
+    renew_lease,
+)
 from docstokg.services.maintenance import (
     ReconcileReport,
     cleanup_stale_leases,
@@ -72,6 +77,7 @@ __all__ = [
     "record_job_result",
     "redo_effect",
     "release_lease",
+    "release_leases_of",
     "renew_lease",
     "run_effect",
     "run_ledger_step",

@@ -67,6 +67,25 @@ def release_lease(ledger: Ledger, lease: Lease) -> bool:
     return ledger.retrying(release)
 
 
+def release_leases_of(ledger: Ledger, owner: str) -> int:
+    """Give back every job ``owner`` holds; returns how many.
+
+    For a worker that met a database error in a COMMIT whose fate it cannot
+    know: a claim may have taken a job for it that it never heard of.
+    Handed back, that job is claimable at once and costs no attempt; left
+    alone, its lease would expire and the takeover would cost one.  Only for
+    an owner that works on nothing else at that moment.
+    """
+
+    def release() -> int:
+        with ledger.unit_of_work() as uow:
+            released = uow.jobs.release_owner(owner)
+            uow.commit()
+        return released
+
+    return ledger.retrying(release)
+
+
 def check_owner_and_ttl(owner: str, ttl_s: float) -> None:
     if not owner:
         raise ConfigurationError("a lease owner must be a non-empty name, such as host:pid:thread")
