@@ -49,6 +49,18 @@ class LedgerBusy(TransientDatabaseError):
     """SQLite stayed locked by other writers for longer than the busy timeout."""
 
 
+class ConstraintViolated(LedgerError):
+    """A write broke one of the ledger's constraints (a unique key another writer took first).
+
+    Not a broken database: a race the caller decides again (``constraint``
+    names the index or key, when the driver says which).
+    """
+
+    def __init__(self, message: str, *, constraint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
 class DatabaseOutage(DatabaseUnavailable):
     """The database stayed unreachable for longer than ``db_outage_s``: the run stops."""
 

@@ -3,7 +3,8 @@
 The operator documentation is only worth something while its commands work
 and show what it says they show.  Each test here builds the incident a
 runbook is about (a dead worker's expired lease, duplicate downloads, stale
-``.part`` files, a wave of failures, many workers on one SQLite file), then
+``.part`` files, a wave of failures, many workers on one SQLite file, a
+damaged store, a ledger database stopped mid-run), then
 runs every command of that runbook's ``<!-- runbook-check: N -->`` blocks the
 way an operator would paste them (``bash``, with ``$DB``, ``$OUT`` and
 ``$JOB`` set, ``docstokg`` being ``python -m docstokg``), and every statement
@@ -56,6 +57,7 @@ from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger.engine import database_error, parse_url
 from docstokg.metrics import exposition
+from tests.pgcluster import ThrowawayPostgres
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,7 @@ RUNBOOK_TITLES = {
     4: "failure rate",
     5: "database is locked",
     6: "stored file missing or corrupt",
+    7: "database went away",
 }
 PARTS = ("Symptom", "Diagnose", "Cause", "Resolution", "Prevention")
 PLACEHOLDERS = {"DB", "OUT", "JOB"}
@@ -316,9 +319,9 @@ def _die() -> dict[str, object]:
 # --- the page itself ---------------------------------------------------------------------------
 
 
-def test_six_runbooks_each_with_the_five_parts_in_order() -> None:
+def test_seven_runbooks_each_with_the_five_parts_in_order() -> None:
     sections = runbook_sections()
-    assert sorted(sections) == [1, 2, 3, 4, 5, 6]
+    assert sorted(sections) == [1, 2, 3, 4, 5, 6, 7]
     for number, fragment in RUNBOOK_TITLES.items():
         title, body = sections[number]
         assert fragment in title.lower(), f"runbook {number} is titled {title!r}"
@@ -334,7 +337,7 @@ def test_six_runbooks_each_with_the_five_parts_in_order() -> None:
         assert sql_of(number)
 
 
-def test_the_page_has_the_sections_it_promises_and_links_the_design_notes() -> None:
+def test_the_page_has_the_sections_it_promises_and_links_the_design() -> None:
     document = agents_md()
     assert "## Idempotency & Job Management" in document
     for heading in (
@@ -346,8 +349,22 @@ def test_the_page_has_the_sections_it_promises_and_links_the_design_notes() -> N
         "### Runbooks",
     ):
         assert f"\n{heading}\n" in document, heading
-    assert "](../shared/DESIGN.md" in document
+    assert re.search(r"\]\(src/docstokg/\S+\.py\)", document), "no link to the design's sources"
     assert "](README.md#" in document
+
+
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_pages_link_only_files_a_clone_has() -> None:
+    """README.md and AGENTS.md are read in a clone: no link may lead outside it."""
+    root = AGENTS_MD.parent
+    for page in ("AGENTS.md", "README.md"):
+        document = (root / page).read_text(encoding="utf-8")
+        assert "../shared/" not in document, f"{page} points outside the repository"
+        for target in _LINK.findall(document):
+            if "://" not in target:
+                assert (root / target).exists(), f"{page} links {target}, which a clone lacks"
 
 
 def github_slug(heading: str) -> str:
@@ -490,6 +507,11 @@ def test_runbook_1_finds_the_dead_workers_expired_lease_and_its_open_op(
     assert resumed.job_id == dead.job_id
     assert resumed.state is JobState.HEAD_DONE
     assert resumed.epoch == dead.epoch + 1
+    # The Cause says it: the dead worker's lease cost the job an attempt, and names the step.
+    with Ledger.connect(db_url) as ledger, ledger.unit_of_work(read_only=True) as uow:
+        record = uow.jobs.get(dead.job_id)
+    assert record is not None
+    assert (record.attempts, record.last_error) == (1, "worker lost during STREAM (lease expired)")
 
 
 # --- runbook 2: the same artifact downloaded twice ---------------------------------------------
@@ -993,3 +1015,107 @@ def test_runbook_6_finds_the_damaged_files_and_the_repair_lets_a_run_restore_the
     assert corrupt.read_bytes() == bodies[0]
     assert missing.read_bytes() == bodies[1]
     assert [server.stats(f"/rb6-{n}.pdf").get_requests for n in range(3)] == [2, 2, 1]
+
+
+# --- runbook 7: the ledger database went away mid-run ------------------------------------------
+
+OUTAGE_BODY = "/rb7/large.bin"
+OUTAGE_BYTES = 2 * 1024 * 1024
+OUTAGE_PAUSE_AT = 1024 * 1024
+
+
+def test_runbook_7_a_run_whose_database_stopped_ends_cleanly_and_the_next_run_finishes(
+    tmp_path: Path, server: ArtifactServer
+) -> None:
+    """PostgreSQL stopped mid-download: exit 1, one line, parts kept; once back, a run ends it.
+
+    The cluster is the test's own (the session's is shared by other tests),
+    stopped with ``pg_ctl stop -m fast`` while the large body is held at the
+    server's pause point, so the outage always falls inside its STREAM step.
+    The checks that need no database are run while it is down, all of them
+    once it is back, as an operator would.
+    """
+    body = generated_body("rb7", OUTAGE_BYTES)
+    large = server.add(OUTAGE_BODY, Artifact(body, pause_after=OUTAGE_PAUSE_AT))
+    rows = [("W-large", "bin", large)]
+    rows += [(f"W{n}", "pdf", server.add(f"/rb7/{n}.pdf", Artifact(generated_body(f"rb7-{n}",
+             8 * KiB)))) for n in range(3)]  # fmt: skip
+    manifest = write_manifest(tmp_path / "papers.jsonl", rows)
+    out = tmp_path / "store"
+    big = job_id(*rows[0])
+    with ThrowawayPostgres() as cluster:
+        db = cluster.create_database("ledger")
+        env = shell_env(tmp_path, DOCSTOKG_IDEMPOTENCY_DB_OUTAGE_S="1",
+                        DOCSTOKG_IDEMPOTENCY_LEASE_TTL_S="2")  # fmt: skip
+        args = [sys.executable, "-m", "docstokg", "run", str(manifest), "--out", str(out),
+                "--db", db, "--idempotency", "--json"]  # fmt: skip
+        with subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as running:  # fmt: skip
+            try:
+                assert server.wait_paused(OUTAGE_BODY, timeout=30), "the download never paused"
+                cluster.pause()
+            finally:
+                server.release(OUTAGE_BODY)
+            stdout, stderr = running.communicate(timeout=COMMAND_TIMEOUT_S)
+        stopped = Ran("run", running.returncode, stdout, stderr)
+
+        # The symptom: a summary, exit 1, and one error line naming the database.
+        assert stopped.returncode == 1, stopped.explain()
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, stopped.explain()
+        where = f"127.0.0.1:{cluster.port}/ledger"
+        assert re.match(rf"error: the ledger database \S*{re.escape(where)} stayed unreachable "
+                        r"for \d+ s \(db_outage_s = 1\)", errors[0]), errors[0]  # fmt: skip
+        summary = stopped.json()
+        assert "stayed unreachable" in summary["ledger_error"]
+        assert (summary["exit_code"], summary["interrupted"]) == (1, False)
+        [large_job] = [job for job in summary["jobs"] if job["job_id"] == big]
+        assert large_job["ended"] is False
+
+        # While it is down: the database is named, the kept part is seen.
+        while_down = [command for command in commands_of("runbook-check", 7)
+                      if "db current" in command or "ls -l" in command]  # fmt: skip
+        down = run_commands(while_down, cwd=tmp_path, env=shell_env(tmp_path, DB=db, OUT=str(out)))
+        assert "db current exit 1" in down.of("db current").stdout
+        assert where in down.of("db current").stderr
+        assert f"{big}.1.part\n" in down.of("ls -l").stdout
+
+        cluster.restart()  # the database is back, as it was
+        seen = run_runbook("runbook-check", 7, tmp_path=tmp_path, db=db, out=out, job=big)
+        assert seen.json("db current")["is_current"] is True
+        assert f"{big}.1.part.json\n" in seen.of("ls -l").stdout
+        assert seen.json("config show")["settings"]["db_outage_s"]["value"] == 120.0
+        leases = seen.json("job leases")
+        held = {lease["job_id"]: lease["owner"] for lease in leases["leases"]}
+        assert f":{running.pid}:" in held[big]  # the stopped run could not hand it back
+        shown = seen.json("job show")
+        assert (shown["job"]["state"], shown["job"]["attempts"]) == ("HEAD_DONE", 0)
+        assert [(op["kind"], op["status"]) for op in shown["ops"]] == [
+            ("HEAD", "SUCCEEDED"),
+            ("STREAM", "IN_PROGRESS"),
+        ]
+        unfinished, lost = run_sql(7, db)
+        assert big in {row["job_id"] for row in unfinished}
+        assert lost == []
+
+        fixed = run_runbook("runbook-fix", 7, tmp_path=tmp_path, db=db, out=out)
+        assert fixed.json("db current")["is_current"] is True
+        assert fixed.json("job status")["total"] == 4
+        # ... and the run the Resolution shows finishes the work.
+        again = cli("run", str(manifest), "--out", str(out), "--db", db, "--idempotency",
+                    "--json", cwd=tmp_path, env=shell_env(tmp_path))  # fmt: skip
+        assert again.returncode == 0, again.explain()
+        assert again.json()["counts"]["stored"] == 4
+        unfinished, lost = run_sql(7, db)
+
+    assert unfinished == []
+    # The job the stopped run held was taken over when its lease expired: one attempt.
+    assert {row["job_id"]: (row["attempts"], row["last_error"]) for row in lost}[big] == (
+        1,
+        "worker lost during STREAM (lease expired)",
+    )
+    stored = [path for path in (out / "artifacts").rglob("*") if path.is_file()]
+    assert hashlib.sha256(body).hexdigest() in {path.name for path in stored}
+    assert list((out / ".staging").glob("*.part")) == []
+    stats = server.stats(OUTAGE_BODY)
+    assert (stats.full_gets, len(stats.range_headers)) == (1, 1)  # resumed, not fetched again

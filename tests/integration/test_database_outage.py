@@ -17,7 +17,12 @@ from sqlalchemy.exc import DBAPIError
 
 from docstokg import Ledger
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
-from docstokg.errors import DatabaseOutage, DatabaseUnavailable, TransientDatabaseError
+from docstokg.errors import (
+    ConstraintViolated,
+    DatabaseOutage,
+    DatabaseUnavailable,
+    TransientDatabaseError,
+)
 from docstokg.ledger.engine import database_error, parse_url
 from docstokg.ledger.faults import OutageWatch
 from tests.pgcluster import ThrowawayPostgres
@@ -190,3 +195,19 @@ def test_a_run_survives_a_postgresql_restart_mid_download_and_spends_no_attempt(
     # The large body was not fetched again from zero: what was kept is resumed.
     assert server.stats(LARGE).body_bytes_sent <= LARGE_BYTES
     assert part_files(tmp_path / "out") == []
+
+
+def test_a_broken_constraint_is_a_race_to_decide_again_not_a_broken_database(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE t (x UNIQUE)")
+    connection.execute("INSERT INTO t VALUES (1)")
+    error = database_error(
+        parse_url(f"sqlite:///{path}"), sqlite_error(connection, "INSERT INTO t VALUES (1)")
+    )
+    connection.close()
+
+    assert isinstance(error, ConstraintViolated)
+    assert not isinstance(error, DatabaseUnavailable)

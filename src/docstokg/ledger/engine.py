@@ -20,13 +20,15 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from docstokg.errors import (
     ConfigurationError,
+    ConstraintViolated,
     DatabaseUnavailable,
     LedgerBusy,
+    LedgerError,
     TransientDatabaseError,
 )
 from docstokg.ledger.faults import database_name, is_transient
@@ -127,13 +129,18 @@ def driver_reason(exc: DBAPIError) -> str:
     return " ".join(str(exc.orig).split())
 
 
-def database_error(url: URL, exc: DBAPIError) -> DatabaseUnavailable:
+def database_error(url: URL, exc: DBAPIError) -> LedgerError:
     """A driver error as a :mod:`docstokg.errors` type, in words a user can act on.
 
     Passing errors (see :func:`docstokg.ledger.faults.is_transient`) become
     :class:`TransientDatabaseError`, which callers may retry; the others say
     what to fix.
     """
+    if isinstance(exc, IntegrityError):
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        return ConstraintViolated(
+            f"{database_name(url)}: {driver_reason(exc)}", constraint=constraint
+        )
     if is_transient(exc):
         if is_sqlite(url) and _is_busy(exc):
             return LedgerBusy(

@@ -110,9 +110,11 @@ class OutageWatch:
                 )
             lasted = now - self._since
         if lasted >= self.outage_s:
+            name = database_name(self._url)
+            reason = str(error).removeprefix(f"{name}: ")
             raise DatabaseOutage(
-                f"{database_name(self._url)} stayed unreachable for {lasted:.0f} s "
-                f"(db_outage_s = {self.outage_s:g}): {error}. Check that it is up, then run "
+                f"{name} stayed unreachable for {lasted:.0f} s "
+                f"(db_outage_s = {self.outage_s:g}): {reason}. Check that it is up, then run "
                 "again: the ledger holds everything committed so far, .part files are kept"
             ) from error
         pause = min(_MAX_PAUSE_S, _FIRST_PAUSE_S * 2**attempt)

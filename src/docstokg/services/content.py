@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-
-from docstokg.errors import LeaseLost
+from docstokg.errors import ConstraintViolated, LeaseLost
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.services.effects import EffectResult, JobSteps, LedgerStep, NextClaim
@@ -138,5 +136,5 @@ def _deciding(run: Callable[[], list[EffectResult]]) -> list[EffectResult]:
     """
     try:
         return run()
-    except IntegrityError:
+    except ConstraintViolated:
         return run()
