@@ -92,6 +92,26 @@ def test_an_outage_is_waited_out_then_given_up_after_its_deadline() -> None:
     assert "db.example:5432" in str(caught.value)
 
 
+def test_a_server_met_restarting_at_start_up_is_waited_for() -> None:
+    """It said it is going down: the "connection refused" that follows is part of its restart."""
+    watch = OutageWatch(parse_url("postgresql+psycopg://u@db.example:5432/x"), outage_s=30.0)
+    answers: Iterator[TransientDatabaseError | int] = iter(
+        [
+            TransientDatabaseError("terminating connection", server_seen=True),
+            TransientDatabaseError("connection refused"),
+            7,
+        ]
+    )
+
+    def restarting() -> int:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert watch.retrying(restarting) == 7
+
+
 def test_a_passing_error_is_retried_until_it_passes() -> None:
     watch = OutageWatch(parse_url("sqlite:///ledger.sqlite3"), outage_s=30.0)
     watch.recovered()

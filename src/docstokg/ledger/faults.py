@@ -96,7 +96,9 @@ class OutageWatch:
         address (a wrong host or port is said at once, not waited out); a
         server met restarting at start-up is waited for like any outage.
         """
-        if not self._answered and not error.server_seen:
+        if error.server_seen:  # a server is there, restarting: what follows is waited out too
+            self._answered = True
+        if not self._answered:
             raise error
         now = time.monotonic()
         with self._lock:
