@@ -68,6 +68,8 @@ NO_PASSWORD = "tests/e2e/test_no_password_in_output.py"
 REVISIONS = "tests/migrations/test_revisions.py"
 TOUR = "tests/integration/test_lifecycle_stateful.py::test_lifecycle_tour"
 ADOPTION = "tests/migrations/test_adoption.py"
+GAPS = "tests/integration/test_mutation_gaps.py"
+BACKOFF_CAP = "tests/unit/test_backoff_cap.py"
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ MUTANTS: tuple[Mutant, ...] = (
         TRANSITIONS,
         "            delay = max(delay, min(retry_after_s, self.cap_s))",
         "            delay = max(delay, retry_after_s)",
+        BACKOFF_CAP,
         RUNNER_FAULTS,
         DEFECTS,
     ),
@@ -253,6 +256,7 @@ MUTANTS: tuple[Mutant, ...] = (
         FETCH_PY,
         "    if int(match.group(1)) != have or int(match.group(2)) < have:",
         "    if int(match.group(2)) < have:",
+        SHORT_RANGES,
         FETCH,
         CHECKPOINT,
     ),
@@ -272,6 +276,7 @@ MUTANTS: tuple[Mutant, ...] = (
         FETCH_PY,
         "        if total == have:  # everything is already here, and verified",
         "        if total is not None:  # everything is already here, and verified",
+        SHORT_RANGES,
         FETCH,
     ),
     _m(
@@ -328,6 +333,7 @@ MUTANTS: tuple[Mutant, ...] = (
         STATEMENTS,
         "(jobs.attempts >= jobs.max_attempts, jobs.max_attempts - 1), else_=jobs.attempts",
         "(jobs.attempts >= jobs.max_attempts, jobs.max_attempts), else_=jobs.attempts",
+        GAPS,
         SERVICES,
         DEFECTS,
     ),
@@ -342,12 +348,15 @@ MUTANTS: tuple[Mutant, ...] = (
         RUNNER,
         DEFECTS,
     ),
+    # Not equivalent, though a run cannot show it (its paths are content-addressed, so the
+    # duplicate's own path is the owner's): DEDUPE handed another path must repoint the job.
     _m(
         "dedupe-duplicate-keeps-own-path",
         "dedupe",
         CONTENT,
         "        if owner_path is not None and owner_path != content.final_path:",
         "        if owner_path is not None and owner_path == content.final_path:",
+        GAPS,
         JOB_STEPS,
         RUNNER,
         DEFECTS,
@@ -421,15 +430,16 @@ MUTANTS: tuple[Mutant, ...] = (
         "            values[key] = value\n            sources[key] = file_source\n\n",
         CONFIG,
     ),
+    # Replaces "config-db-path-over-db-url" (db_path preferred when both keys are set), an
+    # equivalent mutant: IdempotencyConfig refuses db_path and db_url together for every
+    # validated instance (frozen, cross-checked), so resolve_db_url never sees both.
     _m(
-        "config-db-path-over-db-url",
+        "config-db-url-over-flag",
         "config precedence",
         "src/docstokg/config.py",
-        "    if config.db_url is not None:\n        return config.db_url\n"
-        "    if config.db_path is not None:",
-        "    if config.db_path is None and config.db_url is not None:\n"
-        "        return config.db_url\n"
-        "    if config.db_path is not None:",
+        "    if db_flag is not None:\n        if not db_flag.strip():",
+        "    if settings.config.db_url is not None:\n        return settings.config.db_url\n"
+        "    if db_flag is not None:\n        if not db_flag.strip():",
         CONFIG,
     ),
     # -- BEGIN IMMEDIATE --
@@ -547,10 +557,13 @@ def run_tests(
             f"pytest exited {done.returncode} for {tests}:\n{done.stdout}\n{done.stderr}"
         )
     lines = [line for line in done.stdout.splitlines() if line.strip()]
+    # "FAILED tests/...::name - reason" in the summary; a captured log line can also start
+    # with "ERROR " (a logger's level), so only what names a test file counts.
     failed = tuple(
-        line.split(" ", 1)[1].split(" - ", 1)[0]
+        node
         for line in lines
         if line.startswith(("FAILED ", "ERROR "))
+        and (node := line.split(" ", 1)[1].split(" - ", 1)[0]).startswith("tests/")
     )
     return TestRun(done.returncode == 0, " | ".join(lines[-2:]), failed)
 
