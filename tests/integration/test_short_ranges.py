@@ -45,6 +45,8 @@ BACK = 50  # a "wrong-start" 206 starts this many bytes before the offset asked 
 SHORT_206 = "short-206"
 WRONG_START = "wrong-start"
 INSIDE_416 = "416-inside"
+OVERRUN = "overrun"  # a 206 that sends OVER bytes past the end it announces
+OVER = 100
 LIMITS = DownloadLimits(connect_timeout_s=5.0, read_timeout_s=10.0, chunk_bytes=16)
 _RANGE = re.compile(r"bytes=([0-9]+)-")
 
@@ -63,7 +65,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
         ``Range: bytes=N-`` is answered as ``server.range_reply`` says: a 206
         shorter than it announces (SHORT_206), a 206 starting BACK bytes before
-        N (WRONG_START), or a 416 although N is inside the file (INSIDE_416).
+        N (WRONG_START), a 416 although N is inside the file (INSIDE_416), or
+        a 206 that goes on OVER bytes past the end it announces (OVERRUN).
         """
         header = self.headers.get("Range")
         plain_gets = self.server.record(header, self.headers.get("If-Range"))
@@ -79,6 +82,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if self.server.range_reply == INSIDE_416:
             self._head(416, {"Content-Range": f"bytes */{len(BODY)}", "Content-Length": "0"})
             self._send_and_close(b"")
+        elif self.server.range_reply == OVERRUN:
+            last = start + ANNOUNCED - 1
+            self._head(206, {"Content-Range": f"bytes {start}-{last}/*"})
+            self._send_and_close(BODY[start : last + 1] + b"X" * OVER)
         elif self.server.range_reply == WRONG_START:
             first, last = start - BACK, start - BACK + ANNOUNCED - 1
             self._head(206, {"Content-Range": f"bytes {first}-{last}/*"})
@@ -231,3 +238,23 @@ def test_a_range_reply_that_does_not_continue_the_part_restarts_the_download(
         0,
     )
     assert server.requests == [(None, None), (f"bytes={FIRST_GET}-", ETAG), (None, None)]
+
+
+def test_a_206_that_runs_past_its_announced_end_vouches_for_none_of_the_excess(
+    serve: Callable[[str], _ScriptedServer], client: httpx.Client, tmp_path: Path
+) -> None:
+    """Bytes past the announced end are no part of the file: never written, never vouched for."""
+    server = serve(OVERRUN)
+    part = tmp_path / "out" / ".staging" / "0123abcd.part"
+    found = probe(client, server.url, LIMITS)
+    with pytest.raises(TransientFetchError):
+        stream_to_part(client, found, part, LIMITS)  # the plain GET drops after FIRST_GET
+
+    with pytest.raises(TransientFetchError, match="more than"):
+        stream_to_part(client, found, part, LIMITS)
+
+    kept = part.read_bytes()
+    assert BODY.startswith(kept), "the part is no longer a prefix of the file"
+    checkpoint = part.with_name(part.name + ".json").read_text()
+    assert f'"length": {len(kept)}' in checkpoint or f'"length":{len(kept)}' in checkpoint
+    assert len(kept) <= FIRST_GET + ANNOUNCED

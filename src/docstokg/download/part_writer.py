@@ -300,6 +300,14 @@ class PartWriter:
                     if size + len(chunk) > self.limits.max_bytes:
                         ended = True
                         return None
+                    if of is not None and size + len(chunk) > of:
+                        # Past the end the reply announced: no byte of it is the file's,
+                        # and the part stays a prefix the checkpoint can vouch for.
+                        raise TransientFetchError(
+                            f"server sent more than the {of:,} bytes it announced for "
+                            f"{self.url}; {self.part} keeps the {size:,} before them and the "
+                            "next attempt resumes it (transient: retried later)"
+                        )
                     self._may_write(size)
                     _write_all(fd, chunk)
                     hasher.update(chunk)
