@@ -292,12 +292,14 @@ class DownloadRun:
 
             # Before anything is written: a ledger run against another store
             # would call work "ended" whose files are not there.
-            bind_store(ledger, settings.out_dir)
+            # Start-up is safe to repeat whole (binding, cleanups, planning are all
+            # idempotent): a server restarting under it is waited out.
+            ledger.retrying(lambda: bind_store(ledger, settings.out_dir))
 
             def maintenance() -> None:
                 self._maintain(ledger, fetcher.store)
 
-            maintenance()
+            ledger.retrying(maintenance)
             with serving_metrics(ledger, settings.metrics_port, counters=self._counters):
                 return self._plan_and_work(ledger, fetcher, maintenance)
 
@@ -306,9 +308,9 @@ class DownloadRun:
     ) -> list[JobReport]:
         """Plan the manifest and work until every one of its jobs has ended."""
         settings, config = self._settings, self._settings.config
-        targets = self._plan(ledger)
+        targets = ledger.retrying(lambda: self._plan(ledger))
         job_ids = [target.job_id for target in targets]
-        self._recheck_stored(ledger, fetcher.store, job_ids)
+        ledger.retrying(lambda: self._recheck_stored(ledger, fetcher.store, job_ids))
         done = len(job_ids) - count_unfinished(ledger, job_ids)
         self._reporter.begin(len(job_ids), done=done)
         pipeline = LedgerPipeline(ledger, fetcher, backoff=settings.backoff)

@@ -1273,6 +1273,8 @@ BIG_SHA = sha(BIG)
 OK_SHA = sha(OK_BODY)
 OK_STORED = f"out/artifacts/{OK_SHA[:2]}/{OK_SHA}"
 X_PART = "out/.staging/{job}.part"
+# The same job's part under the ledger's first grant (lease epoch 1).
+X_PART_FIRST_GRANT = "out/.staging/{job}.1.part"
 OUTSIDE_VICTIM = "outside/victim.txt"
 
 
@@ -1306,7 +1308,7 @@ TAMPER_SETUP: tuple[Step, ...] = (
     X_ROW,
     X_JOB,
     command(*RUN_LEDGER, env={"DOCSTOKG_IDEMPOTENCY_MAX_ATTEMPTS": "1"}),
-    edit(X_PART, _flip_middle),
+    edit(X_PART_FIRST_GRANT, _flip_middle),
     SERVE_BIG,
     command("job", "retry", "--failed", "--db", "{db}"),
 )

@@ -21,7 +21,7 @@ from docstokg import (
 )
 from docstokg.errors import LeaseLost
 from docstokg.ledger.models import jobs_table
-from docstokg.services import release_leases_of
+from docstokg.services import claim_and_start, release_leases_of
 from docstokg.services.operations import retry_jobs
 from tests.conftest import ManualClock
 from tests.lifecycle import TTL, job_of, plan, take, walk
@@ -167,3 +167,17 @@ def test_a_worker_unsure_of_its_claims_hands_them_all_back_at_no_cost(
     clock.advance(TTL + 1)  # no lease to expire: the next claims are no takeovers
     assert {take(ledger, "w2").job_id, take(ledger, "w3").job_id} == {first, second}
     assert [job_of(ledger, job_id).attempts for job_id in (first, second)] == [0, 0]
+
+
+def test_a_claim_that_only_gives_a_poison_job_up_still_records_it(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """No job granted, but the exhausted one ends FAILED for good: the run waiting on it ends."""
+    poison = plan_with_attempts(ledger, 1)
+    take(ledger, "w1")
+    clock.advance(TTL + 1)  # its worker died mid-step
+
+    assert claim_and_start(ledger, owner="w2", ttl_s=TTL, first_kind="HEAD") is None
+
+    job = job_of(ledger, poison)
+    assert (job.state, job.attempts, job.lease_owner) == (JobState.FAILED, 1, None)

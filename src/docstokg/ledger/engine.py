@@ -156,7 +156,8 @@ def database_error(url: URL, exc: DBAPIError) -> LedgerError:
             or "FATAL:" in driver_reason(exc)
         )
         return TransientDatabaseError(
-            f"{database_name(url)}: {driver_reason(exc)}", server_seen=seen or is_sqlite(url)
+            f"cannot use {database_name(url)}: {driver_reason(exc)}",
+            server_seen=seen or is_sqlite(url),
         )
     if not is_sqlite(url):
         where = url.render_as_string(hide_password=True)

@@ -113,7 +113,7 @@ class OutageWatch:
             lasted = now - self._since
         if lasted >= self.outage_s:
             name = database_name(self._url)
-            reason = str(error).removeprefix(f"{name}: ")
+            reason = str(error).removeprefix(f"cannot use {name}: ")
             raise DatabaseOutage(
                 f"{name} stayed unreachable for {lasted:.0f} s "
                 f"(db_outage_s = {self.outage_s:g}): {reason}. Check that it is up, then run "

@@ -498,8 +498,8 @@ def claim_and_start(
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
         steps = _claim_within(uow, ledger, claim, now=uow.now())
-        if steps is None:
-            return None
+        # Committed even when nothing was granted: the claim may have ended a job
+        # whose takeover used its last attempt (see JobRepository.claim).
         uow.commit()
     return steps
 
