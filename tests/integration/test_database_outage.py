@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,42 @@ def test_an_outage_is_waited_out_then_given_up_after_its_deadline() -> None:
     assert calls > 2
     assert "secret" not in str(caught.value)
     assert "db.example:5432" in str(caught.value)
+
+
+def test_reads_that_succeed_do_not_end_an_outage_that_writes_still_meet() -> None:
+    """A full disk: reads go on, every write fails; the deadline still comes."""
+    watch = OutageWatch(parse_url("sqlite:///ledger.sqlite3"), outage_s=0.2)
+    watch.recovered()
+    writes = 0
+
+    def write_on_a_full_disk() -> None:
+        nonlocal writes
+        writes += 1
+        watch.answered()  # a read in between succeeded
+        raise TransientDatabaseError("database or disk is full", server_seen=True)
+
+    with pytest.raises(DatabaseOutage, match="stayed unreachable"):
+        watch.retrying(write_on_a_full_disk)
+    assert writes > 1
+
+
+def test_an_outage_given_up_on_is_said_at_once_until_a_write_commits() -> None:
+    """A run winds down in seconds: no thread waits out its own timeouts after the verdict."""
+    watch = OutageWatch(parse_url("sqlite:///ledger.sqlite3"), outage_s=0.1)
+    watch.recovered()
+    with pytest.raises(DatabaseOutage) as first:
+        watch.retrying(partial(_fail_with, TransientDatabaseError("locked", server_seen=True)))
+
+    with pytest.raises(DatabaseOutage) as again:
+        watch.check()
+    assert again.value is first.value
+
+    watch.recovered()
+    watch.check()  # a write committed: the verdict no longer stands
+
+
+def _fail_with(error: Exception) -> None:
+    raise error
 
 
 def test_a_server_met_restarting_at_start_up_is_waited_for() -> None:

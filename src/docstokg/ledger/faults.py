@@ -76,7 +76,14 @@ def database_name(url: URL) -> str:
 
 
 class OutageWatch:
-    """One ledger's view of an outage: when it began, and how long callers may wait."""
+    """One ledger's view of an outage: when it began, and how long callers may wait.
+
+    An outage ends when a write commits again: on a full disk, reads go on
+    succeeding while every write fails, and they must not restart the clock.
+    Once it has lasted past ``outage_s``, every caller is told so at once for
+    a while (:meth:`check`), so that a run winds down in seconds instead of
+    each of its threads waiting out its own timeouts in turn.
+    """
 
     def __init__(self, url: URL, *, outage_s: float = DEFAULT_OUTAGE_S) -> None:
         if not outage_s >= 0:
@@ -88,6 +95,13 @@ class OutageWatch:
         # A database that never answered is misnamed or down from the start: that
         # is said at once, not waited out.
         self._answered = False
+        self._gave_up: tuple[float, DatabaseOutage] | None = None  # when, and what was said
+
+    def check(self) -> None:
+        """Raise the outage just given up on, at once, for ``outage_s`` (at least 10 s) after."""
+        gave_up = self._gave_up
+        if gave_up is not None and time.monotonic() - gave_up[0] < max(self.outage_s, 10.0):
+            raise gave_up[1]
 
     def wait(self, error: TransientDatabaseError, attempt: int) -> None:
         """Pause before attempt ``attempt + 1``; raises :class:`DatabaseOutage` once too long.
@@ -100,6 +114,7 @@ class OutageWatch:
             self._answered = True
         if not self._answered:
             raise error
+        self.check()
         now = time.monotonic()
         with self._lock:
             if self._since is None:
@@ -112,23 +127,34 @@ class OutageWatch:
                 )
             lasted = now - self._since
         if lasted >= self.outage_s:
-            name = database_name(self._url)
-            reason = str(error).removeprefix(f"cannot use {name}: ")
-            raise DatabaseOutage(
-                f"{name} stayed unreachable for {lasted:.0f} s "
-                f"(db_outage_s = {self.outage_s:g}): {reason}. Check that it is up, then run "
-                "again: the ledger holds everything committed so far, .part files are kept"
-            ) from error
+            raise self._give_up(error, lasted)
         pause = min(_MAX_PAUSE_S, _FIRST_PAUSE_S * 2**attempt)
         time.sleep(min(pause * random.uniform(0.5, 1.0), self.outage_s - lasted))
 
-    def recovered(self) -> None:
-        """The database answered: an outage under way is over."""
+    def _give_up(self, error: TransientDatabaseError, lasted: float) -> DatabaseOutage:
+        name = database_name(self._url)
+        reason = str(error).removeprefix(f"cannot use {name}: ").removeprefix(f"{name} ")
+        outage = DatabaseOutage(
+            f"{name} stayed unreachable for {lasted:.0f} s "
+            f"(db_outage_s = {self.outage_s:g}): {reason}. Check that it is up, then run "
+            "again: the ledger holds everything committed so far, .part files are kept"
+        )
+        outage.__cause__ = error
+        self._gave_up = (time.monotonic(), outage)
+        return outage
+
+    def answered(self) -> None:
+        """The database answered (a read, a BEGIN): it exists; an outage may still be under way."""
         self._answered = True
-        if self._since is None:  # the usual case, read without the lock
+
+    def recovered(self) -> None:
+        """A write committed: an outage under way is over."""
+        self._answered = True
+        if self._since is None and self._gave_up is None:  # the usual case, read without the lock
             return
         with self._lock:
             since, self._since = self._since, None
+            self._gave_up = None
         if since is not None:
             log.warning(
                 "%s answers again after %.1f s", database_name(self._url), time.monotonic() - since
@@ -149,7 +175,7 @@ class OutageWatch:
                 self.wait(exc, attempt)
                 attempt += 1
                 continue
-            self.recovered()
+            self.answered()
             return result
 
 

@@ -44,6 +44,7 @@ from sqlalchemy.exc import DBAPIError
 
 from docstokg.errors import LedgerError
 from docstokg.ledger.engine import READ_ONLY_OPTION, database_error
+from docstokg.ledger.faults import OutageWatch
 
 # Units of work per COMMIT at most: a bound on how long other processes wait
 # for SQLite's write lock, and on how much a failed COMMIT takes with it.
@@ -67,9 +68,17 @@ class _Group:
 class GroupCommit:
     """The writer connection of one SQLite ledger in this process, and its queue."""
 
-    def __init__(self, engine: Engine, url: URL, *, max_group: int = DEFAULT_MAX_GROUP) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: URL,
+        *,
+        max_group: int = DEFAULT_MAX_GROUP,
+        outage: OutageWatch | None = None,
+    ) -> None:
         self._engine = engine
         self._url = url
+        self._outage = outage
         self._max_group = max_group
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # the writer may be taken
@@ -93,6 +102,9 @@ class GroupCommit:
             )
         try:
             self._take_writer()  # sets self._thread.inside once the writer is ours
+            if self._outage is not None:
+                # Given up on while this one queued: said now, not after a busy timeout.
+                self._outage.check()
             connection, group = self._join_group()
             # Only the writes of members before it need protecting from its
             # rollback; the first one may roll back the whole transaction.

@@ -59,7 +59,11 @@ class Ledger:
         # (see group_commit), instead of queuing in SQLite's busy handler, which
         # sleeps in growing steps, and paying a commit each.  Other processes
         # still meet the busy handler.
-        self._writer = GroupCommit(engine, url) if engine.dialect.name == "sqlite" else None
+        self._writer = (
+            GroupCommit(engine, url, outage=self._outage)
+            if engine.dialect.name == "sqlite"
+            else None
+        )
         # PostgreSQL's clock, read once in a while rather than in every unit of work.
         self._database_clock = DatabaseClock() if engine.dialect.name == "postgresql" else None
 

@@ -91,6 +91,8 @@ class UnitOfWork:
             raise LedgerError("a unit of work cannot be entered twice; open a new one")
         attempt = 0
         while True:
+            if self._outage is not None:
+                self._outage.check()  # an outage given up on: said at once, nothing waited
             try:
                 self._begin()
             except TransientDatabaseError as exc:
@@ -100,7 +102,7 @@ class UnitOfWork:
                 attempt += 1
                 continue
             if self._outage is not None:
-                self._outage.recovered()
+                self._outage.answered()
             return self
 
     def _begin(self) -> None:
@@ -198,10 +200,13 @@ class UnitOfWork:
     def commit(self) -> None:
         """Commit the transaction; the unit of work cannot be used afterwards."""
         self._require(self._connection)
+        read_only = self._read_only
         try:
             self._end(commit=True)
         except DBAPIError as exc:
             raise database_error(self._url, exc) from exc
+        if self._outage is not None and not read_only:
+            self._outage.recovered()  # a write committed: any outage is over
 
     def rollback(self) -> None:
         """Discard the transaction; the unit of work cannot be used afterwards."""
