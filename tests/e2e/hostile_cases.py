@@ -1210,7 +1210,7 @@ DATABASE_CASES: list[Case] = [
         "db-newer-revision-run-refused",
         "database",
         RUN_LEDGER,
-        one(1),
+        one(2),  # a ledger no run can use is refused at start like a bad option
         ("9999_from_the_future",),
         forbidden=("run `docstokg db upgrade`",),
         setup=_ledger_run_first(

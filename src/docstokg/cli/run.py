@@ -25,7 +25,13 @@ from docstokg.cli.output import (
     print_json,
 )
 from docstokg.config import load_settings, resolve_db_url
-from docstokg.errors import ConfigurationError
+from docstokg.errors import (
+    ConfigurationError,
+    ConstraintViolated,
+    DatabaseOutage,
+    LedgerError,
+    TransientDatabaseError,
+)
 from docstokg.manifest import Manifest, read_manifest
 from docstokg.redact import mask_url, mask_urls
 
@@ -109,7 +115,9 @@ def run(
 
     Malformed rows are reported with their line numbers and skipped. Exit code:
     0 every valid row stored (or a duplicate of stored content), 1 some failed,
-    2 usage or configuration error, 130 stopped by a signal with work left.
+    2 usage or configuration error or a ledger no run can use (read-only, another
+    schema), 130 stopped by a signal with work left; 1 too when the ledger database
+    stayed down past db_outage_s.
 
     Examples:
 
@@ -148,7 +156,10 @@ def run(
     reporter: RunReporter = RichReporter(err) if err.is_terminal else LogReporter()
     download = DownloadRun(parsed, run_settings, reporter=reporter)
     with stop_on_signals(download.request_stop):
-        summary = download.run()
+        try:
+            summary = download.run()
+        except LedgerError as exc:
+            raise _refused_at_start(exc) from exc
     if as_json:
         print_json(summary.to_json())
     else:
@@ -156,6 +167,19 @@ def run(
     if summary.ledger_error is not None:  # one line an operator can act on, after the summary
         err.print(f"[bold red]error:[/] {escape(mask_urls(summary.ledger_error))}")
     raise typer.Exit(summary.exit_code)
+
+
+def _refused_at_start(exc: LedgerError) -> Exception:
+    """A ledger the run cannot use at all is a usage error (exit 2), like a bad option.
+
+    Read-only, not a ledger, a schema from another docstokg, tables gone: no
+    run can work until someone fixes it.  A database that does not answer
+    (exit 1) may answer a moment later.  Mid-run faults never get here: the
+    run ends with its summary.
+    """
+    if isinstance(exc, TransientDatabaseError | DatabaseOutage | ConstraintViolated):
+        return exc
+    return ConfigurationError(str(exc))
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
