@@ -145,6 +145,9 @@ class RunSummary:
     # Why the run stopped early for its database (an outage past db_outage_s,
     # a read-only file, tables gone), in words an operator can act on.
     ledger_error: str | None = None
+    # Jobs this run worked on and lost to another worker (its lease expired or
+    # was taken over): stored, if they are, by someone else, not by this run.
+    lost_jobs: int = 0
     counts: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +190,7 @@ class RunSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "interrupted": self.interrupted,
             "ledger_error": None if self.ledger_error is None else mask_urls(self.ledger_error),
+            "lost_jobs": self.lost_jobs,
             "exit_code": self.exit_code,
             "jobs": [
                 {
@@ -272,6 +276,7 @@ class DownloadRun:
             elapsed_s=monotonic() - started,
             interrupted=self._stop.is_set() and self._ledger_failure is None,
             ledger_error=None if self._ledger_failure is None else str(self._ledger_failure),
+            lost_jobs=sum(o.outcome is Outcome.LOST for o in self._outcomes.values()),
         )
 
     # --- the ledger on ---------------------------------------------------------------

@@ -78,6 +78,7 @@ SUMMARY_KEYS = {
     "elapsed_s",
     "interrupted",
     "ledger_error",
+    "lost_jobs",
     "exit_code",
     "jobs",
 }
@@ -839,6 +840,7 @@ def test_the_json_summary_has_the_documented_shape(server: ArtifactServer, tmp_p
     assert summary["db_url"] == f"sqlite:///{(tmp_path / 'out').resolve()}/manifest.sqlite3"
     assert summary["out_dir"] == "out"
     assert summary["ledger_error"] is None
+    assert summary["lost_jobs"] == 0
     assert summary["counts"] == {
         "stored": 2, "duplicates": 1, "failed": 0, "unfinished": 0, "jobs": 3,
     }  # fmt: skip

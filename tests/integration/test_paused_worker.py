@@ -400,3 +400,5 @@ def test_a_run_paused_past_its_lease_wakes_and_stores_nothing_wrong(
             assert len(data) in {len(item.body) for item in [*small, large]}, stored
     assert sorted(path.name for path in (out / ".staging").iterdir()) == []
     assert "lost the job" in first_done.stderr, first_done.explain()
+    # Its summary does not pass the job off as its own work.
+    assert first_done.summary()["lost_jobs"] >= 1, first_done.explain()

@@ -269,6 +269,8 @@ def print_summary(summary: RunSummary) -> None:
     table.add_row("failed", f"{counts['failed']:,}")
     table.add_row("unfinished", f"{counts['unfinished']:,}")
     table.add_row("malformed rows skipped", f"{len(summary.skipped_rows):,}")
+    if summary.lost_jobs:
+        table.add_row("lost to another worker by this run", f"{summary.lost_jobs:,}")
     table.add_row("bytes fetched by this run", f"{summary.bytes_fetched:,}")
     table.add_row("elapsed", f"{summary.elapsed_s:.1f} s")
     out.print(table)
