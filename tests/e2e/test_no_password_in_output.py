@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +28,12 @@ from sqlalchemy.engine import make_url
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.redact import MASK, mask_url
 from docstokg.runner import ENABLED_MESSAGE
-from tests.e2e.test_job_cli import cli_env
+from tests.e2e.test_job_cli import docstokg
 from tests.pgcluster import ThrowawayPostgres
 from tests.runner_kit import make_config, run_download, write_manifest
 
 SECRET = "Pw9f3c1bSECRETe7"
 BODY = generated_body("no-password", 2_000)
-RUN_TIMEOUT_S = 60.0
 
 
 def _with_password(url: str) -> str:
@@ -108,19 +106,6 @@ def test_a_library_run_logs_the_ledger_url_masked(
     assert summary.to_json()["db_url"] == mask_url(secret_db_url)
 
 
-def _docstokg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "docstokg", *args],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        cwd=cwd,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 def _output_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return result.stdout.splitlines() + result.stderr.splitlines()
 
@@ -134,7 +119,7 @@ def test_no_command_prints_the_ledger_password(
     assert MASK in masked
     assert SECRET not in masked
 
-    run = _docstokg(
+    run = docstokg(
         "run", "manifest.jsonl", "--out", "out", "--idempotency", "--db", secret_db_url,
         "--json", cwd=tmp_path,
     )  # fmt: skip
@@ -142,12 +127,12 @@ def test_no_command_prints_the_ledger_password(
     assert json.loads(run.stdout)["db_url"] == masked
     assert f"database {masked})" in run.stderr  # the start line, at INFO on stderr
 
-    current = _docstokg("db", "current", "--db", secret_db_url, cwd=tmp_path)
-    status = _docstokg("job", "status", "--db", secret_db_url, cwd=tmp_path)
+    current = docstokg("db", "current", "--db", secret_db_url, cwd=tmp_path)
+    status = docstokg("job", "status", "--db", secret_db_url, cwd=tmp_path)
     assert (current.returncode, status.returncode) == (0, 0), current.stderr + status.stderr
 
     missing = _missing_database(secret_db_url, backend, tmp_path)
-    absent = _docstokg("job", "status", "--db", missing, cwd=tmp_path)
+    absent = docstokg("job", "status", "--db", missing, cwd=tmp_path)
     assert absent.returncode != 0, absent.stdout
     assert "Traceback" not in absent.stderr, absent.stderr
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from docstokg.errors import ConfigurationError, LeaseLost
-from docstokg.ledger import Lease, Ledger
+from docstokg.ledger import Lease, Ledger, UnitOfWork
 from docstokg.services.transitions import finished_under
+
+_T = TypeVar("_T")
 
 
 def lease_next_job(ledger: Ledger, *, owner: str, ttl_s: float) -> Lease | None:
@@ -57,14 +61,8 @@ def release_lease(ledger: Ledger, lease: Lease) -> bool:
     Waits out a passing database error: a worker that hands its job back
     after one must not leave it leased until the lease expires.
     """
-
-    def release() -> bool:  # fenced: a repeat after a lost COMMIT finds nothing to release
-        with ledger.unit_of_work() as uow:
-            released = uow.jobs.release(lease)
-            uow.commit()
-        return released
-
-    return ledger.retrying(release)
+    # Fenced: a repeat after a lost COMMIT finds nothing to release.
+    return _committed(ledger, lambda uow: uow.jobs.release(lease))
 
 
 def release_leases_of(ledger: Ledger, owner: str) -> int:
@@ -76,14 +74,22 @@ def release_leases_of(ledger: Ledger, owner: str) -> int:
     alone, its lease would expire and the takeover would cost one.  Only for
     an owner that works on nothing else at that moment.
     """
+    return _committed(ledger, lambda uow: uow.jobs.release_owner(owner))
 
-    def release() -> int:
+
+def _committed(ledger: Ledger, write: Callable[[UnitOfWork], _T]) -> _T:
+    """``write`` in a unit of work that commits, done again through passing database errors.
+
+    Only for writes that are safe to repeat (fenced or keyed).
+    """
+
+    def once() -> _T:
         with ledger.unit_of_work() as uow:
-            released = uow.jobs.release_owner(owner)
+            result = write(uow)
             uow.commit()
-        return released
+        return result
 
-    return ledger.retrying(release)
+    return ledger.retrying(once)
 
 
 def check_owner_and_ttl(owner: str, ttl_s: float) -> None:
