@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from docstokg.errors import LeaseLost, LedgerError
 from docstokg.ledger import Lease, Ledger
 from docstokg.services import renew_lease
@@ -123,7 +121,7 @@ class LeaseKeeper:
             except LeaseLost:
                 log.warning("lost the lease on job %s; its worker stops", held.lease.job_id)
                 held.lost.set()
-            except (LedgerError, SQLAlchemyError) as exc:
+            except LedgerError as exc:
                 log.warning("could not renew the lease on job %s: %s", held.lease.job_id, exc)
                 if held.ended():
                     # Expired for all we know: another worker may own the job
@@ -136,5 +134,5 @@ class LeaseKeeper:
         assert self._maintenance is not None
         try:
             self._maintenance()
-        except (LedgerError, SQLAlchemyError, OSError) as exc:
+        except (LedgerError, OSError) as exc:
             log.warning("periodic reconciliation failed (tried again later): %s", exc)

@@ -1,13 +1,13 @@
 """One job through HEAD → STREAM → FINALIZE → INDEX → DEDUPE.
 
-:class:`Fetcher` holds the HTTP and disk work: the bodies of the steps.  Two
+:class:`~docstokg.download.Fetcher` holds the HTTP and disk work: the bodies of the steps.  Two
 pipelines walk them:
 
 * :class:`LedgerPipeline` (the ledger on) runs each step through the
   services' :class:`JobSteps`: HEAD, STREAM and FINALIZE as effects, whose
   recorded results are replayed after a crash instead of being fetched
   again; INDEX and DEDUPE as one-transaction ledger steps.  Each step's
-  result commits with the start of the next.  It knows nothing of SQL.
+  result commits with the start of the next.  It knows nothing of SQL or HTTP.
 * :class:`PlainPipeline` (the ledger off) runs the same bodies straight
   through and remembers nothing beyond this process.
 
@@ -19,22 +19,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-import httpx
-
 from docstokg.download import (
-    ArtifactStore,
-    DownloadLimits,
+    ByteCounter,
+    Fetcher,
     Probe,
+    StopCheck,
     Streamed,
-    probe,
-    regular_size,
-    resume_point_among,
-    stream_to_part,
-    take_over_finished,
+    cut_short_by_the_wire,
 )
 from docstokg.errors import (
     DocstokgError,
@@ -64,9 +58,6 @@ HEAD, STREAM, FINALIZE = "HEAD", "STREAM", "FINALIZE"
 #: The lease epoch of the ledger-off pipeline: its parts keep their old names.
 PLAIN_EPOCH = 0
 log = logging.getLogger(__name__)
-
-StopCheck = Callable[[], bool]
-ByteCounter = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,82 +91,6 @@ class JobOutcome:
     final_path: str | None = None
     error: str | None = None
     retry_after_s: float | None = None
-
-
-class Fetcher:
-    """The HTTP and disk work of a job, shared by both pipelines (and all workers).
-
-    ``epoch`` is the lease epoch of the job's holder (0 with the ledger off):
-    each holder writes a ``.part`` of its own, so a holder paused past its
-    lease writes nothing another reads (see :mod:`docstokg.download.handover`).
-    """
-
-    def __init__(self, client: httpx.Client, store: ArtifactStore, limits: DownloadLimits) -> None:
-        self.client = client
-        self.store = store
-        self.limits = limits
-
-    def probe(self, url: str) -> Probe:
-        return probe(self.client, url, self.limits)
-
-    def can_resume(self, job_id: str, head: Probe, *, epoch: int) -> bool:
-        """Would STREAM continue a ``.part`` its checkpoint vouches for (Range + If-Range)?
-
-        Its own, or one an earlier holder of the job left.
-        """
-        parts = [self.store.part_path(job_id, epoch), *self.store.earlier_parts(job_id, epoch)]
-        return resume_point_among(parts, head) > 0
-
-    def stream(
-        self,
-        job_id: str,
-        head: Probe,
-        *,
-        epoch: int,
-        expected_sha256: str | None,
-        should_stop: StopCheck,
-        on_bytes: ByteCounter,
-    ) -> Streamed:
-        """Download into the holder's ``.part``, held to the manifest's checksum if it gave one."""
-        return stream_to_part(
-            self.client,
-            head,
-            self.store.part_path(job_id, epoch),
-            self.limits,
-            should_stop=should_stop,
-            on_bytes=on_bytes,
-            expected_sha256=expected_sha256,
-            earlier=self.store.earlier_parts(job_id, epoch),
-        )
-
-    def finalize(self, job_id: str, streamed: Streamed, *, epoch: int) -> str:
-        """Store the holder's own ``.part``; then no earlier holder's part is of any use.
-
-        A STREAM replayed from a predecessor's record left its bytes in that
-        predecessor's part: they are taken over first.
-        """
-        part = self.store.part_path(job_id, epoch)
-        if regular_size(part) is None:
-            take_over_finished(
-                part,
-                self.store.earlier_parts(job_id, epoch),
-                sha256=streamed.sha256,
-                size=streamed.size,
-            )
-        relpath = self.store.finalize(part, sha256=streamed.sha256, size=streamed.size)
-        self.store.discard_earlier(job_id, epoch)
-        return relpath
-
-
-def cut_short_by_the_wire(exc: BaseException) -> bool:
-    """Whether a failure came from the connection (a read that timed out, a peer gone).
-
-    Seen while the run is stopping, such a failure is the stop's doing: the
-    stop is noticed between chunks only, so a read that stalls waits out its
-    timeout first.  It is an interruption then, not a failed attempt; an
-    answer from the server (a 503, a 429) is not, and keeps its backoff.
-    """
-    return isinstance(exc, FetchError) and isinstance(exc.__cause__, httpx.TransportError)
 
 
 class LedgerPipeline:

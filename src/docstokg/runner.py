@@ -26,10 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from docstokg.config import IdempotencyConfig
-from docstokg.download import ArtifactStore, DownloadLimits, make_client
+from docstokg.download import ArtifactStore, DownloadLimits, Fetcher, make_client
 from docstokg.errors import DatabaseUnavailable, DocstokgError, TransientDatabaseError
 from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
@@ -37,7 +35,7 @@ from docstokg.ledger import JobRecord, JobSpec, Lease, Ledger
 from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
-from docstokg.pipeline import Fetcher, JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
+from docstokg.pipeline import JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
 from docstokg.redact import mask_url, mask_urls
 from docstokg.reporting import NullReporter, RunReporter
 from docstokg.services import (
@@ -501,7 +499,7 @@ class DownloadRun:
         """Release a job claimed ahead and never started; if that fails, its lease expires."""
         try:
             release_lease(ledger, lease)
-        except (DocstokgError, SQLAlchemyError) as exc:  # an error on its way out wins
+        except DocstokgError as exc:  # an error on its way out wins
             log.warning(
                 "could not hand back job %s (%s); another worker takes it once its lease expires",
                 lease.job_id,

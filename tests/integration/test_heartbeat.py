@@ -19,13 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 from docstokg import JobState, Ledger, lease_next_job
 from docstokg.config import IdempotencyConfig
 from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.download import ArtifactStore
-from docstokg.errors import LedgerError
+from docstokg.errors import LedgerError, TransientDatabaseError
 from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger.models import OP_SUCCEEDED
@@ -179,11 +178,12 @@ class CountingMaintenance:
             raise self.errors[(self.calls - 1) % len(self.errors)]
 
 
-# What a reconciliation pass may raise: the disk, the ledger, the driver below it.
+# What a reconciliation pass may raise: the disk, the ledger, and the driver below
+# it, whose errors the ledger maps to its own (here a connection reset).
 MAINTENANCE_ERRORS = (
     OSError("staging folder unreadable"),
     LedgerError("database went away"),
-    OperationalError("UPDATE artifact_jobs", {}, Exception("connection reset")),
+    TransientDatabaseError("cannot use the ledger database: connection reset"),
 )
 
 

@@ -32,6 +32,7 @@ from docstokg.download import (
     ArtifactStore,
     Checkpoint,
     DownloadLimits,
+    Fetcher,
     PartLost,
     Probe,
     Streamed,
@@ -39,7 +40,6 @@ from docstokg.download import (
     make_client,
 )
 from docstokg.ledger import Ledger
-from docstokg.pipeline import Fetcher
 from docstokg.services import lease_next_job, plan_job_if_absent, reconcile_jobs
 from docstokg.services.maintenance import part_job_ids
 from tests.e2e.test_run_cli import (

@@ -1,7 +1,8 @@
 """The download layer: HTTP fetching into staged parts, and the content-addressed store.
 
-It knows nothing of the ledger: the pipeline calls these functions as the
-effects of its HEAD, STREAM and FINALIZE steps and records what they return.
+It knows nothing of the ledger: the pipelines call :class:`Fetcher` for the
+effects of their HEAD, STREAM and FINALIZE steps and record what it returns.
+It is the only layer that speaks httpx.
 """
 
 from docstokg.download.fetch import (
@@ -16,6 +17,7 @@ from docstokg.download.fetch import (
     resume_point_among,
     stream_to_part,
 )
+from docstokg.download.fetcher import ByteCounter, Fetcher, StopCheck, cut_short_by_the_wire
 from docstokg.download.handover import take_over_finished
 from docstokg.download.http_errors import classify_status, parse_retry_after
 from docstokg.download.part_writer import Checkpoint
@@ -24,14 +26,18 @@ from docstokg.errors import PartLost
 
 __all__ = [
     "ArtifactStore",
+    "ByteCounter",
     "Checkpoint",
     "DownloadLimits",
+    "Fetcher",
     "PartLost",
     "Probe",
+    "StopCheck",
     "Streamed",
     "can_resume",
     "checkpoint_for",
     "classify_status",
+    "cut_short_by_the_wire",
     "make_client",
     "parse_retry_after",
     "pick_validator",

@@ -33,7 +33,7 @@ from typing import Self, TypeVar
 
 from sqlalchemy import Connection, RootTransaction
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from docstokg.errors import LedgerError, TransientDatabaseError
@@ -138,6 +138,8 @@ class UnitOfWork:
             self._end(commit=False, failing=exc_type is not None)
         if isinstance(exc, DBAPIError):  # a statement failed: the caller meets docstokg's errors
             raise database_error(self._url, exc) from exc
+        if isinstance(exc, SQLAlchemyError):  # misuse or a closed connection, not the driver
+            raise LedgerError(f"the ledger refused a unit of work: {exc}") from exc
 
     @property
     def jobs(self) -> JobRepository:
@@ -205,6 +207,8 @@ class UnitOfWork:
             self._end(commit=True)
         except DBAPIError as exc:
             raise database_error(self._url, exc) from exc
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"the ledger could not commit: {exc}") from exc
         if self._outage is not None and not read_only:
             self._outage.recovered()  # a write committed: any outage is over
 

@@ -21,8 +21,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from docstokg.errors import DocstokgError, EffectResultTooLarge, LeaseLost, LedgerError
 from docstokg.keys import canonical_text, op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
@@ -189,7 +187,7 @@ class JobSteps:
         elif self._ran is not None:
             # Keep what the last effect did if the lease still allows it; the
             # error already on its way is the one the caller must see.
-            with suppress(DocstokgError, SQLAlchemyError):
+            with suppress(DocstokgError):
                 self.flush()
 
     def effect(
