@@ -350,21 +350,21 @@ def test_the_page_has_the_sections_it_promises_and_links_the_design() -> None:
     ):
         assert f"\n{heading}\n" in document, heading
     assert re.search(r"\]\(src/docstokg/\S+\.py\)", document), "no link to the design's sources"
-    assert "](README.md#" in document
+    assert "](docs/usage.md#" in document  # the reference pages, not a copy of them
 
 
 _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def test_the_pages_link_only_files_a_clone_has() -> None:
-    """README.md and AGENTS.md are read in a clone: no link may lead outside it."""
+    """README.md, AGENTS.md and docs/ are read in a clone: no link may lead outside it."""
     root = AGENTS_MD.parent
-    for page in ("AGENTS.md", "README.md"):
-        document = (root / page).read_text(encoding="utf-8")
-        assert "../shared/" not in document, f"{page} points outside the repository"
+    for page in [root / "AGENTS.md", root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        document = page.read_text(encoding="utf-8")
+        assert "../shared/" not in document, f"{page.name} points outside the repository"
         for target in _LINK.findall(document):
             if "://" not in target:
-                assert (root / target).exists(), f"{page} links {target}, which a clone lacks"
+                assert (page.parent / target).exists(), f"{page} links {target}, a clone lacks"
 
 
 def github_slug(heading: str) -> str:
@@ -372,12 +372,14 @@ def github_slug(heading: str) -> str:
     return slug.replace(" ", "-")
 
 
-def test_the_links_into_readme_name_headings_it_has() -> None:
-    readme = (AGENTS_MD.parent / "README.md").read_text(encoding="utf-8")
-    slugs = {github_slug(h) for h in re.findall(r"^#+ (.+)$", readme, re.MULTILINE)}
-    anchors = set(re.findall(r"\]\(README\.md#([^)]+)\)", agents_md()))
-    assert anchors, "AGENTS.md links no README section"
-    assert anchors <= slugs, f"no such README sections: {sorted(anchors - slugs)}"
+def test_the_links_into_the_reference_pages_name_headings_they_have() -> None:
+    root = AGENTS_MD.parent
+    anchors = re.findall(r"\]\(((?:README|docs/\w+)\.md)#([^)]+)\)", agents_md())
+    assert anchors, "AGENTS.md links no section of the README or docs/"
+    for page, anchor in anchors:
+        text = (root / page).read_text(encoding="utf-8")
+        slugs = {github_slug(h) for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+        assert anchor in slugs, f"{page} has no section #{anchor}"
 
 
 def test_every_setting_and_its_environment_variable_is_in_the_configuration_table() -> None:
