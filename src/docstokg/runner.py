@@ -228,6 +228,7 @@ class DownloadRun:
         self._bytes = 0
         self._bytes_lock = threading.Lock()
         self._ledger_failure: DatabaseUnavailable | None = None
+        self._failure_lock = threading.Lock()
         # What each job's last pass here came to: the summary's source when the
         # database cannot be asked at the end.
         self._outcomes: dict[str, JobOutcome] = {}
@@ -342,7 +343,7 @@ class DownloadRun:
         Downloads under way stop at their next chunk and keep their ``.part``;
         the summary says what this process saw, and the run exits 1.
         """
-        with self._bytes_lock:
+        with self._failure_lock:
             first = self._ledger_failure is None
             if first:
                 self._ledger_failure = exc

@@ -31,7 +31,7 @@ from typing import TypeVar
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from docstokg.errors import DatabaseOutage, DatabaseUnavailable, TransientDatabaseError
+from docstokg.errors import DatabaseOutage, TransientDatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,3 @@ class OutageWatch:
                 continue
             self.answered()
             return result
-
-
-def is_permanent_ledger_error(exc: BaseException) -> bool:
-    """A ledger error that waiting will not cure (for callers deciding whether to stop)."""
-    return isinstance(exc, DatabaseUnavailable) and not isinstance(exc, TransientDatabaseError)
