@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from docstokg.download import cut_short_by_the_wire
 from docstokg.download.http_errors import classify_status, translate_httpx_error
 from docstokg.errors import PermanentFetchError, TransientFetchError
-from docstokg.pipeline import cut_short_by_the_wire
 
 URL = "http://h/x"
 
