@@ -278,6 +278,7 @@ class RunOutcome:
     stopped: bool
     stderr: str
     stdout: str
+    started_at: float = 0.0
 
 
 # --- the evidence, and the invariants ------------------------------------------------------
@@ -322,7 +323,7 @@ def check_runs(evidence: Evidence) -> list[str]:
     for run in evidence.runs:
         if TRACEBACK in run.stderr:
             found.append(f"run {run.label} printed a traceback:\n{_traceback_text(run.stderr)}")
-        if not run.killed and run.returncode != 0:
+        if not run.killed and run.returncode != 0 and not _refused_during_a_restart(run, evidence):
             tail = "\n".join(run.stderr.strip().splitlines()[-6:])
             stopped = " (it had been SIGSTOPped)" if run.stopped else ""
             found.append(
@@ -330,6 +331,28 @@ def check_runs(evidence: Evidence) -> list[str]:
                 f"stderr ends:\n{tail}"
             )
     return found
+
+
+def _refused_during_a_restart(run: RunOutcome, evidence: Evidence) -> bool:
+    """The run met the server down before it ever reached it, and said so cleanly.
+
+    A database that never answered is reported at once, not waited out
+    (AGENTS.md: a wrong host or port is said at once): a run that starts
+    while PostgreSQL restarts ends with that one line, and its replacement
+    does the work.
+    """
+    lines = run.stderr.strip().splitlines()
+    said = lines[-1] if lines else ""
+    restarted_while_it_lived = any(
+        event.kind == "pg_restart" and event.until >= run.started_at for event in evidence.events
+    )
+    return (
+        run.returncode == 1
+        and TRACEBACK not in run.stderr
+        and said.startswith("error: cannot use the ledger database")
+        and "Connection refused" in said
+        and restarted_while_it_lived
+    )
 
 
 def _traceback_text(stderr: str) -> str:
@@ -766,6 +789,7 @@ def _outcome(run: RunProcess) -> RunOutcome:
         stopped=run.stopped,
         stderr=run.stderr(),
         stdout=run.stdout(),
+        started_at=run.started_at,
     )
 
 

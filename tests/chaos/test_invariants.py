@@ -176,3 +176,20 @@ def test_a_traceback_or_a_failed_exit_of_a_run_no_one_killed_is_a_violation(
     assert len(violations) == 2, violations
     assert "r1 printed a traceback" in violations[0]
     assert "r1 (it had been SIGSTOPped) exited 1" in violations[1]
+
+
+def test_a_run_refused_at_start_is_a_violation_unless_a_restart_hit_it_then(
+    tmp_path: Path,
+) -> None:
+    evidence = _stored_world(tmp_path)
+    refused = RunOutcome(
+        "r1", 1, killed=False, stopped=False, started_at=20.0, stdout="",
+        stderr="error: cannot use the ledger database postgresql+psycopg://p@h/db: connection "
+        "failed: Connection refused Is the server running on that host?\n",
+    )  # fmt: skip
+    runs = [*evidence.runs, refused]
+    assert len(check_invariants(replace(evidence, runs=runs))) == 1  # no restart: a violation
+    earlier = FaultEvent("pg_restart", at=10.0, until=11.0, run=None)
+    assert len(check_invariants(replace(evidence, runs=runs, events=[earlier]))) == 1
+    meanwhile = FaultEvent("pg_restart", at=19.5, until=21.0, run=None)
+    assert check_invariants(replace(evidence, runs=runs, events=[meanwhile])) == []

@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import Connection, text
 
 from docstokg import JobSpec, JobState, Ledger
-from docstokg.errors import DatabaseUnavailable, LedgerError
+from docstokg.errors import DatabaseUnavailable, LedgerError, TransientDatabaseError
 from docstokg.ledger import unit_of_work as unit_of_work_module
 from tests.dbtools import execute_sql
+from tests.pgcluster import ThrowawayPostgres
 
 SPEC = JobSpec("W1", "pdf", "https://example.org/1")
 
@@ -147,7 +148,6 @@ def test_a_database_without_the_schema_names_the_upgrade_command(empty_db_url: s
 
 def test_a_database_from_a_newer_docstokg_is_not_written(db_url: str) -> None:
     from docstokg.errors import UnknownRevision
-    from tests.dbtools import execute_sql
 
     execute_sql(db_url, "UPDATE alembic_version SET version_num = 'f00d_from_the_future'")
     with Ledger.connect(db_url) as ledger:
@@ -201,3 +201,37 @@ def test_without_an_injected_clock_time_is_the_databases_read_once_in_a_while(
         assert reads[0] <= answers[0] <= reads[0] + 1  # carried on to the end of its trip
     else:
         assert reads == []  # SQLite's workers share this host's clock
+
+
+class _BodyError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("body_fails", [False, True], ids=["clean-exit", "body-raises"])
+def test_a_unit_of_work_whose_connection_the_server_cut_ends_in_docstokg_errors(
+    postgres: ThrowawayPostgres, body_fails: bool
+) -> None:
+    """A restart cuts the connection: the ROLLBACK on leaving fails too, and must not escape raw.
+
+    PostgreSQL only: a SQLite connection cannot be cut from outside.
+    """
+    name = f"cut_{int(body_fails)}"
+    url = postgres.create_database(name)
+
+    def cut_mid_unit_of_work(ledger: Ledger) -> None:
+        with ledger.unit_of_work() as uow:
+            [(pid,)] = uow.session.execute(text("SELECT pg_backend_pid()")).all()
+            execute_sql(url, f"SELECT pg_terminate_backend({int(pid)})")
+            if body_fails:
+                raise _BodyError("the body's own error")
+
+    try:
+        with Ledger.connect(url) as ledger:
+            ledger.upgrade()
+            with pytest.raises((TransientDatabaseError, _BodyError)) as raised:
+                cut_mid_unit_of_work(ledger)
+            # The body's error is what the caller sees; without one, the lost connection.
+            assert raised.type is (_BodyError if body_fails else TransientDatabaseError)
+            assert _job_count(ledger) == 0  # and the ledger is usable afterwards
+    finally:
+        postgres.drop_database(name)

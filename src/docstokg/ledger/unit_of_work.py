@@ -135,7 +135,15 @@ class UnitOfWork:
         traceback: TracebackType | None,
     ) -> None:
         if self._connection is not None:
-            self._end(commit=False, failing=exc_type is not None)
+            try:
+                self._end(commit=False, failing=exc_type is not None)
+            except DBAPIError as rollback_error:
+                # The connection died (a server restart cuts it mid-statement): the
+                # ROLLBACK fails too.  The body's own error, if any, says more.
+                if exc is None:
+                    raise database_error(self._url, rollback_error) from rollback_error
+                if not isinstance(exc, SQLAlchemyError):
+                    return  # the body's exception propagates as it was
         if isinstance(exc, DBAPIError):  # a statement failed: the caller meets docstokg's errors
             raise database_error(self._url, exc) from exc
         if isinstance(exc, SQLAlchemyError):  # misuse or a closed connection, not the driver
