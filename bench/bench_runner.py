@@ -1,6 +1,6 @@
 """Runner overhead: the same downloads with the ledger on and off, in one run.
 
-A loopback server (``python -m docstokg.demo.server``, its own process so it
+A loopback server (``python -m docstokg.testing.server``, its own process so it
 does not share the runner's interpreter lock) serves N generated artifacts;
 ``DownloadRun`` fetches all of them into a fresh output folder with W
 workers, once with the ledger off and once on (a fresh SQLite ledger, or a
@@ -35,14 +35,22 @@ from tests.pgcluster import ThrowawayPostgres
 
 from docstokg.config import IdempotencyConfig
 from docstokg.manifest import read_manifest
-from docstokg.runner import DownloadRun, RunSettings
+from docstokg.run.runner import DownloadRun, RunSettings
 
 
 @contextlib.contextmanager
 def artifact_server(count: int, size: int) -> Iterator[str]:
     """The demo server in a child process; yields its base URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "docstokg.demo.server", "--count", str(count), "--size", str(size)],
+        [
+            sys.executable,
+            "-m",
+            "docstokg.testing.server",
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -39,7 +39,7 @@ from tests.chaos.harness import (
 )
 from tests.pgcluster import ThrowawayPostgres
 
-from docstokg.demo.server import ArtifactServer
+from docstokg.testing.server import ArtifactServer
 
 MAX_ROUNDS = 50
 """A round that applies no fault at all would loop forever; this bounds it."""

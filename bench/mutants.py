@@ -119,7 +119,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "redaction-start-line",
         "redaction",
-        "src/docstokg/runner.py",
+        "src/docstokg/run/runner.py",
         "                mask_url(settings.db_url),",
         "                settings.db_url,",
         NO_PASSWORD,
@@ -382,7 +382,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "exit-skipped-rows-succeed",
         "exit codes",
-        "src/docstokg/runner.py",
+        "src/docstokg/run/runner.py",
         '        lost = self.counts["failed"] or self.counts["unfinished"] or self.skipped_rows',
         '        lost = self.counts["failed"] or self.counts["unfinished"]',
         RUNNER,
@@ -390,7 +390,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "exit-stopped-is-failure",
         "exit codes",
-        "src/docstokg/runner.py",
+        "src/docstokg/run/runner.py",
         '        if self.counts["unfinished"] and self.interrupted:\n            return 130',
         '        if self.counts["unfinished"] and self.interrupted:\n            return 1',
         RUNNER_FAULTS,

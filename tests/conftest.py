@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from docstokg import Ledger
-from docstokg.demo.server import ArtifactServer
+from docstokg.testing.server import ArtifactServer
 from tests.pgcluster import ThrowawayPostgres
 
 BACKENDS = tuple(

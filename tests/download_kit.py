@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docstokg.demo.server import ArtifactServer
 from docstokg.download import DownloadLimits, Probe, stream_to_part
 from docstokg.errors import DownloadInterrupted
+from docstokg.testing.server import ArtifactServer
 from tests.runner_kit import BytesReached
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from docstokg import JobRecord, Ledger, OpRecord
 from docstokg.config import IdempotencyConfig
-from docstokg.demo.server import ArtifactServer
 from docstokg.manifest import Manifest, read_manifest
-from docstokg.pipeline import JobOutcome, Outcome
-from docstokg.reporting import NullReporter, RunReporter
-from docstokg.runner import DownloadRun, JobReport, RunSettings, RunSummary
+from docstokg.run.pipeline import JobOutcome, Outcome
+from docstokg.run.reporting import NullReporter, RunReporter
+from docstokg.run.runner import DownloadRun, JobReport, RunSettings, RunSummary
+from docstokg.testing.server import ArtifactServer
 
 Row = tuple[str, str, str]  # work_id, artifact_id, url
 

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Final
 
 from docstokg import JobRecord, Ledger
-from docstokg.demo.server import Artifact, ArtifactServer, RequestRecord, generated_body
 from docstokg.keys import job_id_for, job_key
+from docstokg.testing.server import Artifact, ArtifactServer, RequestRecord, generated_body
 from tests.pgcluster import ThrowawayPostgres
 
 KiB: Final = 1024

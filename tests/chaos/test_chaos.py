@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from docstokg.demo.server import ArtifactServer
+from docstokg.testing.server import ArtifactServer
 from tests.chaos.harness import ChaosPlan, ChaosRound, Database, postgres_restarter
 from tests.pgcluster import ThrowawayPostgres
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from docstokg import JobRecord, JobState
-from docstokg.demo.server import Artifact, ArtifactServer, RequestRecord, generated_body
+from docstokg.testing.server import Artifact, ArtifactServer, RequestRecord, generated_body
 from tests.chaos.harness import (
     Evidence,
     FaultEvent,

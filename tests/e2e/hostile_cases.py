@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from docstokg.cli import main
 from docstokg.cli.output import err, out
-from docstokg.demo.server import Artifact, ArtifactServer, Fault, generated_body
 from docstokg.keys import job_id_for, job_key
+from docstokg.testing.server import Artifact, ArtifactServer, Fault, generated_body
 
 CRASHED = -1
 """The exit code recorded when an exception escaped the command (a traceback)."""

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from docstokg.demo.server import generated_body
 from docstokg.ledger.migrate import head_revision, upgrade
+from docstokg.testing.server import generated_body
 from tests.dbtools import execute_sql, table_names
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docstokg.demo.server import ArtifactServer
+from docstokg.testing.server import ArtifactServer
 from tests.e2e.hostile_cases import CASES, CRASHED, FAST_ENV, Case, World, env_without_docstokg
 
 CATEGORIES = ("manifest", "server", "config", "database", "filesystem", "operations")

@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from docstokg import JobState, Ledger
 from docstokg.cli import main
-from docstokg.demo.server import Artifact, ArtifactServer, Fault, generated_body
 from docstokg.ledger.migrate import describe, head_revision, upgrade
+from docstokg.testing.server import Artifact, ArtifactServer, Fault, generated_body
 from tests import populations as P
 from tests.dbtools import execute_sql, table_names
 

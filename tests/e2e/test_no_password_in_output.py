@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.redact import MASK, mask_url
-from docstokg.runner import ENABLED_MESSAGE
+from docstokg.run.runner import ENABLED_MESSAGE
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.e2e.test_job_cli import docstokg
 from tests.pgcluster import ThrowawayPostgres
 from tests.runner_kit import make_config, run_download, write_manifest

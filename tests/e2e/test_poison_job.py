@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 from docstokg import JobState, Ledger
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.e2e.test_run_cli import (
     LEASE_TTL_ENV,
     Served,

@@ -4,7 +4,7 @@ Every run is its own process (``python -m docstokg run MANIFEST --out DIR``)
 started from ``tmp_path`` (so the repository's ``config/idempotency.yaml`` is
 never picked up) with the test process's environment minus every
 ``DOCSTOKG_*`` variable, plus what the test sets.  The artifacts come from an
-:class:`~docstokg.demo.server.ArtifactServer` in the test process, whose
+:class:`~docstokg.testing.server.ArtifactServer` in the test process, whose
 counters say exactly what each run fetched; its pause gate tells a test that
 a download is half-way, so nothing here sleeps to synchronise.
 
@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 import pytest
 
 from docstokg import JobState, Ledger
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.download import ArtifactStore
 from docstokg.keys import job_id_for, job_key
-from docstokg.runner import ENABLED_MESSAGE
+from docstokg.run.runner import ENABLED_MESSAGE
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 
 pytestmark = pytest.mark.slow
 

@@ -53,10 +53,10 @@ from docstokg import (
 )
 from docstokg.cli import app
 from docstokg.config import ENABLE_ENV, KEYS, IdempotencyConfig, env_var
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger.engine import database_error, parse_url
 from docstokg.metrics import exposition
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.pgcluster import ThrowawayPostgres
 
 pytestmark = pytest.mark.slow

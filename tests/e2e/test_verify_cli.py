@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.e2e.test_job_cli import docstokg
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 import httpx
 import pytest
 
-from docstokg.demo.server import (
+from docstokg.testing.server import (
     Artifact,
     ArtifactServer,
     Fault,
@@ -416,7 +416,7 @@ def test_add_refuses_a_relative_path(server: ArtifactServer) -> None:
 
 @pytest.mark.slow
 def test_the_module_serves_generated_artifacts_from_a_subprocess() -> None:
-    command = [sys.executable, "-m", "docstokg.demo.server", "--count", "3", "--size", "1000"]
+    command = [sys.executable, "-m", "docstokg.testing.server", "--count", "3", "--size", "1000"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None

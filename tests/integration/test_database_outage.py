@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from docstokg import Ledger
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.errors import (
     ConstraintViolated,
     DatabaseOutage,
@@ -26,6 +25,7 @@ from docstokg.errors import (
 )
 from docstokg.ledger.engine import database_error, parse_url
 from docstokg.ledger.faults import OutageWatch
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.pgcluster import ThrowawayPostgres
 from tests.runner_kit import BytesReached, make_config, make_run, part_files, write_manifest
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docstokg.demo.server import Artifact, ArtifactServer, Fault, generated_body, strong_etag
 from docstokg.download import (
     Checkpoint,
     DownloadLimits,
@@ -34,6 +33,7 @@ from docstokg.download import (
     stream_to_part,
 )
 from docstokg.errors import DownloadInterrupted, PermanentFetchError, TransientFetchError
+from docstokg.testing.server import Artifact, ArtifactServer, Fault, generated_body, strong_etag
 from tests.download_kit import stop_at_pause
 
 BODY = generated_body("test-fetch", 300_000)

@@ -22,12 +22,12 @@ import pytest
 
 from docstokg import JobState, Ledger, lease_next_job
 from docstokg.config import IdempotencyConfig
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.download import ArtifactStore
 from docstokg.errors import LedgerError, TransientDatabaseError
-from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger.models import OP_SUCCEEDED
+from docstokg.run.heartbeat import LeaseKeeper
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.conftest import ManualClock
 from tests.lifecycle import job_of, plan, take
 from tests.runner_kit import (
@@ -202,7 +202,7 @@ def test_a_lease_not_renewed_for_a_whole_ttl_ends_by_the_keepers_own_clock(
 ) -> None:
     """Neither the wall clock nor the ledger's: a host whose clock drifts still stops in time."""
     clock = SteppedClock()
-    monkeypatch.setattr("docstokg.heartbeat._monotonic", clock)
+    monkeypatch.setattr("docstokg.run.heartbeat._monotonic", clock)
     plan(real_ledger)
     lease = take(real_ledger, "worker-a", ttl_s=30.0)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.download import (
     ArtifactStore,
     DownloadLimits,
@@ -28,6 +27,7 @@ from docstokg.download import (
     stream_to_part,
 )
 from docstokg.errors import ConfigurationError, StoreError, TransientFetchError
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 
 BODY = generated_body("test-no-links", 100_000)
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body, strong_etag
 from docstokg.download import (
     ArtifactStore,
     Checkpoint,
@@ -35,6 +34,7 @@ from docstokg.errors import (
     PermanentFetchError,
     TransientFetchError,
 )
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body, strong_etag
 from tests.download_kit import stop_at_pause
 
 BODY = generated_body("test-part-checkpoint", 300_000)

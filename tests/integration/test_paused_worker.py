@@ -27,7 +27,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body, strong_etag
 from docstokg.download import (
     ArtifactStore,
     Checkpoint,
@@ -41,7 +40,8 @@ from docstokg.download import (
 )
 from docstokg.ledger import Ledger
 from docstokg.services import lease_next_job, plan_job_if_absent, reconcile_jobs
-from docstokg.services.maintenance import part_job_ids
+from docstokg.staging import part_job_ids
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body, strong_etag
 from tests.e2e.test_run_cli import (
     LARGE,
     LEASE_TTL_ENV,

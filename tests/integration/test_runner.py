@@ -21,10 +21,10 @@ from time import monotonic
 import pytest
 
 from docstokg import JobState, LeaseLost, Ledger, lease_next_job, release_lease, renew_lease
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.ledger.models import OP_SUCCEEDED
-from docstokg.pipeline import Outcome
+from docstokg.run.pipeline import Outcome
 from docstokg.services import plan_job_if_absent
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.runner_kit import (
     SignalBegin,
     StopOnOutcome,

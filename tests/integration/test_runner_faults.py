@@ -18,12 +18,12 @@ import pytest
 
 from docstokg import JobRecord, JobState, Ledger
 from docstokg.config import IdempotencyConfig
-from docstokg.demo.server import Artifact, ArtifactServer, Fault, generated_body, strong_etag
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.manifest import Manifest
-from docstokg.pipeline import JobOutcome, Outcome
-from docstokg.runner import JobReport, RunSummary
+from docstokg.run.pipeline import JobOutcome, Outcome
+from docstokg.run.runner import JobReport, RunSummary
 from docstokg.services import get_job
+from docstokg.testing.server import Artifact, ArtifactServer, Fault, generated_body, strong_etag
 from tests.runner_kit import (
     BytesReached,
     StopAfterBytes,
@@ -224,7 +224,7 @@ def test_a_worker_whose_lease_ran_out_unrenewed_stops_writing_and_the_run_resume
 ) -> None:
     """By then another worker may own the job: not one more chunk goes into the part."""
     clock = {"now": 1000.0}
-    monkeypatch.setattr("docstokg.heartbeat._monotonic", lambda: clock["now"])
+    monkeypatch.setattr("docstokg.run.heartbeat._monotonic", lambda: clock["now"])
     body = generated_body("ran-out", BIG)
     url = server.add("/ran-out", Artifact(body=body, pause_after=PAUSE_AT))
     manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", url)])

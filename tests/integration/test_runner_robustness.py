@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from docstokg import JobState, Ledger
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
-from docstokg.pipeline import LedgerPipeline
+from docstokg.run.pipeline import LedgerPipeline
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.factories import JobFactory, bound_to
 from tests.runner_kit import (
     assert_stored,

@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docstokg.demo.server import generated_body
 from docstokg.download import DownloadLimits, make_client, probe, stream_to_part
 from docstokg.errors import TransientFetchError
 from docstokg.states import JobState
+from docstokg.testing.server import generated_body
 from tests.runner_kit import (
     artifact_files,
     make_config,

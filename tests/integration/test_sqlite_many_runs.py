@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from docstokg.demo.server import ArtifactServer
+from docstokg.testing.server import ArtifactServer
 from tests.e2e.test_run_cli import Finished, Running, run_env, serve, write_manifest
 
 RUNS = 3

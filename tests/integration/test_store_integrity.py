@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from docstokg import JobState, Ledger
-from docstokg.demo.server import Artifact, ArtifactServer, generated_body
 from docstokg.download import ArtifactStore
 from docstokg.errors import StoreMismatch
 from docstokg.manifest import Manifest, read_manifest
 from docstokg.services.stores import STORE_ID_FILE, bind_store, verify_store
+from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.runner_kit import (
     StopAfterBytes,
     artifact_files,

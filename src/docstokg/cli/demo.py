@@ -31,6 +31,6 @@ def demo(
     request and fetches nothing that is already stored. Then the summary and
     the job table.
     """
-    from docstokg.demo.walkthrough import run_demo  # the runner's imports, only when used
+    from docstokg.cli.walkthrough import run_demo  # the runner's imports, only when used
 
     raise typer.Exit(run_demo(directory, workers))

@@ -36,7 +36,7 @@ from docstokg.manifest import Manifest, read_manifest
 from docstokg.redact import mask_url, mask_urls
 
 if TYPE_CHECKING:
-    from docstokg.runner import RunSummary
+    from docstokg.run.runner import RunSummary
 
 # Jobs listed one by one in the summary; beyond this only the failed ones are.
 JOB_TABLE_ROWS = 50
@@ -127,8 +127,8 @@ def run(
         --db postgresql+psycopg://ledger@db-host/docstokg
     """
     # Imported here, not at the top: `docstokg job ...` should not pay for httpx.
-    from docstokg.reporting import LogReporter, RichReporter, RunReporter
-    from docstokg.runner import DownloadRun, RunSettings
+    from docstokg.run.reporting import LogReporter, RichReporter, RunReporter
+    from docstokg.run.runner import DownloadRun, RunSettings
 
     settings = load_settings(config, enabled_flag=idempotency)
     parsed = read_manifest(manifest)

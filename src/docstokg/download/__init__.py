@@ -21,8 +21,9 @@ from docstokg.download.fetcher import ByteCounter, Fetcher, StopCheck, cut_short
 from docstokg.download.handover import take_over_finished
 from docstokg.download.http_errors import classify_status, parse_retry_after
 from docstokg.download.part_writer import Checkpoint
-from docstokg.download.store import ArtifactStore, checkpoint_for, regular_size
+from docstokg.download.store import ArtifactStore, regular_size
 from docstokg.errors import PartLost
+from docstokg.staging import checkpoint_for
 
 __all__ = [
     "ArtifactStore",

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docstokg.download.store import (
-    checkpoint_for,
     create_staged,
     hash_fd_prefix,
     names_file,
@@ -58,6 +57,7 @@ from docstokg.download.store import (
     try_lock,
 )
 from docstokg.errors import PartLost
+from docstokg.staging import checkpoint_for
 
 __all__ = [
     "Busy",

@@ -34,15 +34,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
 from docstokg.download.handover import HeldPart, create_held, hold
 from docstokg.download.http_errors import HTTPX_ERRORS, translate_httpx_error
+from docstokg.download.limits import DownloadLimits
 from docstokg.download.store import (
     MOVE_IT_AWAY,
-    checkpoint_for,
     hash_fd_prefix,
     hash_file,
     open_staged,
@@ -54,9 +53,7 @@ from docstokg.errors import (
     PermanentFetchError,
     TransientFetchError,
 )
-
-if TYPE_CHECKING:
-    from docstokg.download.fetch import DownloadLimits
+from docstokg.staging import checkpoint_for
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "PartWriter", "hash_file"]
 

@@ -33,17 +33,13 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from docstokg.errors import PartLost, StoreError, TransientFetchError
+from docstokg.staging import checkpoint_for, epoch_in, part_name
 
 # New job ids are hex UUIDs; ids adopted from a v3 ledger may be any short
 # name.  Letters, digits, dot, dash, underscore, not starting with a dot: no
 # separator, no "..", so no staging path can leave the staging folder.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: ``.<epoch>`` between a job id and ``.part``: a lease epoch, written without leading zeros.
-_EPOCH = re.compile(r"\.[1-9][0-9]{0,18}")
-#: A staged part's name ends so; its checkpoint's name is the part's plus ``.json``.
-PART_SUFFIX = ".part"
-CHECKPOINT_SUFFIX = ".json"
 _HASH_BLOCK = 1024 * 1024
 # O_NONBLOCK: opening a FIFO planted where a file belongs must not hang the
 # worker; it changes nothing for regular files.
@@ -86,8 +82,7 @@ class ArtifactStore:
                 f"lease epoch {epoch!r} is not a whole number >= 0; refusing to build a "
                 "staging path from it"
             )
-        name = f"{job_id}{PART_SUFFIX}" if epoch == 0 else f"{job_id}.{epoch}{PART_SUFFIX}"
-        return self.staging_dir / name
+        return self.staging_dir / part_name(job_id, epoch)
 
     def checkpoint_path(self, job_id: str, epoch: int = 0) -> Path:
         """The checkpoint that vouches for the first bytes of ``part_path(job_id, epoch)``."""
@@ -109,7 +104,7 @@ class ArtifactStore:
             return found
         for entry in entries:
             if entry.name.startswith(job_id):
-                epoch = _epoch_in(entry.name, job_id)
+                epoch = epoch_in(entry.name, job_id)
                 if epoch is not None:
                     found.append((epoch, self.staging_dir / entry.name))
         return sorted(found, key=lambda item: item[0], reverse=True)
@@ -320,27 +315,12 @@ def _part_gone(part: Path) -> bool:
     return False
 
 
-def checkpoint_for(part: Path) -> Path:
-    """The checkpoint beside a part: ``<job_id>[.<epoch>].part.json``."""
-    return part.with_name(part.name + CHECKPOINT_SUFFIX)
-
-
 def _check_job_id(job_id: str) -> None:
     if not _JOB_ID.fullmatch(job_id) or ".." in job_id:
         raise ValueError(
             f"job_id {job_id!r} is not a safe file name (letters, digits, '.', '-', '_', "
             "not starting with '.', no '..'); refusing to build a staging path from it"
         )
-
-
-def _epoch_in(name: str, job_id: str) -> int | None:
-    """The epoch of ``name`` if it is a part of ``job_id`` (see :meth:`ArtifactStore.part_path`)."""
-    if name == f"{job_id}{PART_SUFFIX}":
-        return 0
-    middle = name[len(job_id) : -len(PART_SUFFIX)]
-    if not (name.startswith(job_id) and name.endswith(PART_SUFFIX)) or len(middle) < 2:
-        return None
-    return int(middle[1:]) if _EPOCH.fullmatch(middle) else None
 
 
 def open_regular(path: Path, flags: int, mode: int = 0o644) -> int | None:

@@ -8,21 +8,12 @@ expired leases, ops no live holder owns, and files no live lease owns.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from docstokg.ledger import Ledger
-
-# A staged part is ``<job_id>.<epoch>.part`` (one per lease epoch), or
-# ``<job_id>.part`` (epoch 0: the ledger off, and older versions); the names
-# are made by docstokg.download.store.ArtifactStore.part_path.
-PART_SUFFIX = ".part"
-# Beside each part, the checkpoint that vouches for its bytes (length, SHA-256,
-# validator): it goes with its part, and alone it vouches for nothing.
-CHECKPOINT_SUFFIX = ".part.json"
-_EPOCHED = re.compile(r"(?P<job_id>.+)\.[1-9][0-9]{0,18}")
+from docstokg.staging import CHECKPOINT_SUFFIX, PART_SUFFIX, checkpoint_for, part_for, part_job_ids
 
 
 @dataclass(slots=True)
@@ -33,19 +24,6 @@ class ReconcileReport:
     parts_kept_live: list[Path] = field(default_factory=list)
     parts_kept_recent: list[Path] = field(default_factory=list)
     jobs_requeued: list[str] = field(default_factory=list)
-
-
-def part_job_ids(name: str) -> tuple[str, ...]:
-    """The job ids a staged part named ``name`` (ending in ``.part``) may belong to.
-
-    ``<job_id>.<epoch>.part`` belongs to ``job_id``.  A job id adopted from a
-    v3 ledger may itself end in ``.<digits>``, so such a name may also be that
-    job's ``<job_id>.part``: both readings are returned, and the part is kept
-    while either job is leased.
-    """
-    stem = name[: -len(PART_SUFFIX)]
-    match = _EPOCHED.fullmatch(stem)
-    return (match.group("job_id"), stem) if match else (stem,)
 
 
 def _leased_now(ledger: Ledger, job_ids: tuple[str, ...]) -> bool:
@@ -78,16 +56,12 @@ def cleanup_stale_ops(
     return abandoned
 
 
-def _checkpoint_of(part: Path) -> Path:
-    return part.with_name(part.name[: -len(PART_SUFFIX)] + CHECKPOINT_SUFFIX)
-
-
 def _delete_orphan_checkpoints(staging_root: Path, max_age_s: float) -> None:
     """Delete old checkpoints whose part is gone (a crash between the two unlinks)."""
     if not staging_root.is_dir():
         return
-    for checkpoint in staging_root.glob(f"*{CHECKPOINT_SUFFIX}"):
-        part = checkpoint.with_name(checkpoint.name[: -len(CHECKPOINT_SUFFIX)] + PART_SUFFIX)
+    for checkpoint in staging_root.glob(f"*{PART_SUFFIX}{CHECKPOINT_SUFFIX}"):
+        part = part_for(checkpoint)
         try:
             old = time.time() - checkpoint.lstat().st_mtime > max_age_s
         except FileNotFoundError:
@@ -142,7 +116,7 @@ def reconcile_jobs(
         else:
             if not dry_run:
                 part.unlink(missing_ok=True)
-                _checkpoint_of(part).unlink(missing_ok=True)
+                checkpoint_for(part).unlink(missing_ok=True)
             report.parts_deleted.append(part)
     if not dry_run:
         _delete_orphan_checkpoints(staging_root, max_age_s)

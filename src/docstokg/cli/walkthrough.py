@@ -14,13 +14,13 @@ from rich.table import Table
 from docstokg.cli.output import configure_logging, out
 from docstokg.cli.run import print_summary, stop_on_signals
 from docstokg.config import IdempotencyConfig
-from docstokg.demo.server import Artifact, ArtifactServer, Fault, PathStats, generated_body
 from docstokg.download import ArtifactStore
 from docstokg.errors import ConfigurationError
 from docstokg.keys import job_id_for, job_key
 from docstokg.manifest import Manifest, read_manifest
-from docstokg.reporting import LogReporter
-from docstokg.runner import DownloadRun, RunSettings, RunSummary
+from docstokg.run.reporting import LogReporter
+from docstokg.run.runner import DownloadRun, RunSettings, RunSummary
+from docstokg.testing.server import Artifact, ArtifactServer, Fault, PathStats, generated_body
 
 LARGE = "/large/dataset.bin"
 GONE = "/gone/7.pdf"  # answers 404: the one job expected to fail

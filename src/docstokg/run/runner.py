@@ -29,15 +29,15 @@ from time import monotonic
 from docstokg.config import IdempotencyConfig
 from docstokg.download import ArtifactStore, DownloadLimits, Fetcher, make_client
 from docstokg.errors import DatabaseUnavailable, DocstokgError, TransientDatabaseError
-from docstokg.heartbeat import LeaseKeeper
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import JobRecord, JobSpec, Lease, Ledger
 from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
-from docstokg.pipeline import JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
 from docstokg.redact import mask_url, mask_urls
-from docstokg.reporting import NullReporter, RunReporter
+from docstokg.run.heartbeat import LeaseKeeper
+from docstokg.run.pipeline import JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
+from docstokg.run.reporting import NullReporter, RunReporter
 from docstokg.services import (
     Backoff,
     JobSteps,

@@ -17,7 +17,7 @@ Besides the counters, the server keeps a log of every request
 body bytes actually written, when, and the client's User-Agent.  A chaos test
 reads it to tell what each of several processes fetched, and when.
 
-Run ``python -m docstokg.demo.server --count N --size BYTES`` to serve N
+Run ``python -m docstokg.testing.server --count N --size BYTES`` to serve N
 artifacts at ``/a/{i}`` (body ``generated_body(f"/a/{i}", BYTES)``) from a
 separate process; it prints its base URL and serves until killed.
 """
@@ -725,7 +725,7 @@ class ArtifactServer:
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve ``--count`` generated artifacts at ``/a/{i}`` until killed."""
     parser = argparse.ArgumentParser(
-        prog="python -m docstokg.demo.server",
+        prog="python -m docstokg.testing.server",
         description="Serve N generated artifacts at /a/{i}; prints the base URL.",
     )
     parser.add_argument("--count", type=int, default=100, help="number of artifacts")

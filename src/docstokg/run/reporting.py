@@ -20,8 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from docstokg.pipeline import JobOutcome, Outcome
 from docstokg.redact import mask_url, mask_urls
+from docstokg.run.pipeline import JobOutcome, Outcome
 
 log = logging.getLogger("docstokg.progress")
 

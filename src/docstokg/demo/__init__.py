@@ -1,1 +1,0 @@
-"""A loopback artifact server for the ``docstokg demo`` command, tests and benchmarks."""
