@@ -33,7 +33,7 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
         echo "run.sh: installing docstokg and its test tools into $VENV" >&2
         "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
-        "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".[test]"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".[test,bench]"
         echo "$wanted" >"$stamp"
     fi
 }

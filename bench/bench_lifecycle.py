@@ -9,8 +9,19 @@ lease.  Beside it, in the same run, a plain
 synchronous=NORMAL, one commit per statement, no SQLAlchemy) gives the floor,
 and the script prints the ledger's time per job over the floor's.
 
+``--executors driver,core`` runs the ledger twice per row: with its own
+executor (statements compiled once, run on the driver's cursor), then with
+every named statement sent through ``Connection.execute`` instead (the
+executor's two entry points swapped for this run only): what the driver-level
+executor buys, measured on the same statements.  With more than one executor
+the script first prints each one's cost per statement: CPU microseconds of
+the calling thread for three hot repository calls (get a job, check a lease,
+renew it), best of 5 rounds of 3,000, the executors taking turns.  CPU time,
+unlike throughput, barely moves when other processes share the machine.
+
     .venv/bin/python bench/bench_lifecycle.py [--jobs 5000] [--workers 1,4,16]
                                               [--backends sqlite,postgresql]
+                                              [--executors driver,core]
 
 Goal (issue 3): ledger / floor <= 1.5 at one worker on SQLite.
 """
@@ -25,8 +36,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,7 +53,8 @@ from docstokg import (
     plan_jobs,
     run_effect,
 )
-from docstokg.ledger.models import NOT_FINISHED_SQL
+from docstokg.ledger.models import NOT_FINISHED_JOBS
+from docstokg.ledger.prepared import Prepared
 
 GOAL_RATIO = 1.5
 STEPS = (
@@ -97,7 +110,7 @@ UPDATE artifact_jobs SET lease_owner = ?, lease_until = ? + ?, lease_epoch = lea
   state = CASE WHEN state IN ('PLANNED', 'FAILED') THEN 'LEASED' ELSE state END, updated_at = ?
 WHERE job_id = (
   SELECT job_id FROM artifact_jobs
-  WHERE {NOT_FINISHED_SQL}
+  WHERE {NOT_FINISHED_JOBS.text}
     AND (lease_until IS NULL OR lease_until < ?)
     AND (state != 'FAILED' OR (attempts < max_attempts
          AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))
@@ -179,6 +192,68 @@ def run_floor(path: Path, jobs: int, workers: int) -> float:
     return time.perf_counter() - started
 
 
+# --- the executor compared: Connection.execute in place of the driver's cursor -------------
+
+
+def _core_run(
+    self: Prepared, connection: Any, params: Mapping[str, Any], *, fetch: bool
+) -> list[Sequence[Any]] | int:
+    result = connection.execute(self[connection.dialect.name], dict(params))
+    if not fetch:
+        return int(result.rowcount)
+    return [tuple(row) for row in result] if result.returns_rows else []
+
+
+def _core_many(self: Prepared, connection: Any, rows: Sequence[Mapping[str, Any]]) -> int:
+    if not rows:
+        return 0
+    statement = self[connection.dialect.name]
+    return int(connection.execute(statement, [dict(row) for row in rows]).rowcount)
+
+
+@contextlib.contextmanager
+def _executor(name: str) -> Iterator[None]:
+    """Run the ledger's statements with executor ``name``: "driver" (its own) or "core"."""
+    if name == "driver":
+        yield
+        return
+    if name != "core":
+        raise SystemExit(f"unknown executor {name!r}; use driver or core")
+    saved = Prepared._run, Prepared.many
+    Prepared._run, Prepared.many = _core_run, _core_many  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Prepared._run, Prepared.many = saved  # type: ignore[method-assign]
+
+
+EXECUTOR_COST_CALLS = 3_000
+EXECUTOR_COST_ROUNDS = 5
+
+
+def executor_cost(url: str, executors: Sequence[str]) -> dict[str, float]:
+    """CPU microseconds per hot statement for each executor, best of several rounds."""
+    with Ledger.connect(url) as ledger:
+        ledger.upgrade()
+        plan_jobs(ledger, _specs(1))
+        lease = lease_next_job(ledger, owner="cost", ttl_s=TTL_S)
+        assert lease is not None
+        best = dict.fromkeys(executors, float("inf"))
+        for _ in range(EXECUTOR_COST_ROUNDS):
+            for name in executors:
+                with _executor(name), ledger.unit_of_work() as uow:
+                    now = uow.now()
+                    started = time.thread_time()
+                    for _ in range(EXECUTOR_COST_CALLS):
+                        uow.jobs.get(lease.job_id)
+                        uow.jobs.holds(lease, now=now)
+                        uow.jobs.renew(lease, ttl_s=TTL_S, now=now)
+                    spent = time.thread_time() - started
+                    uow.rollback()
+                best[name] = min(best[name], spent / (3 * EXECUTOR_COST_CALLS) * 1e6)
+        return best
+
+
 # --- harness ----------------------------------------------------------------------------------
 
 
@@ -218,20 +293,41 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5_000)
     parser.add_argument("--workers", default="1,4,16")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--executors", default="driver")
+    parser.add_argument(
+        "--cost-only", action="store_true", help="print the executors' cost per statement only"
+    )
     args = parser.parse_args()
     worker_counts = [int(n) for n in args.workers.split(",")]
     backends = args.backends.split(",")
+    executors = args.executors.split(",")
 
-    print(f"lifecycle of {args.jobs:,} jobs: plan, lease, 5 effects + 5 transitions, finish")
-    print(f"{'backend':<11} {'workers':>7} {'ledger jobs/s':>14} {'floor jobs/s':>13} {'ratio':>6}")
     ratio_at_one = None
     server = ThrowawayPostgres().start() if "postgresql" in backends else None
     try:
+        if len(executors) > 1 or args.cost_only:
+            print("CPU us per statement (get, holds, renew), best of 5 x 3,000 calls")
+            for backend in backends:
+                with _databases(backend, server) as database:
+                    costs = executor_cost(database("cost"), executors)
+                print(f"{backend:<11} " + " ".join(f"{n} {c:6.1f}" for n, c in costs.items()))
+        if args.cost_only:
+            return
+        print(f"lifecycle of {args.jobs:,} jobs: plan, lease, 5 effects + 5 transitions, finish")
+        print(
+            f"{'backend':<11} {'workers':>7} "
+            + " ".join(f"{name + ' jobs/s':>13}" for name in executors)
+            + f" {'floor jobs/s':>13} {'ratio':>6}"
+        )
         for backend in backends:
             with _databases(backend, server) as database:
                 for workers in worker_counts:
-                    url = database(f"ledger_{workers}")
-                    seconds = run_ledger(url, args.jobs, workers)
+                    timings = []
+                    for executor in executors:
+                        with _executor(executor):
+                            url = database(f"ledger_{executor}_{workers}")
+                            timings.append(run_ledger(url, args.jobs, workers))
+                    seconds = timings[0]
                     floor = ""
                     ratio = ""
                     if backend == "sqlite":
@@ -246,11 +342,8 @@ def main() -> None:
                         ratio = f"{ratio_value:.2f}"
                         if workers == 1:
                             ratio_at_one = ratio_value
-                    print(
-                        f"{backend:<11} {workers:>7} {args.jobs / seconds:>14,.0f} "
-                        f"{floor:>13} {ratio:>6}",
-                        flush=True,
-                    )
+                    rates = " ".join(f"{args.jobs / timing:>13,.0f}" for timing in timings)
+                    print(f"{backend:<11} {workers:>7} {rates} {floor:>13} {ratio:>6}", flush=True)
     finally:
         if server is not None:
             server.stop()

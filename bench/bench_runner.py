@@ -35,7 +35,8 @@ from tests.pgcluster import ThrowawayPostgres
 
 from docstokg.config import IdempotencyConfig
 from docstokg.manifest import read_manifest
-from docstokg.run.runner import DownloadRun, RunSettings
+from docstokg.run.bootstrap import build_run
+from docstokg.run.runner import RunSettings
 
 
 @contextlib.contextmanager
@@ -91,7 +92,7 @@ def timed_run(manifest: Path, out_dir: Path, workers: int, db_url: str | None) -
     settings = RunSettings(out_dir=out_dir, config=config, workers=workers, db_url=db_url)
     parsed = read_manifest(manifest)
     started, cpu_started = time.perf_counter(), time.process_time()
-    summary = DownloadRun(parsed, settings).run()
+    summary = build_run(parsed, settings).run()
     timing = Timing(time.perf_counter() - started, time.process_time() - cpu_started)
     stored = summary.counts["stored"] + summary.counts["duplicates"]
     if stored != len(parsed.rows):

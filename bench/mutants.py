@@ -48,13 +48,13 @@ DEFAULT_GOAL = 0.95
 
 # Test files, named once.
 SERVICES = "tests/integration/test_lifecycle_services.py"
-DEFECTS = "tests/integration/test_lifecycle_defects.py"
+FAILURES = "tests/integration/test_lifecycle_failures.py"
+FAKE_LEDGER = "tests/unit/test_services_with_a_fake_ledger.py"
 FETCH = "tests/integration/test_fetch.py"
 SHORT_RANGES = "tests/integration/test_short_ranges.py"
 CHECKPOINT = "tests/integration/test_part_checkpoint.py"
 RUNNER = "tests/integration/test_runner.py"
 RUNNER_FAULTS = "tests/integration/test_runner_faults.py"
-EFFECTS = "tests/integration/test_effects_edge_cases.py"
 JOB_STEPS = "tests/integration/test_job_steps.py"
 OPERATIONS = "tests/integration/test_operations.py"
 UNIT_OF_WORK = "tests/integration/test_unit_of_work.py"
@@ -68,7 +68,6 @@ NO_PASSWORD = "tests/e2e/test_no_password_in_output.py"
 REVISIONS = "tests/migrations/test_revisions.py"
 TOUR = "tests/integration/test_lifecycle_stateful.py::test_lifecycle_tour"
 ADOPTION = "tests/migrations/test_adoption.py"
-GAPS = "tests/integration/test_mutation_gaps.py"
 BACKOFF_CAP = "tests/unit/test_backoff_cap.py"
 
 
@@ -120,8 +119,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "redaction-start-line",
         "redaction",
         "src/docstokg/run/runner.py",
-        "                mask_url(settings.db_url),",
-        "                settings.db_url,",
+        "                mask_url(settings.db_url or str(ledger.url)),",
+        "                settings.db_url or str(ledger.url),",
         NO_PASSWORD,
     ),
     # -- fencing --
@@ -132,7 +131,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '    jobs.lease_until >= bindparam("now"),\n)\n_now = ',
         ")\n_now = ",
         SERVICES,
-        DEFECTS,
+        FAILURES,
     ),
     _m(
         "fencing-epoch",
@@ -141,7 +140,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '    jobs.lease_epoch == bindparam("epoch"),\n    jobs.lease_until >= bindparam("now"),',
         '    jobs.lease_until >= bindparam("now"),',
         SERVICES,
-        DEFECTS,
+        FAILURES,
     ),
     _m(
         "fencing-finish-keeps-lease",
@@ -168,7 +167,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "            or_(jobs.next_attempt_at.is_(None), jobs.next_attempt_at <= _now),\n",
         "            jobs.attempts < jobs.max_attempts,\n",
         SERVICES,
-        DEFECTS,
+        FAILURES,
     ),
     _m(
         "claims-live-lease",
@@ -188,6 +187,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "    return job.state in SUCCESS_STATES",
         SERVICES,
         TOUR,
+        FAKE_LEDGER,
     ),
     _m(
         "transitions-check-skipped",
@@ -197,6 +197,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "    if to_state is JobState.FAILED:",
         SERVICES,
         BACKWARD,
+        FAKE_LEDGER,
     ),
     # -- retries --
     _m(
@@ -206,8 +207,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "            exhaust=not retryable,",
         "            exhaust=False,",
         SERVICES,
-        DEFECTS,
+        FAILURES,
         RUNNER_FAULTS,
+        FAKE_LEDGER,
     ),
     _m(
         "retries-last-attempt-text",
@@ -216,7 +218,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "            text = out_of_attempts(error, attempt, job.max_attempts)",
         "            text = error[:MAX_ERROR_CHARS]",
         OUT_OF_ATTEMPTS,
-        DEFECTS,
+        FAILURES,
+        FAKE_LEDGER,
     ),
     _m(
         "retries-retry-after-uncapped",
@@ -226,7 +229,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "            delay = max(delay, retry_after_s)",
         BACKOFF_CAP,
         RUNNER_FAULTS,
-        DEFECTS,
+        FAILURES,
     ),
     # -- takeover --
     _m(
@@ -238,7 +241,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "            lease_epoch=jobs.lease_epoch,\n        )\n"
         "        .returning(*_LEASE_RETURNING)",
         SERVICES,
-        DEFECTS,
+        FAILURES,
     ),
     _m(
         "takeover-failed-not-restarted",
@@ -247,7 +250,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "RESTART_ON_GRANT = frozenset({JobState.PLANNED, JobState.FAILED})",
         "RESTART_ON_GRANT = frozenset({JobState.PLANNED})",
         SERVICES,
-        DEFECTS,
+        FAILURES,
     ),
     # -- resume --
     _m(
@@ -314,8 +317,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "if not (base / final_path).exists()]",
         "if not (staging_root / final_path).exists()]",
         SERVICES,
-        EFFECTS,
-        DEFECTS,
+        FAILURES,
     ),
     _m(
         "reconcile-deletes-recent-parts",
@@ -324,8 +326,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if age <= max_age_s:",
         "        if age >= max_age_s:",
         SERVICES,
-        EFFECTS,
-        DEFECTS,
+        FAILURES,
     ),
     _m(
         "reconcile-no-attempt-left",
@@ -333,9 +334,8 @@ MUTANTS: tuple[Mutant, ...] = (
         STATEMENTS,
         "(jobs.attempts >= jobs.max_attempts, jobs.max_attempts - 1), else_=jobs.attempts",
         "(jobs.attempts >= jobs.max_attempts, jobs.max_attempts), else_=jobs.attempts",
-        GAPS,
         SERVICES,
-        DEFECTS,
+        FAILURES,
     ),
     # -- dedupe --
     _m(
@@ -346,7 +346,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if True:\n            return {",
         JOB_STEPS,
         RUNNER,
-        DEFECTS,
+        FAILURES,
     ),
     # Not equivalent, though a run cannot show it (its paths are content-addressed, so the
     # duplicate's own path is the owner's): DEDUPE handed another path must repoint the job.
@@ -356,10 +356,10 @@ MUTANTS: tuple[Mutant, ...] = (
         CONTENT,
         "        if owner_path is not None and owner_path != content.final_path:",
         "        if owner_path is not None and owner_path == content.final_path:",
-        GAPS,
+        SERVICES,
         JOB_STEPS,
         RUNNER,
-        DEFECTS,
+        FAILURES,
     ),
     # -- keys --
     _m(
@@ -450,7 +450,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"',
         '        statement = "BEGIN"',
         UNIT_OF_WORK,
-        DEFECTS,
+        FAILURES,
     ),
     # -- migrations --
     _m(

@@ -15,6 +15,15 @@ from docstokg import (
 
 TTL = 30.0
 
+
+class WorkerDied(BaseException):
+    """The worker process killed in the middle of an effect.
+
+    A ``BaseException``: no ``except Exception`` of the ledger intercepts it,
+    so the ledger sees exactly what a killed process leaves behind.
+    """
+
+
 # The path from LEASED to each state a worker can be in while holding the job.
 PATH_FROM_LEASED: dict[JobState, tuple[JobState, ...]] = {
     JobState.LEASED: (),

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from docstokg import JobRecord, Ledger, OpRecord
 from docstokg.config import IdempotencyConfig
 from docstokg.manifest import Manifest, read_manifest
+from docstokg.run.bootstrap import collaborators
 from docstokg.run.pipeline import JobOutcome, Outcome
 from docstokg.run.reporting import NullReporter, RunReporter
 from docstokg.run.runner import DownloadRun, JobReport, RunSettings, RunSummary
+from docstokg.run.steps import Step
 from docstokg.testing.server import ArtifactServer
-
-Row = tuple[str, str, str]  # work_id, artifact_id, url
+from tests.lifecycle import job_of
+from tests.manifests import Row, write_jsonl
 
 
 def write_manifest(path: Path, rows: Sequence[Row] | None) -> Manifest:
     """Write ``rows`` as JSON Lines at ``path`` (None: the file is already there) and read it."""
     if rows is not None:
-        lines = [json.dumps({"work_id": w, "artifact_id": a, "url": u}) for w, a, u in rows]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_jsonl(path, rows)
     return read_manifest(path)
 
 
@@ -61,9 +62,14 @@ def make_run(
     db_url: str | None,
     workers: int = 2,
     reporter: RunReporter | None = None,
+    steps: Sequence[Step] | None = None,
 ) -> DownloadRun:
+    """A run wired as production wires it; ``steps`` replaces the pipeline's table."""
     settings = RunSettings(out_dir=out, config=config, workers=workers, db_url=db_url)
-    return DownloadRun(manifest, settings, reporter=reporter)
+    wired = collaborators(settings, reporter=reporter)
+    if steps is not None:
+        wired = replace(wired, steps=tuple(steps))
+    return DownloadRun(manifest, settings, wired)
 
 
 def run_download(
@@ -74,8 +80,11 @@ def run_download(
     db_url: str | None,
     workers: int = 2,
     reporter: RunReporter | None = None,
+    steps: Sequence[Step] | None = None,
 ) -> RunSummary:
-    run = make_run(manifest, out, config, db_url=db_url, workers=workers, reporter=reporter)
+    run = make_run(
+        manifest, out, config, db_url=db_url, workers=workers, reporter=reporter, steps=steps
+    )
     return run.run()
 
 
@@ -191,10 +200,9 @@ class WatchOutcomes(NullReporter):
 
 
 def job_record(db_url: str, job_id: str) -> JobRecord:
-    with Ledger.connect(db_url) as ledger, ledger.unit_of_work(read_only=True) as uow:
-        job = uow.jobs.get(job_id)
-    assert job is not None, f"no job {job_id}"
-    return job
+    """The job as the ledger at ``db_url`` holds it (see :func:`tests.lifecycle.job_of`)."""
+    with Ledger.connect(db_url) as ledger:
+        return job_of(ledger, job_id)
 
 
 def ops_by_type(db_url: str, job_id: str) -> dict[str, list[OpRecord]]:

@@ -1,15 +1,20 @@
 """docstokg: a crash-safe, idempotent job ledger for bulk artifact downloads."""
 
-from docstokg.errors import EffectResultTooLarge, InvalidTransition, LeaseLost
+from docstokg.errors import EffectResultTooLarge, InvalidTransition, LeaseLost, UnknownState
 from docstokg.keys import job_key, op_key
 from docstokg.ledger import JobRecord, JobSpec, Lease, Ledger, OpRecord, PlannedJob, UnitOfWork
 from docstokg.services import (
+    JobSteps,
+    LedgerStep,
+    NextClaim,
     ReconcileReport,
     advance_state,
+    claim_and_start,
     cleanup_stale_leases,
     cleanup_stale_ops,
     fail_job,
     get_effect_result,
+    get_job,
     lease_next_job,
     plan_job_if_absent,
     plan_jobs,
@@ -18,6 +23,7 @@ from docstokg.services import (
     release_lease,
     renew_lease,
     run_effect,
+    run_ledger_step,
 )
 from docstokg.states import JobState
 
@@ -27,18 +33,24 @@ __all__ = [
     "JobRecord",
     "JobSpec",
     "JobState",
+    "JobSteps",
     "Lease",
     "LeaseLost",
     "Ledger",
+    "LedgerStep",
+    "NextClaim",
     "OpRecord",
     "PlannedJob",
     "ReconcileReport",
     "UnitOfWork",
+    "UnknownState",
     "advance_state",
+    "claim_and_start",
     "cleanup_stale_leases",
     "cleanup_stale_ops",
     "fail_job",
     "get_effect_result",
+    "get_job",
     "job_key",
     "lease_next_job",
     "op_key",
@@ -49,4 +61,5 @@ __all__ = [
     "release_lease",
     "renew_lease",
     "run_effect",
+    "run_ledger_step",
 ]

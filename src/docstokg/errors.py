@@ -131,6 +131,10 @@ class InvalidTransition(DocstokgError, RuntimeError):
     """A move the transition table does not allow (and that is not a replay)."""
 
 
+class UnknownState(DocstokgError, ValueError):
+    """A state name that is not one of :class:`docstokg.states.JobState`'s."""
+
+
 class EffectResultTooLarge(DocstokgError, ValueError):
     """An effect returned more JSON than the ledger stores for one op."""
 
@@ -214,3 +218,32 @@ class ChecksumMismatch(PermanentFetchError):
 
 class StoreMismatch(ConfigurationError):
     """``--out`` is not the store this ledger fills (its id file names another, or none)."""
+
+
+class DuplicateJob(ConstraintViolated):
+    """A job with this identity is in the ledger already: its job_id, key or manifest triple.
+
+    Planning never meets it (it inserts a job only if absent and returns the
+    one there); a write that bypasses planning, or a hand edit, does.
+    """
+
+
+class ContentAlreadyStored(ConstraintViolated):
+    """Another job became the stored (DEDUPED) owner of this content first.
+
+    At most one job per SHA-256 is DEDUPED (uq_artifact_jobs_stored_content);
+    the loser of two jobs finishing identical bytes at once decides again
+    and ends SKIPPED_DUPLICATE, pointing at the winner's file.
+    """
+
+
+class DuplicateOp(ConstraintViolated):
+    """An op with this op_key is recorded already (each step of a job is recorded once)."""
+
+
+class UnknownJobReference(ConstraintViolated):
+    """A row names a job_id that no job carries (an op of a job never planned, or deleted)."""
+
+
+class ValueNotAllowed(ConstraintViolated):
+    """A value the schema refuses: a job state or op status not in its list, or a missing one."""

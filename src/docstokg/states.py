@@ -13,7 +13,10 @@ exhausted is terminal too, but that depends on its counters, not its state.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from enum import StrEnum
+
+from docstokg.errors import UnknownState
 
 
 class JobState(StrEnum):
@@ -90,3 +93,43 @@ def is_at_or_past(current: JobState, target: JobState) -> bool:
     if target in SUCCESS_STATES:  # the other terminal success is not "past" this one
         return False
     return PATH_RANK[current] > PATH_RANK[target]
+
+
+def as_state(value: JobState | str) -> JobState:
+    """``value`` as a :class:`JobState`: the library accepts state names wherever it takes states.
+
+    ``"HEAD_DONE"`` and ``JobState.HEAD_DONE`` are the same; any other name
+    is refused with the list of valid ones.
+    """
+    if isinstance(value, JobState):
+        return value
+    try:
+        return JobState(value)
+    except ValueError:
+        names = ", ".join(state.value for state in JobState)
+        raise UnknownState(f"{value!r} is not a job state; the states are: {names}") from None
+
+
+def as_states(values: Iterable[JobState | str]) -> frozenset[JobState]:
+    """Every name of ``values`` as a :class:`JobState` (see :func:`as_state`).
+
+    A single string is refused: ``allowed_from="LEASED"`` would otherwise be
+    read as the letters L, E, A, S...
+    """
+    if isinstance(values, str):
+        raise UnknownState(
+            f"allowed_from={values!r} is one name, not a collection of states; "
+            f"write allowed_from=({values!r},)"
+        )
+    return frozenset(as_state(value) for value in values)
+
+
+def origins(targets: Collection[JobState]) -> frozenset[JobState]:
+    """The states from which the transition table moves a job to one of ``targets``.
+
+    A step's allowed origins, read off the table: adding a state in the
+    middle of the path changes where the next step starts from here, and
+    nowhere else.
+    """
+    wanted = frozenset(targets)
+    return frozenset(state for state, moves in TRANSITIONS.items() if moves & wanted)

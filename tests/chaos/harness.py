@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import random
 import signal
 import subprocess
@@ -45,6 +43,8 @@ from typing import Final
 from docstokg import JobRecord, Ledger
 from docstokg.keys import job_id_for, job_key
 from docstokg.testing.server import Artifact, ArtifactServer, RequestRecord, generated_body
+from tests.cli_kit import cli_env
+from tests.manifests import write_jsonl
 from tests.pgcluster import ThrowawayPostgres
 
 KiB: Final = 1024
@@ -111,18 +111,14 @@ class ChaosPlan:
         return kinds
 
     def run_env(self, label: str) -> dict[str, str]:
-        """This process's environment without DOCSTOKG_* variables, plus the round's settings.
+        """A clean environment (:func:`tests.cli_kit.cli_env`) plus the round's settings.
 
         A short lease makes takeovers happen within the round; many attempts
         and a short backoff keep a job that faults hit often from running out
         or waiting minutes (a worker's death counts as an attempt).
         """
-        env = {
-            name: value for name, value in os.environ.items() if not name.startswith("DOCSTOKG_")
-        }
-        env.update(
-            NO_COLOR="1",
-            COLUMNS="400",
+        return cli_env(
+            columns=400,
             DOCSTOKG_IDEMPOTENCY_LEASE_TTL_S=str(self.lease_ttl_s),
             DOCSTOKG_IDEMPOTENCY_MAX_ATTEMPTS="100",
             DOCSTOKG_IDEMPOTENCY_BACKOFF_BASE_S="0.2",
@@ -130,7 +126,6 @@ class ChaosPlan:
             DOCSTOKG_IDEMPOTENCY_RECONCILIATION_INTERVAL_S="5",
             DOCSTOKG_IDEMPOTENCY_USER_AGENT=agent(label),
         )
-        return env
 
 
 def agent(label: str) -> str:
@@ -174,9 +169,7 @@ def serve_items(server: ArtifactServer, plan: ChaosPlan, prefix: str) -> list[It
 
 
 def write_manifest(path: Path, items: Sequence[Item]) -> Path:
-    rows = [{"work_id": i.work_id, "artifact_id": "bin", "url": i.url} for i in items]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return write_jsonl(path, [(item.work_id, "bin", item.url) for item in items])
 
 
 # --- databases ----------------------------------------------------------------------------

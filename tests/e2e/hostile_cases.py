@@ -1,4 +1,4 @@
-"""The hostile-input catalogue of issue 13: one table of cases, and the machinery it needs.
+"""The hostile-input catalogue: one table of bad inputs, and the machinery it needs.
 
 Each :class:`Case` is one row: what is fed in (files, a misbehaving loopback
 server, environment), the command line, the exit code and message expected,
@@ -14,7 +14,6 @@ with the traceback in view instead of aborting the test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -31,6 +30,8 @@ from docstokg.cli import main
 from docstokg.cli.output import err, out
 from docstokg.keys import job_id_for, job_key
 from docstokg.testing.server import Artifact, ArtifactServer, Fault, generated_body
+from tests.cli_kit import free_port
+from tests.runner_kit import sha256_of
 
 CRASHED = -1
 """The exit code recorded when an exception escaped the command (a traceback)."""
@@ -46,10 +47,6 @@ FAST_ENV: Mapping[str, str] = {
 OK_BODY = generated_body("ok", 4096)
 OTHER_BODY = generated_body("other", 4096)
 MANIFEST = "manifest.jsonl"
-
-
-def sha(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,7 @@ def keep(name: str) -> Step:
 
     def step(world: World) -> None:
         target = world.tmp / name
-        world.digests[name] = sha(target.read_bytes()) if target.is_file() else None
+        world.digests[name] = sha256_of(target.read_bytes()) if target.is_file() else None
 
     return step
 
@@ -307,14 +304,14 @@ def stored(*bodies: bytes) -> Check:
 
     def check(world: World, result: Result) -> None:
         files = world.stored_files()
-        expected = {sha(body) for body in bodies}
+        expected = {sha256_of(body) for body in bodies}
         assert {p.name for p in files} == expected, (
             f"artifacts/ holds {[p.name for p in files]}, expected {sorted(expected)}"
         )
         for path in files:
             assert not path.is_symlink(), f"{path} is a link, not a regular file"
             assert path.is_file(), f"{path} is not a regular file"
-            assert sha(path.read_bytes()) == path.name, f"{path} does not hold its own hash"
+            assert sha256_of(path.read_bytes()) == path.name, f"{path} does not hold its own hash"
             assert path.parent.name == path.name[:2], f"{path} is not under artifacts/<sha[:2]>/"
 
     return check
@@ -332,7 +329,7 @@ def no_out(world: World, result: Result) -> None:
 def unchanged(name: str) -> Check:
     def check(world: World, result: Result) -> None:
         target = world.tmp / name
-        now = sha(target.read_bytes()) if target.is_file() else None
+        now = sha256_of(target.read_bytes()) if target.is_file() else None
         assert now == world.digests[name], f"{name} changed (or vanished)"
 
     return check
@@ -713,7 +710,7 @@ MANIFEST_CASES: list[Case] = [
         "manifest",
         RUN,
         one(1),
-        (sha(OK_BODY), "b" * 64),
+        (sha256_of(OK_BODY), "b" * 64),
         setup=(SERVE_OK, jsonl(row("W1", "/ok", sha256="b" * 64))),
         checks=(nothing_stored,),
     ),
@@ -722,7 +719,7 @@ MANIFEST_CASES: list[Case] = [
         "manifest",
         (*RUN_JSON, *LEDGER),
         one(1),
-        (sha(OK_BODY), "c" * 64),
+        (sha256_of(OK_BODY), "c" * 64),
         setup=(SERVE_OK, jsonl(row("W1", "/ok", sha256="c" * 64))),
         checks=(nothing_stored, counts(failed=1, stored=0)),
     ),
@@ -731,7 +728,7 @@ MANIFEST_CASES: list[Case] = [
         "manifest",
         ("run", "m.csv", "--out", "{out}"),
         one(1),
-        (sha(OK_BODY), "d" * 64),
+        (sha256_of(OK_BODY), "d" * 64),
         setup=(
             SERVE_OK,
             write("m.csv", "work_id,artifact_id,url,sha256\nW1,pdf,{base}/ok," + "d" * 64 + "\n"),
@@ -743,7 +740,7 @@ MANIFEST_CASES: list[Case] = [
         "manifest",
         (*RUN, *LEDGER),
         one(0),
-        setup=(SERVE_OK, jsonl(row("W1", "/ok", sha256=sha(OK_BODY)))),
+        setup=(SERVE_OK, jsonl(row("W1", "/ok", sha256=sha256_of(OK_BODY)))),
         checks=(stored(OK_BODY),),
     ),
 ]
@@ -751,11 +748,7 @@ MANIFEST_CASES: list[Case] = [
 
 def dead_port(world: World) -> None:
     """Remember a loopback port nobody listens on: connecting is refused at once."""
-    import socket
-
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        world.values["dead_port"] = str(holder.getsockname()[1])
+    world.values["dead_port"] = str(free_port())
 
 
 def _server_case(
@@ -1229,7 +1222,7 @@ DATABASE_CASES: list[Case] = [
         setup=_ledger_run_first(),
         checks=(lambda world, result: _absent(world.out / "manifest.sqlite3"),),
     ),
-    # A read-only ledger file is a fault of the ledger's own database: issue 14's catalogue.
+    # A read-only ledger file is a fault of the ledger's own database: test_database_outage.py.
     Case(
         "db-ledger-used-with-a-second-out",
         "database",
@@ -1269,8 +1262,8 @@ def _no_files(folder: Path) -> None:
     assert not found, f"{folder} holds {found}"
 
 
-BIG_SHA = sha(BIG)
-OK_SHA = sha(OK_BODY)
+BIG_SHA = sha256_of(BIG)
+OK_SHA = sha256_of(OK_BODY)
 OK_STORED = f"out/artifacts/{OK_SHA[:2]}/{OK_SHA}"
 X_PART = "out/.staging/{job}.part"
 # The same job's part under the ledger's first grant (lease epoch 1).

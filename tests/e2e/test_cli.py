@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 import socket
 import sqlite3
@@ -26,6 +25,7 @@ import pytest
 
 from docstokg.ledger.migrate import head_revision, upgrade
 from docstokg.testing.server import generated_body
+from tests.cli_kit import cli_env, error_line, explain, sqlite_path
 from tests.dbtools import execute_sql, table_names
 
 pytestmark = pytest.mark.slow
@@ -36,17 +36,6 @@ LAUNCHERS = {
     "script": [str(SCRIPT)],
 }
 HEAD = head_revision()
-
-
-def cli_env(**overrides: str) -> dict[str, str]:
-    """The test process's environment without docstokg's and rich's own settings."""
-    env = dict(os.environ)
-    for name in ("DOCSTOKG_DB_URL", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        env.pop(name, None)
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "200"
-    env.update(overrides)
-    return env
 
 
 def run(
@@ -66,28 +55,11 @@ def run(
     )
 
 
-def explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
 def run_json(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     result = run(*args, "--json", cwd=cwd, env=env)
     assert result.returncode == 0, explain(result)
     document: dict[str, Any] = json.loads(result.stdout)
     return document
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
-    assert result.returncode == exit_code, explain(result)
-    assert "Traceback" not in result.stderr, explain(result)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, explain(result)
-    assert lines[0].startswith("error: "), explain(result)
-    return lines[0]
-
-
-def sqlite_file(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///"))
 
 
 @pytest.fixture
@@ -172,7 +144,7 @@ def test_current_of_an_empty_database_reports_not_current_and_changes_nothing(
     empty_db_url: str, backend: str, tmp_path: Path
 ) -> None:
     if backend == "sqlite":
-        sqlite3.connect(sqlite_file(empty_db_url)).close()  # an existing, empty database file
+        sqlite3.connect(sqlite_path(empty_db_url)).close()  # an existing, empty database file
     document = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
     assert document == {"revision": None, "head": HEAD, "is_current": False, "schema_version": None}
 
@@ -213,7 +185,7 @@ def test_upgrade_refuses_an_unknown_revision_and_changes_nothing(
 ) -> None:
     sql("UPDATE alembic_version SET version_num = '9999_from_a_newer_docstokg'")
     result = run("db", "upgrade", "--db", db_url, cwd=tmp_path)
-    line = assert_one_line_error(result, 1)
+    line = error_line(result, 1)
     assert "'9999_from_a_newer_docstokg'" in line
     assert "left unchanged" in line
     assert sql("SELECT version_num FROM alembic_version") == [("9999_from_a_newer_docstokg",)]
@@ -224,16 +196,16 @@ def test_upgrade_refuses_foreign_tables_of_the_ledgers_names(
 ) -> None:
     sql("CREATE TABLE artifact_jobs (id INTEGER PRIMARY KEY, payload TEXT)")
     sql("INSERT INTO artifact_jobs (id, payload) VALUES (1, 'not ours')")
-    before = sqlite_file(empty_db_url).read_bytes() if backend == "sqlite" else b""
+    before = sqlite_path(empty_db_url).read_bytes() if backend == "sqlite" else b""
 
     result = run("db", "upgrade", "--db", empty_db_url, cwd=tmp_path)
-    line = assert_one_line_error(result, 1)
+    line = error_line(result, 1)
     assert "artifact_jobs" in line
     assert "left unchanged" in line
     assert table_names(empty_db_url) == {"artifact_jobs"}
     assert sql("SELECT id, payload FROM artifact_jobs") == [(1, "not ours")]
     if backend == "sqlite":
-        assert sqlite_file(empty_db_url).read_bytes() == before
+        assert sqlite_path(empty_db_url).read_bytes() == before
 
 
 def test_current_of_a_database_from_a_newer_docstokg_advises_upgrading_docstokg(
@@ -247,7 +219,7 @@ def test_current_of_a_database_from_a_newer_docstokg_advises_upgrading_docstokg(
     assert "upgrade docstokg itself" in text
     assert "docstokg db upgrade" not in text  # which would refuse that database
     refused = run("db", "upgrade", "--db", db_url, cwd=tmp_path)
-    assert "upgrade docstokg" in assert_one_line_error(refused, 1)  # the same advice
+    assert "upgrade docstokg" in error_line(refused, 1)  # the same advice
 
 
 # --- errors a user meets -------------------------------------------------------------------
@@ -259,7 +231,7 @@ def test_current_on_a_missing_sqlite_file_fails_and_creates_nothing(
 ) -> None:
     missing = tmp_path / "nowhere" / "ledger.sqlite3"
     result = run("db", "current", "--db", f"sqlite:///{missing}", cwd=tmp_path, launcher=launcher)
-    line = assert_one_line_error(result, 1)
+    line = error_line(result, 1)
     assert str(missing) in line
     assert "point --db at the ledger your runs use" in line
     assert "db upgrade" not in line  # an empty ledger is not what a missing one needs
@@ -279,9 +251,9 @@ def test_a_file_that_is_not_sqlite_is_refused_byte_for_byte_unchanged(
     impostor.write_bytes(content)
 
     # A narrow terminal: the error must still be one line.
-    env = cli_env(COLUMNS="40")
+    env = cli_env(columns=40)
     result = run("db", command, "--db", f"sqlite:///{impostor}", cwd=tmp_path, env=env)
-    line = assert_one_line_error(result, 1)
+    line = error_line(result, 1)
     assert str(impostor) in line
     assert "not a SQLite database" in line
     assert impostor.read_bytes() == content
@@ -300,7 +272,7 @@ def test_a_file_that_is_not_sqlite_is_refused_byte_for_byte_unchanged(
 def test_an_unsupported_url_is_a_usage_error(url: str, named: list[str], tmp_path: Path) -> None:
     for command in ("upgrade", "current"):
         result = run("db", command, "--db", url, cwd=tmp_path)
-        line = assert_one_line_error(result, 2)
+        line = error_line(result, 2)
         for fragment in named:
             assert fragment in line, explain(result)
     assert list(tmp_path.iterdir()) == []
@@ -308,7 +280,7 @@ def test_an_unsupported_url_is_a_usage_error(url: str, named: list[str], tmp_pat
 
 def test_an_unsupported_url_does_not_print_its_password(tmp_path: Path) -> None:
     result = run("db", "upgrade", "--db", "mysql://user:hunter2@h/db", cwd=tmp_path)
-    line = assert_one_line_error(result, 2)
+    line = error_line(result, 2)
     assert "mysql://user:***@h/db" in line
     assert "hunter2" not in result.stdout + result.stderr
 
@@ -337,7 +309,7 @@ def test_a_password_in_the_query_of_an_unreachable_url_is_not_printed(tmp_path: 
         url = f"postgresql+psycopg://ledger@127.0.0.1:{port}/ledger?password=s3cret-pw"
         for command in ("upgrade", "current"):
             result = run("db", command, "--db", url, cwd=tmp_path)
-            line = assert_one_line_error(result, 1)
+            line = error_line(result, 1)
             assert "s3cret-pw" not in result.stdout + result.stderr
             assert f"127.0.0.1:{port}/ledger?password=***" in line
 
@@ -476,7 +448,7 @@ def test_demo_refuses_a_folder_it_did_not_make_and_touches_nothing(tmp_path: Pat
 
     result = run("demo", "--dir", str(precious), cwd=tmp_path)
 
-    line = assert_one_line_error(result, 2)
+    line = error_line(result, 2)
     assert f"--dir {precious} is not empty and was not made by `docstokg demo`" in line
     assert ".docstokg-demo" in line
     assert "give a new or empty folder" in line

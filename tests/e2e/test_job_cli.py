@@ -34,6 +34,7 @@ from docstokg.cli import main
 from docstokg.ledger.migrate import describe, head_revision, upgrade
 from docstokg.testing.server import Artifact, ArtifactServer, Fault, generated_body
 from tests import populations as P
+from tests.cli_kit import cli_env, error_line, explain, free_port, sqlite_path
 from tests.dbtools import execute_sql, table_names
 
 pytestmark = pytest.mark.slow
@@ -111,19 +112,6 @@ RUN_TIMEOUT_S = 60.0
 # --- running the command line ------------------------------------------------------------
 
 
-def cli_env() -> dict[str, str]:
-    """os.environ without any DOCSTOKG_* variable (nor rich's colour switches)."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("DOCSTOKG_")
-        and name not in {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-    }
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "200"
-    return env
-
-
 def docstokg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "docstokg", *args],
@@ -135,10 +123,6 @@ def docstokg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         stdin=subprocess.DEVNULL,
         check=False,
     )
-
-
-def explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def ok(*args: str, cwd: Path) -> str:
@@ -154,19 +138,6 @@ def as_json(*args: str, cwd: Path, exit_code: int = 0) -> dict[str, Any]:
     return document
 
 
-def error_line(result: subprocess.CompletedProcess[str], exit_code: int | None = None) -> str:
-    """The one-line error a failed command prints on stderr (no traceback)."""
-    if exit_code is None:
-        assert result.returncode != 0, explain(result)
-    else:
-        assert result.returncode == exit_code, explain(result)
-    assert "Traceback" not in result.stderr, explain(result)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, explain(result)
-    assert lines[0].startswith("error: "), explain(result)
-    return lines[0]
-
-
 def table_rows(text: str) -> list[list[str]]:
     """The cells of every body and header row of the rich tables in ``text``."""
     return [
@@ -178,10 +149,6 @@ def table_rows(text: str) -> list[list[str]]:
 
 def by_first_cell(text: str) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in table_rows(text)}
-
-
-def sqlite_path(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///"))
 
 
 # --- the population -----------------------------------------------------------------------
@@ -868,13 +835,6 @@ def test_out_dir_is_the_ledger_of_a_run(invoke: Invoke, tmp_path: Path) -> None:
 
 
 # --- run --metrics-port -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def test_run_serves_metrics_while_it_runs(server: ArtifactServer, tmp_path: Path) -> None:

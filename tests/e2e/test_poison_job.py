@@ -20,8 +20,8 @@ from tests.e2e.test_run_cli import (
     ledger_url,
     run_env,
     start,
-    write_manifest,
 )
+from tests.manifests import write_jsonl
 
 POISON = "/poison/kills-its-worker.bin"
 MAX_ATTEMPTS = 2
@@ -32,7 +32,7 @@ def test_a_job_that_kills_every_worker_ends_failed_and_the_run_ends(
 ) -> None:
     body = generated_body(POISON, 256 * 1024)
     poison = Served(POISON, server.add(POISON, Artifact(body, pause_after=64 * 1024)), body, "W-p")
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [poison.row()])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [poison.row()])
     out = tmp_path / "out"
     args = [
         "run", str(manifest), "--out", str(out), "--idempotency", "--workers", "1", "--json",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -37,6 +36,9 @@ from docstokg.download import ArtifactStore
 from docstokg.keys import job_id_for, job_key
 from docstokg.run.runner import ENABLED_MESSAGE
 from docstokg.testing.server import Artifact, ArtifactServer, generated_body
+from tests.cli_kit import cli_env
+from tests.manifests import write_jsonl
+from tests.runner_kit import part_files
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +53,9 @@ PAUSE_AT = 1 * MiB
 #: The lease epoch of a job's first grant: the first run's worker stages it in ``<job_id>.1.part``.
 FIRST_GRANT = 1
 RUN_TIMEOUT_S = 60.0
+ONE_LINE = 400  # console columns that keep each message on one line of stderr
 ENABLE_ENV = "DOCSTOKG_ENABLE_IDEMPOTENCY"
 LEASE_TTL_ENV = "DOCSTOKG_IDEMPOTENCY_LEASE_TTL_S"
-ENV_VARIABLE_PREFIX = "DOCSTOKG_"
 JOB_KEYS = {
     "job_id",
     "work_id",
@@ -88,17 +90,12 @@ SUMMARY_KEYS = {
 
 
 def run_env(**overrides: str) -> dict[str, str]:
-    """os.environ without any DOCSTOKG_* variable (nor rich's colour switches), plus overrides."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(ENV_VARIABLE_PREFIX)
-        and name not in {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-    }
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "400"  # keep each message on one line of stderr
-    env.update(overrides)
-    return env
+    """A run's clean environment (:func:`tests.cli_kit.cli_env`), each message on one line."""
+    return cli_env(columns=ONE_LINE, **overrides)
+
+
+# Still imported under this name by tests/integration/test_paused_worker.py.
+write_manifest = write_jsonl
 
 
 @dataclass(frozen=True)
@@ -239,13 +236,6 @@ def serve_large(server: ArtifactServer) -> Served:
     return Served(LARGE, url, body, work_id="W-large", artifact_id="dataset")
 
 
-def write_manifest(path: Path, rows: Sequence[dict[str, str] | str]) -> Path:
-    """One JSON object per line; a str is written as the line itself (for malformed rows)."""
-    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 # --- ledgers ------------------------------------------------------------------------------
 
 
@@ -286,10 +276,6 @@ def ledger_jobs(url: str, job_ids: Sequence[str]) -> dict[str, JobView]:
 def ledger_job_count(url: str) -> int:
     with Ledger.connect(url) as ledger, ledger.unit_of_work(read_only=True) as uow:
         return sum(uow.jobs.count_by_state().values())
-
-
-def part_files(out: Path) -> list[Path]:
-    return sorted((out / ".staging").glob("*.part"))
 
 
 def part_path(out: Path, served: Served, epoch: int) -> Path:
@@ -365,7 +351,7 @@ def test_sigkill_mid_stream_then_rerun_resumes_with_range_and_finalizes_once(
     out = tmp_path / "out"
     small = serve(server, "small", 3, 64 * KiB)
     large = serve_large(server)
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in [*small, large]])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in [*small, large]])
     args = [
         "run", str(manifest), "--out", str(out), "--idempotency", "--workers", "2", "--json",
         *db_args(backend, empty_db_url),
@@ -415,7 +401,7 @@ def test_four_concurrent_runs_fetch_every_artifact_exactly_once(
 ) -> None:
     out = tmp_path / "out"
     served = serve(server, "shared", 40, 64 * KiB)
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     args = [
         "run", str(manifest), "--out", str(out), "--idempotency", "--workers", "2", "--json",
         *db_args(backend, empty_db_url),
@@ -441,7 +427,7 @@ def test_four_concurrent_runs_fetch_every_artifact_exactly_once(
 
 def test_all_good_exits_0(server: ArtifactServer, tmp_path: Path) -> None:
     served = serve(server, "good", 2, 8 * KiB)
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     result = cli("run", str(manifest), "--out", "out", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.explain()
     assert result.summary()["exit_code"] == 0
@@ -454,7 +440,7 @@ def test_a_404_exits_1_and_the_summary_shows_it_failed(
     good = serve(server, "good", 1, 8 * KiB)[0]
     gone_url = server.add("/gone.pdf", Artifact(b"", status=404))
     gone = Served("/gone.pdf", gone_url, b"", work_id="W-gone")
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [good.row(), gone.row()])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [good.row(), gone.row()])
 
     result = cli("run", str(manifest), "--out", "out", ledger, "--json", cwd=tmp_path)
 
@@ -472,7 +458,7 @@ def test_a_404_exits_1_and_the_summary_shows_it_failed(
 
 
 def test_an_unknown_option_exits_2(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [])
     result = cli("run", str(manifest), "--out", "out", "--no-such-option", cwd=tmp_path)
     assert result.returncode == 2, result.explain()
     assert "No such option" in result.stderr, result.explain()
@@ -494,7 +480,7 @@ def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(
     out_arg: str, message: str, server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "good", 1, 8 * KiB)
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     (tmp_path / "a-file").write_text("not a folder\n", encoding="utf-8")
     (tmp_path / "a-folder").mkdir()
     (tmp_path / "a-folder" / ".staging").write_text("not a folder\n", encoding="utf-8")
@@ -512,7 +498,7 @@ def test_malformed_rows_are_reported_with_line_numbers_and_skipped(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     first, second = serve(server, "ok", 2, 8 * KiB)
-    write_manifest(
+    write_jsonl(
         tmp_path / "manifest.jsonl",
         [
             first.row(),
@@ -543,7 +529,7 @@ def test_malformed_rows_are_reported_with_line_numbers_and_skipped(
 
 
 def test_a_manifest_of_only_malformed_rows_exits_2(tmp_path: Path) -> None:
-    write_manifest(
+    write_jsonl(
         tmp_path / "manifest.jsonl",
         [
             {"work_id": "W1", "artifact_id": "pdf"},
@@ -562,7 +548,7 @@ def test_invalid_configuration_exits_2_naming_the_key_and_its_source(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "cfg", 1, KiB)
-    write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     bad_pair = tmp_path / "pair.yaml"
     bad_pair.write_text("idempotency:\n  stale_file_age_s: 10\n  lease_ttl_s: 120\n")
     unknown = tmp_path / "unknown.yaml"
@@ -589,7 +575,7 @@ def test_the_environment_enables_the_ledger_without_a_flag(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "env", 2, 8 * KiB)
-    write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     result = cli(
         "run", "manifest.jsonl", "--out", "out", "--json",
         cwd=tmp_path, env=run_env(**{ENABLE_ENV: "true"}),
@@ -604,7 +590,7 @@ def test_the_environment_enables_the_ledger_without_a_flag(
 
 def test_no_idempotency_beats_the_environment(server: ArtifactServer, tmp_path: Path) -> None:
     served = serve(server, "flagoff", 2, 8 * KiB)
-    write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     env = run_env(**{ENABLE_ENV: "true"})
     args = ["run", "manifest.jsonl", "--out", "out", "--no-idempotency", "--json"]
 
@@ -624,7 +610,7 @@ def test_a_config_file_enables_the_ledger_and_the_flag_beats_the_environment(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "cfgon", 1, 8 * KiB)
-    write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     config = tmp_path / "on.yaml"
     config.write_text("idempotency:\n  enabled: true\n")
     env_off = run_env(**{ENABLE_ENV: "false"})
@@ -655,7 +641,7 @@ def test_without_the_ledger_every_run_downloads_everything_again(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "plain", 3, 16 * KiB)
-    write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in served])
+    write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in served])
     out = tmp_path / "out"
 
     results = [cli("run", "manifest.jsonl", "--out", "out", "--json", cwd=tmp_path) for _ in "12"]
@@ -685,7 +671,7 @@ def test_sigterm_keeps_the_part_releases_the_lease_and_a_rerun_resumes_at_once(
     out = tmp_path / "out"
     small = serve(server, "small", 2, 16 * KiB)
     large = serve_large(server)
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [s.row() for s in [*small, large]])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [s.row() for s in [*small, large]])
     # The default lease (120 s): only a released lease lets the rerun start at once.
     args = [
         "run", str(manifest), "--out", str(out), "--idempotency", "--workers", "2", "--json",
@@ -764,7 +750,7 @@ def test_a_second_sigint_stops_at_once_even_while_a_request_hangs(tmp_path: Path
     """The first asks for a clean stop, which a hanging request delays until its timeout (60 s)."""
     with silent_server() as (url, accepted):
         row = {"work_id": "W1", "artifact_id": "pdf", "url": url}
-        manifest = write_manifest(tmp_path / "manifest.jsonl", [row])
+        manifest = write_jsonl(tmp_path / "manifest.jsonl", [row])
         running = start("run", str(manifest), "--out", "out", "--idempotency", cwd=tmp_path)
         assert accepted.wait(timeout=30), running.finish(timeout=5).explain()
         running.process.send_signal(signal.SIGINT)
@@ -816,7 +802,7 @@ def test_the_json_summary_has_the_documented_shape(server: ArtifactServer, tmp_p
     mirror = Served(
         "/mirror/0.bin", mirror_url, one.body, work_id=one.work_id, artifact_id="mirror"
     )
-    manifest = write_manifest(
+    manifest = write_jsonl(
         tmp_path / "manifest.jsonl",
         [one.row(), two.row(), one.row(), '{"work_id": "W", "artifact_id": "x"}', mirror.row()],
     )
@@ -912,7 +898,7 @@ def test_no_secret_is_printed_by_a_run_or_the_job_commands(
                   work_id="W-secret")  # fmt: skip
     gone = Served("/secret/gone.pdf", f"{base}/secret/gone.pdf?X-Amz-Signature=sig-xyz789",
                   b"", work_id="W-gone")  # fmt: skip
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [good.row(), gone.row()])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [good.row(), gone.row()])
     env = run_env()
     url = ledger_url(backend, empty_db_url, tmp_path / "out")
     if backend == "postgresql":  # the throwaway server trusts its user: any password works
@@ -951,7 +937,7 @@ def test_no_secret_is_printed_by_a_run_or_the_job_commands(
 
 
 def test_an_empty_out_is_a_usage_error(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [])
     result = cli("run", str(manifest), "--out", "", "--idempotency", cwd=tmp_path)
     assert result.returncode == 2, result.explain()
     assert "Invalid value for '--out'" in result.stderr, result.explain()

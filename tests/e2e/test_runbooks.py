@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +56,9 @@ from docstokg.keys import job_id_for, job_key
 from docstokg.ledger.engine import database_error, parse_url
 from docstokg.metrics import exposition
 from docstokg.testing.server import Artifact, ArtifactServer, generated_body
+from tests.cli_kit import cli_env, free_port
+from tests.lifecycle import WorkerDied
+from tests.manifests import write_jsonl
 from tests.pgcluster import ThrowawayPostgres
 
 pytestmark = pytest.mark.slow
@@ -205,15 +207,8 @@ def shell_env(tmp_path: Path, **values: str) -> dict[str, str]:
         shim = shims / "docstokg"
         shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m docstokg "$@"\n')
         shim.chmod(0o755)
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("DOCSTOKG_")
-        and name not in {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-    }
+    env = cli_env(columns=400)
     env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "400"
     env.update(values)
     return env
 
@@ -291,12 +286,6 @@ def job_id(work_id: str, artifact_id: str, url: str) -> str:
     return job_id_for(job_key(work_id, artifact_id, url))
 
 
-def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
-    lines = [json.dumps({"work_id": w, "artifact_id": a, "url": u}) for w, a, u in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 class TickingClock:
     """Epoch seconds that start in the past and move 1 ms per reading, so rows keep their order."""
 
@@ -308,12 +297,8 @@ class TickingClock:
         return self.now
 
 
-class WorkerKilled(BaseException):
-    """The process dies inside an effect: nothing after this line of the worker runs."""
-
-
 def _die() -> dict[str, object]:
-    raise WorkerKilled
+    raise WorkerDied
 
 
 # --- the page itself ---------------------------------------------------------------------------
@@ -434,7 +419,7 @@ def test_runbook_1_finds_the_dead_workers_expired_lease_and_its_open_op(
             advance_to=JobState.HEAD_DONE,
             allowed_from=[JobState.LEASED],
         )
-        with pytest.raises(WorkerKilled):  # killed half-way through the download
+        with pytest.raises(WorkerDied):  # killed half-way through the download
             run_effect(
                 ledger,
                 dead,
@@ -527,7 +512,7 @@ def test_runbook_2_shows_which_jobs_share_content_and_why(
     mirror = server.add("/mirror/1.pdf", Artifact(paper))
     other = server.add("/papers/2.pdf", Artifact(generated_body("paper-2", 16 * KiB)))
     rows = [("W1", "pdf", url), ("W1", "mirror", mirror), ("W9", "pdf", url), ("W2", "pdf", other)]
-    manifest = write_manifest(tmp_path / "papers.jsonl", rows)
+    manifest = write_jsonl(tmp_path / "papers.jsonl", rows)
     out = tmp_path / "store"
     env = shell_env(tmp_path)
     args = ("run", str(manifest), "--out", str(out), "--db", db_url, "--idempotency", "--json")
@@ -585,7 +570,7 @@ def test_runbook_2_shows_which_jobs_share_content_and_why(
 
 def test_runbook_2_tells_that_the_ledger_was_off(tmp_path: Path, server: ArtifactServer) -> None:
     url = server.add("/papers/1.pdf", Artifact(generated_body("paper-1", 32 * KiB)))
-    manifest = write_manifest(tmp_path / "papers.jsonl", [("W1", "pdf", url)])
+    manifest = write_jsonl(tmp_path / "papers.jsonl", [("W1", "pdf", url)])
     out = tmp_path / "store"
     env = shell_env(tmp_path)
     for _ in range(2):
@@ -678,13 +663,6 @@ def test_runbook_3_lists_the_stale_parts_no_live_lease_owns(
 # --- runbook 4: a high job failure rate --------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_runbook_4_names_the_top_failure_reason_and_the_retry_repairs_the_budget(
     backend: str, db_url: str, tmp_path: Path, server: ArtifactServer
 ) -> None:
@@ -696,8 +674,8 @@ def test_runbook_4_names_the_top_failure_reason_and_the_retry_repairs_the_budget
     for number in range(2):
         url = server.add(f"/down/{number}.pdf", Artifact(b"", status=503))
         rows.append((f"DOWN{number}", "pdf", url))
-    rows.append(("REFUSED", "pdf", f"http://127.0.0.1:{closed_port()}/x.pdf"))
-    manifest = write_manifest(tmp_path / "papers.jsonl", rows)
+    rows.append(("REFUSED", "pdf", f"http://127.0.0.1:{free_port()}/x.pdf"))
+    manifest = write_jsonl(tmp_path / "papers.jsonl", rows)
     out = tmp_path / "store"
     env = shell_env(
         tmp_path,
@@ -912,7 +890,7 @@ def test_the_json_documents_in_agents_md_are_what_the_commands_print(
 ) -> None:
     good = server.add("/ok.pdf", Artifact(generated_body("ok", 8 * KiB)))
     gone = server.url("/gone.pdf")
-    manifest = write_manifest(tmp_path / "m.jsonl", [("W1", "pdf", good), ("W2", "pdf", gone)])
+    manifest = write_jsonl(tmp_path / "m.jsonl", [("W1", "pdf", good), ("W2", "pdf", gone)])
     out = tmp_path / "store"
     db = f"sqlite:///{out / 'manifest.sqlite3'}"
     run = cli("run", str(manifest), "--out", str(out), "--idempotency", cwd=tmp_path,
@@ -980,7 +958,7 @@ def test_runbook_6_finds_the_damaged_files_and_the_repair_lets_a_run_restore_the
     bodies = [generated_body(f"rb6-{n}", 4 * KiB + n) for n in range(3)]
     rows = [("W", str(n), server.add(f"/rb6-{n}.pdf", Artifact(body))) for n, body in
             enumerate(bodies)]  # fmt: skip
-    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     out = tmp_path / "store"
     ran = cli("run", str(manifest), "--out", str(out), "--db", db_url, "--idempotency",
               cwd=tmp_path, env=shell_env(tmp_path))  # fmt: skip
@@ -1042,7 +1020,7 @@ def test_runbook_7_a_run_whose_database_stopped_ends_cleanly_and_the_next_run_fi
     rows = [("W-large", "bin", large)]
     rows += [(f"W{n}", "pdf", server.add(f"/rb7/{n}.pdf", Artifact(generated_body(f"rb7-{n}",
              8 * KiB)))) for n in range(3)]  # fmt: skip
-    manifest = write_manifest(tmp_path / "papers.jsonl", rows)
+    manifest = write_jsonl(tmp_path / "papers.jsonl", rows)
     out = tmp_path / "store"
     big = job_id(*rows[0])
     with ThrowawayPostgres() as cluster:

@@ -1,8 +1,10 @@
-"""JobSteps' shortcuts: a claim that starts the first effect; a last commit claiming the next;
-ledger steps recorded with one write each.
+"""JobSteps: a claim that starts the first effect; a last turn claiming the next job; a
+turn's op rows in one write and its move in another; a turn planned again from the truth.
 
-Each saves work per job; each must leave exactly the records the
-one-step-at-a-time path leaves.  On SQLite and PostgreSQL.
+A turn is planned from what the holder knows (at first, nothing recorded
+but its own work) and, when its writes do not all take, planned once more
+from what the database says.  Both must leave exactly the same rows.  On
+SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -165,8 +167,20 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counting(OpRepository, "start")
     counting(OpRepository, "succeed")
     counting(OpRepository, "record")
+    counting(OpRepository, "list_for_job")  # a turn planned again from what the database says
     counting(JobRepository, "advance")
     return calls
+
+
+def from_the_truth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every turn planned from what the database says, as a turn that did not take is."""
+
+    def learning(self: JobSteps, **turn: Any) -> Any:
+        return self._attempt(
+            turn.get("start"), turn.get("steps", ()), turn.get("then_claim"), learn=True
+        )
+
+    monkeypatch.setattr(JobSteps, "_turn", learning)
 
 
 def test_ledger_steps_insert_each_op_done_and_move_the_job_once(
@@ -210,24 +224,25 @@ def assert_twins(ledger: Ledger, one: str, other: str, *, kinds: tuple[str, ...]
         assert op_row(kind, one) == op_row(kind, other)
 
 
-def test_the_short_way_commits_the_rows_the_long_way_commits(
-    ledger: Ledger, writes: Counter[str]
+def test_a_turn_planned_from_the_truth_commits_the_rows_an_assumed_one_commits(
+    ledger: Ledger, writes: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One job through ledger_steps, its twin step by step: the same rows but for their keys."""
-    short_id, long_id = plan(ledger, 1), plan(ledger, 2)
-    short, long = take(ledger, "w1"), take(ledger, "w1")
-    assert {short.job_id, long.job_id} == {short_id, long_id}
+    """One job through ledger_steps as usual, its twin with every turn read first: same rows."""
+    assumed_id, learned_id = plan(ledger, 1), plan(ledger, 2)
+    assumed, learned = take(ledger, "w1"), take(ledger, "w1")
+    assert {assumed.job_id, learned.job_id} == {assumed_id, learned_id}
     runs: Counter[str] = Counter()
-    with JobSteps(ledger, short) as steps:
+    with JobSteps(ledger, assumed) as steps:
         head_effect(steps, [])
-        steps.ledger_steps(*streaming_and_finalizing(short.job_id, runs))
-    assert (writes["record"], writes["succeed"]) == (1, 0)  # the short way, in full
-    with JobSteps(ledger, long) as steps:
+        steps.ledger_steps(*streaming_and_finalizing(assumed.job_id, runs))
+    assert (writes["record"], writes["list_for_job"], writes["succeed"]) == (2, 0, 0)
+    from_the_truth(monkeypatch)
+    with JobSteps(ledger, learned) as steps:
         head_effect(steps, [])
-        steps._steps_one_by_one(streaming_and_finalizing(long.job_id, runs), None)
-    assert (writes["record"], writes["succeed"]) == (1, 3)  # the long way
+        steps.ledger_steps(*streaming_and_finalizing(learned.job_id, runs))
+    assert writes["list_for_job"] == 2  # both turns read the job first
 
-    assert_twins(ledger, short.job_id, long.job_id, kinds=("HEAD", "S1", "S2"))
+    assert_twins(ledger, assumed.job_id, learned.job_id, kinds=("HEAD", "S1", "S2"))
 
 
 def test_a_step_recorded_before_is_replayed_and_the_next_recorded(
@@ -245,7 +260,7 @@ def test_a_step_recorded_before_is_replayed_and_the_next_recorded(
     results = JobSteps(ledger, lease).ledger_steps(first, second)
 
     assert results == [{"kind": "S1"}, {"kind": "S2"}]
-    assert writes["start"] >= 1  # the short way stepped aside for the long one
+    assert writes["list_for_job"] == 1  # the assumed turn did not take: planned from the truth
     assert op_of(ledger, op_key("S1", job_id)) == recorded  # replayed, not recorded again
     assert op_of(ledger, op_key("S2", job_id)).finished_at == clock.now
     assert op_of(ledger, op_key("S2", job_id)).attempt == 1
@@ -255,7 +270,7 @@ def test_a_step_recorded_before_is_replayed_and_the_next_recorded(
 def test_index_and_dedupe_replayed_after_the_job_finished_under_the_same_lease(
     ledger: Ledger,
 ) -> None:
-    """The short way's fenced write fails (a finished job keeps no lease); the long way replays."""
+    """The assumed turn's fenced write fails (a finished job keeps no lease); read, it replays."""
     job_id = plan(ledger)
     lease = take(ledger, "w1")
     walk(ledger, lease, JobState.FINALIZED)
@@ -305,16 +320,17 @@ def test_an_effect_after_an_effect_records_the_first_and_starts_itself_in_one_wr
     assert job_of(ledger, job_id).state is JobState.STREAMING
 
 
-def test_an_effect_started_in_one_write_leaves_the_rows_of_the_long_way(
+def test_an_effect_started_in_one_write_leaves_the_rows_of_a_turn_read_first(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, writes: Counter[str]
 ) -> None:
     short_id, long_id = plan(ledger, 1), plan(ledger, 2)
     short, long = take(ledger, "w1"), take(ledger, "w1")
     with JobSteps(ledger, short) as steps:
         head_effect(steps, [])
+        writes.clear()
         second_effect(steps, [])
-    assert writes["record"] == 1  # HEAD's result and the second start, in one write
-    monkeypatch.setattr(JobSteps, "_record_and_start_at_once", lambda *_: False)
+        assert writes["record"] == 1  # HEAD's result and the second start, in one write
+    from_the_truth(monkeypatch)
     with JobSteps(ledger, long) as steps:
         head_effect(steps, [])
         second_effect(steps, [])
@@ -323,7 +339,7 @@ def test_an_effect_started_in_one_write_leaves_the_rows_of_the_long_way(
     assert_twins(ledger, short.job_id, long.job_id, kinds=("HEAD", "S"))
 
 
-def test_a_waiting_move_already_made_sends_the_one_write_back_to_the_long_way(
+def test_a_waiting_move_already_made_sends_the_turn_back_to_be_planned_from_the_truth(
     ledger: Ledger, writes: Counter[str]
 ) -> None:
     """The job already is in HEAD_DONE (a replay): the move does not take; nothing is half-done."""
@@ -335,7 +351,7 @@ def test_a_waiting_move_already_made_sends_the_one_write_back_to_the_long_way(
         walk(ledger, lease, JobState.HEAD_DONE)  # ... which another call of ours already made
         writes.clear()
         assert second_effect(steps, calls) == {"bytes": 3}
-        assert (writes["record"], writes["succeed"], writes["start"]) == (1, 1, 1)
+        assert (writes["record"], writes["list_for_job"], writes["advance"]) == (2, 1, 1)
 
     assert calls == [job_id, "S"]
     head = op_of(ledger, head_key(job_id))
@@ -365,7 +381,7 @@ def test_an_effect_whose_lease_was_lost_meanwhile_records_nothing(
 def test_an_effect_whose_next_op_is_recorded_already_is_replayed_not_run(
     ledger: Ledger, writes: Counter[str]
 ) -> None:
-    """The one write takes half (HEAD finishes, S exists): it is undone, and S replayed."""
+    """The one write takes half (HEAD finishes, S exists): it is undone, then S is replayed."""
     job_id = plan(ledger)
     lease = take(ledger, "w1")
     calls: list[str] = []
@@ -374,7 +390,7 @@ def test_an_effect_whose_next_op_is_recorded_already_is_replayed_not_run(
         head_effect(steps, calls)
         writes.clear()
         assert second_effect(steps, calls) == {"bytes": 3}
-        assert writes["record"] == 1  # tried, and rolled back: the long way recorded HEAD
+        assert (writes["record"], writes["list_for_job"]) == (2, 1)  # tried, rolled back, redone
 
     assert calls == [job_id]  # S was not run again
     head = op_of(ledger, head_key(job_id))
@@ -405,7 +421,7 @@ def test_no_effect_starts_after_a_move_that_ended_the_job(ledger: Ledger) -> Non
     assert op_or_none(ledger, op_key("S", job_id)) is None
 
 
-def test_a_next_job_taken_over_part_way_is_claimed_the_long_way(
+def test_a_next_job_taken_over_part_way_is_claimed_by_a_turn_read_first(
     ledger: Ledger, clock: ManualClock, writes: Counter[str]
 ) -> None:
     """Its HEAD is recorded already: the one write cannot start it, and nothing half-done stays."""
@@ -423,7 +439,7 @@ def test_a_next_job_taken_over_part_way_is_claimed_the_long_way(
     steps = JobSteps(ledger, current)
     steps.ledger_steps(step, then_claim=NextClaim("w1", TTL, HEAD))
 
-    assert writes["record"] == 1  # tried in one write, then op by op
+    assert (writes["record"], writes["list_for_job"]) == (2, 1)  # tried in one write, then again
     following = steps.next_job
     assert following is not None
     assert (following.lease.job_id, following.lease.epoch) == (older, 2)
@@ -439,7 +455,7 @@ def test_a_next_job_taken_over_part_way_is_claimed_the_long_way(
 def test_a_new_step_op_never_takes_over_an_op_that_exists(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    """An abandoned op of the step: the one write leaves it; the long way restarts it."""
+    """An abandoned op of the step: the assumed turn's insert leaves it; read, it is restarted."""
     job_id = plan(ledger)
     lease = take(ledger, "w1")
     walk(ledger, lease, JobState.HEAD_DONE)
@@ -479,7 +495,7 @@ def test_record_refuses_one_op_twice_and_writes_only_starts_on_both_backends(
 
 
 def test_a_recorded_step_whose_write_would_now_fail_is_still_replayed(ledger: Ledger) -> None:
-    """The short way runs the write before it knows; its error must not hide the replay."""
+    """An assumed turn runs the write before it knows; its error must not hide the replay."""
     job_id = plan(ledger)
     lease = take(ledger, "w1")
     walk(ledger, lease, JobState.HEAD_DONE)

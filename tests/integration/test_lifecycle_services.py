@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,7 @@ from docstokg import (
     plan_job_if_absent,
     plan_jobs,
     reconcile_jobs,
+    record_job_result,
     release_lease,
     renew_lease,
     run_effect,
@@ -43,15 +45,24 @@ from docstokg.errors import ConfigurationError
 from docstokg.keys import job_id_for
 from docstokg.ledger import statements
 from docstokg.ledger.models import jobs_table
+from docstokg.services import dedupe_job, index_job
+from docstokg.services.content import StoredContent
 from tests.conftest import ManualClock
 from tests.dbtools import execute_sql, scratch_connection
-from tests.lifecycle import PATH_FROM_LEASED, TTL, job_of, op_of, plan, take, triple, walk
+from tests.lifecycle import (
+    PATH_FROM_LEASED,
+    TTL,
+    WorkerDied,
+    job_of,
+    op_of,
+    plan,
+    take,
+    triple,
+    walk,
+)
 
 NON_TERMINAL_HELD_STATES = list(PATH_FROM_LEASED)
-
-
-class WorkerDied(BaseException):
-    """Stands for the worker process being killed in the middle of an effect."""
+SHA = "cd" * 32
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -412,6 +423,46 @@ def test_run_effect_runs_once_then_replays(ledger: Ledger, clock: ManualClock) -
     assert calls == [1]
 
 
+def test_any_mapping_is_a_valid_result(ledger: Ledger) -> None:
+    plan_job_if_absent(ledger, work_id="W", artifact_id="A", canonical_url="https://e.org/a")
+    lease = lease_next_job(ledger, owner="w", ttl_s=TTL)
+    assert lease is not None
+    result = run_effect(
+        ledger,
+        lease,
+        kind="HEAD",
+        opkey=op_key("HEAD", lease.job_id),
+        effect_fn=lambda: types.MappingProxyType({"status": 200}),
+        advance_to=JobState.HEAD_DONE,
+        allowed_from=[JobState.LEASED],
+    )
+    assert result == {"status": 200}
+    job = job_of(ledger, lease.job_id)
+    assert job.state is JobState.HEAD_DONE  # the result and its transition, one commit
+
+
+def test_a_late_holder_still_records_its_result_after_a_cleanup_gave_up_on_it(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    plan_job_if_absent(ledger, work_id="W", artifact_id="A", canonical_url="https://e.org/a")
+    lease = lease_next_job(ledger, owner="slow", ttl_s=TTL)
+    assert lease is not None
+    key = op_key("STREAM", lease.job_id)
+
+    def slow_stream() -> dict[str, object]:
+        # The holder misses its renewals; a cleanup abandons the op meanwhile...
+        clock.advance(TTL + 600)
+        assert cleanup_stale_ops(ledger, abandoned_threshold_s=600) == 1
+        # ...but nobody took the job, so the holder may renew and carry on.
+        renew_lease(ledger, lease, ttl_s=TTL)
+        return {"bytes": 10}
+
+    assert run_effect(ledger, lease, kind="STREAM", opkey=key, effect_fn=slow_stream) == {
+        "bytes": 10
+    }
+    assert get_effect_result(ledger, key) == {"bytes": 10}
+
+
 # --- maintenance ------------------------------------------------------------------------
 
 
@@ -586,6 +637,113 @@ def test_reconcile_jobs_deletes_orphan_parts_and_requeues_jobs_whose_file_vanish
     # A second pass finds nothing more to do.
     second = reconcile_jobs(ledger, staging, max_age_s=3_600)
     assert (second.parts_deleted, second.jobs_requeued) == ([], [])
+
+
+def test_a_recorded_final_file_that_vanished_is_fetched_again(
+    ledger: Ledger, clock: ManualClock, tmp_path: Path
+) -> None:
+    plan_job_if_absent(ledger, work_id="W", artifact_id="A", canonical_url="https://e.org/a")
+    lease = lease_next_job(ledger, owner="w", ttl_s=TTL)
+    assert lease is not None
+    for before, after in [
+        (JobState.LEASED, JobState.HEAD_DONE),
+        (JobState.HEAD_DONE, JobState.STREAMING),
+        (JobState.STREAMING, JobState.FINALIZED),
+    ]:
+        assert advance_state(ledger, lease, to_state=after, allowed_from=[before])
+    (tmp_path / "artifacts").mkdir()
+    stored = tmp_path / "artifacts" / "ab.pdf"
+    stored.write_bytes(b"%PDF")
+    record_job_result(ledger, lease, sha256="ab" * 32, final_path="artifacts/ab.pdf", size_bytes=4)
+    assert release_lease(ledger, lease)
+
+    assert reconcile_jobs(ledger, tmp_path / ".staging").jobs_requeued == []
+    stored.unlink()
+    assert reconcile_jobs(ledger, tmp_path / ".staging").jobs_requeued == [lease.job_id]
+    job = job_of(ledger, lease.job_id)
+    assert (job.state, job.final_path, job.lease_epoch) == (JobState.FAILED, None, lease.epoch + 1)
+    # The last holder is fenced out for good, even though nobody took the job yet.
+    with pytest.raises(LeaseLost):
+        renew_lease(ledger, lease, ttl_s=TTL)
+    again = lease_next_job(ledger, owner="w2", ttl_s=TTL)
+    assert again is not None
+    assert (again.job_id, again.state) == (lease.job_id, JobState.LEASED)
+
+
+def _finalized(ledger: Ledger, n: int, owner: str) -> Lease:
+    """Plan job ``n``, take it and walk it to FINALIZED (its STREAM op done)."""
+    plan(ledger, n)
+    lease = take(ledger, owner)
+    run_effect(ledger, lease, kind="STREAM", opkey=op_key("STREAM", lease.job_id),
+               effect_fn=lambda: {"bytes": 7})  # fmt: skip
+    walk(ledger, lease, JobState.FINALIZED)
+    return lease
+
+
+def test_reconcile_gives_an_exhausted_job_whose_file_vanished_one_attempt_back(
+    ledger: Ledger, db_url: str, tmp_path: Path
+) -> None:
+    """A lost file is not the job's failure: it must be fetched again, whatever its budget.
+
+    The ledger never finishes a job on a spent budget itself, so the row is
+    set up behind its back (as a ledger edited by hand, or written by an
+    older version, would have it).
+    """
+    lease = _finalized(ledger, 0, "worker-a")
+    stored = tmp_path / "artifacts" / f"{lease.job_id}.pdf"
+    stored.parent.mkdir()
+    stored.write_bytes(b"%PDF-1.7")
+    content = StoredContent(SHA, 8, f"artifacts/{lease.job_id}.pdf", "application/pdf")
+    index_job(ledger, lease, content)
+    assert release_lease(ledger, lease)
+    execute_sql(
+        db_url, f"UPDATE artifact_jobs SET attempts = max_attempts WHERE job_id = '{lease.job_id}'"
+    )
+    stored.unlink()
+
+    report = reconcile_jobs(ledger, tmp_path / ".staging")
+
+    assert report.jobs_requeued == [lease.job_id]
+    requeued = job_of(ledger, lease.job_id)
+    assert requeued.state is JobState.FAILED
+    assert requeued.attempts == requeued.max_attempts - 1
+    assert not requeued.exhausted
+    again = take(ledger, "worker-b")  # claimable at once: the next worker fetches it again
+    assert (again.job_id, again.state) == (lease.job_id, JobState.LEASED)
+
+
+# --- index and dedupe -----------------------------------------------------------------
+
+
+def test_a_duplicate_stored_under_another_path_points_at_the_first_copy(ledger: Ledger) -> None:
+    """DEDUPE: the duplicate's final_path becomes the stored job's, whatever its own was.
+
+    In a run both paths are the same content-addressed one; a caller of the
+    services (or a ledger whose first copy was stored under an older layout)
+    can hand DEDUPE another path, and the job must then name the copy that
+    is kept, not a file nobody vouches for.
+    """
+    first = _finalized(ledger, 1, "worker-a")
+    first_content = StoredContent(SHA, 7, f"artifacts/{SHA[:2]}/{SHA}", None)
+    index_job(ledger, first, first_content)
+    assert dedupe_job(ledger, first, first_content) == {
+        "outcome": JobState.DEDUPED.value,
+        "duplicate_of": None,
+    }
+
+    second = _finalized(ledger, 2, "worker-b")
+    own_copy = StoredContent(SHA, 7, "legacy/W2.pdf", None)
+    index_job(ledger, second, own_copy)
+    assert job_of(ledger, second.job_id).final_path == "legacy/W2.pdf"
+
+    assert dedupe_job(ledger, second, own_copy) == {
+        "outcome": JobState.SKIPPED_DUPLICATE.value,
+        "duplicate_of": first.job_id,
+    }
+    duplicate = job_of(ledger, second.job_id)
+    assert duplicate.state is JobState.SKIPPED_DUPLICATE
+    assert duplicate.final_path == first_content.final_path
+    assert job_of(ledger, first.job_id).final_path == first_content.final_path
 
 
 # --- indexes ----------------------------------------------------------------------------

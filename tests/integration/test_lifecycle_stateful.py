@@ -77,6 +77,7 @@ from docstokg.services import Backoff
 from docstokg.services.transitions import DEFAULT_BACKOFF
 from docstokg.states import PATH_RANK, SUCCESS_STATES
 from tests.conftest import ManualClock
+from tests.lifecycle import WorkerDied
 from tests.pgcluster import ThrowawayPostgres
 
 TTL_S = 30.0
@@ -115,10 +116,6 @@ _T = TypeVar("_T")
 
 class _EffectFailed(Exception):
     """An effect that raises: recorded as FAILED and re-raised."""
-
-
-class _WorkerCrashed(BaseException):
-    """The worker vanishes mid-effect: run_effect does not catch it, nothing is recorded."""
 
 
 @cache
@@ -412,7 +409,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             if mode == "raise":
                 raise _EffectFailed(key)
             if mode == "crash":
-                raise _WorkerCrashed(key)
+                raise WorkerDied(key)
             if mode == "slow":  # the lease runs out while the effect works
                 self.clock.advance(TTL_S + 1)
                 if takeover and self._idle():
@@ -475,7 +472,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 call()
             new.status = FAILED
         elif mode == "crash":
-            with pytest.raises(_WorkerCrashed):
+            with pytest.raises(WorkerDied):
                 call()
             self._forget(owner)  # its lease lives on in the ledger until it expires
         else:

@@ -36,6 +36,7 @@ from tests import populations as P
 from tests.conftest import ManualClock
 from tests.dbtools import execute_sql
 from tests.factories import JobFactory, OpFactory, bound_to
+from tests.lifecycle import job_of
 
 
 @pytest.fixture
@@ -49,13 +50,6 @@ def snapshot(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         execute_sql(url, "SELECT * FROM artifact_jobs ORDER BY job_id"),
         execute_sql(url, "SELECT * FROM artifact_ops ORDER BY op_key"),
     )
-
-
-def job_row(ledger: Ledger, job_id: str) -> Any:
-    with ledger.unit_of_work(read_only=True) as uow:
-        job = uow.jobs.get(job_id)
-    assert job is not None
-    return job
 
 
 def nearest_rank(values: list[float], quantile: float) -> float:
@@ -329,10 +323,10 @@ def test_cleanup_dry_run_counts_what_the_run_does_and_changes_nothing(
         "leased": ["IN_PROGRESS"],
         "resume_ok": ["IN_PROGRESS"],
     }
-    head_done = job_row(ledger, ids["head_done"])
+    head_done = job_of(ledger, ids["head_done"])
     assert head_done.state is JobState.HEAD_DONE  # the state is kept, only the lease goes
     assert head_done.lease_owner is None
-    assert job_row(ledger, lost).state is JobState.FAILED
+    assert job_of(ledger, lost).state is JobState.FAILED
 
     again = job_cleanup(
         ledger, dry_run=False, staging=staging, abandoned_threshold_s=P.ABANDONED_THRESHOLD_S
@@ -374,13 +368,13 @@ def test_retry_named_jobs_refills_only_exhausted_failures(
         "no-such-job": "no such job",
         ids["deduped_recent"]: "DEDUPED, not an exhausted FAILED job",
     }
-    refilled = job_row(ledger, ids["f404_a"])
+    refilled = job_of(ledger, ids["f404_a"])
     assert refilled.state is JobState.FAILED
     assert (refilled.attempts, refilled.max_attempts) == (0, 5)
     assert refilled.next_attempt_at == clock.now  # claimable at once
     assert refilled.updated_at == clock.now
     assert refilled.last_error == P.ERROR_404_A  # kept for the operator
-    untouched = job_row(ledger, ids["f503_retry"])
+    untouched = job_of(ledger, ids["f503_retry"])
     assert (untouched.attempts, untouched.next_attempt_at) == (2, population.now + 60)
     assert job_status(ledger).exhausted == P.EXHAUSTED - 1
 
@@ -397,9 +391,9 @@ def test_retry_all_refills_every_exhausted_failure(
     status = job_status(ledger)
     assert status.exhausted == 0
     assert status.counts == P.COUNTS  # still FAILED, now with attempts left
-    assert job_row(ledger, ids["f404_c"]).attempts == 0
-    assert job_row(ledger, ids["f503_retry"]).attempts == 2
-    assert job_row(ledger, ids["timeout_retry"]).attempts == 1
+    assert job_of(ledger, ids["f404_c"]).attempts == 0
+    assert job_of(ledger, ids["f503_retry"]).attempts == 2
+    assert job_of(ledger, ids["timeout_retry"]).attempts == 1
     stats = job_stats(ledger)
     # Retries are counted from the ops: a new budget does not rewrite history.
     assert (stats.retried_jobs, stats.retry_attempts) == (P.RETRIED_JOBS, P.RETRY_ATTEMPTS)

@@ -229,6 +229,31 @@ def test_a_part_tampered_between_runs_is_downloaded_again(
     assert server.stats("/a.bin").full_gets == 1
 
 
+def test_a_restart_from_zero_unvouches_the_old_bytes_before_writing(
+    server: ArtifactServer, client: httpx.Client, part: Path
+) -> None:
+    """A part rewritten from zero: from its first new byte, no checkpoint vouches for the old ones.
+
+    Else a SIGKILL mid-rewrite would leave a checkpoint naming bytes the part no longer holds.
+    """
+    found = leave_a_cut_part(server, client, part)
+    tampered = bytearray(part.read_bytes())
+    tampered[5000] ^= 0xFF
+    part.write_bytes(bytes(tampered))
+    server.add("/a.bin", Artifact(body=BODY, etag='"A"'))
+    seen: list[int | None] = []
+
+    def look(count: int) -> None:
+        if not seen:
+            checkpoint = Checkpoint.read(checkpoint_for(part))
+            seen.append(None if checkpoint is None else checkpoint.length)
+
+    result = stream_to_part(client, found, part, LIMITS, on_bytes=look)
+
+    assert result.resumed_from == 0
+    assert seen in ([None], [0])
+
+
 def test_bytes_past_the_checkpoint_are_cut_off_before_resuming(
     server: ArtifactServer, client: httpx.Client, part: Path
 ) -> None:

@@ -7,7 +7,8 @@ server saw on the wire.  Tests that take a database run on SQLite and on
 PostgreSQL.  The scripted misbehaviours of a server (faults, short bodies,
 refused ranges, redirect loops, too-large bodies) live in
 ``test_runner_faults.py``; this file holds the normal paths, repeated runs,
-duplicates and shared leases.
+duplicates, shared leases, and unusual jobs (an id adopted from v3, a bug
+that breaks one job and not the run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from time import monotonic
 
@@ -23,8 +25,10 @@ import pytest
 from docstokg import JobState, LeaseLost, Ledger, lease_next_job, release_lease, renew_lease
 from docstokg.ledger.models import OP_SUCCEEDED
 from docstokg.run.pipeline import Outcome
+from docstokg.run.steps import PIPELINE, STREAM, JobContext, StepResult
 from docstokg.services import plan_job_if_absent
 from docstokg.testing.server import Artifact, ArtifactServer, generated_body
+from tests.factories import JobFactory, bound_to
 from tests.runner_kit import (
     SignalBegin,
     StopOnOutcome,
@@ -395,3 +399,64 @@ def test_a_stop_hands_back_the_job_claimed_ahead_and_a_rerun_fetches_it_once(
     for path, body in bodies.items():
         assert server.stats(path).full_gets == 1
         assert server.stats(path).body_bytes_sent == len(body)
+
+
+# -- unusual jobs: ids adopted from v3, a bug in one job -------------------------------
+
+
+def test_a_job_adopted_from_v3_with_a_non_uuid_id_is_downloaded(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    body = generated_body("legacy", 30_000)
+    url = server.add("/legacy.pdf", Artifact(body=body))
+    with Ledger.connect(empty_db_url) as ledger:
+        ledger.upgrade()
+        with ledger.unit_of_work() as uow, bound_to(uow.session):
+            JobFactory(job_id="legacy-00007", work_id="W7", artifact_id="pdf", canonical_url=url)
+            uow.commit()
+    manifest = write_manifest(tmp_path / "m.jsonl", [("W7", "pdf", url)])
+    out = tmp_path / "out"
+
+    summary = run_download(manifest, out, make_config(), db_url=empty_db_url, workers=2)
+
+    assert summary.exit_code == 0, summary.jobs
+    [report] = summary.jobs
+    assert report.job_id == "legacy-00007"
+    assert report.state == JobState.DEDUPED.value
+    assert_stored(out, report, body)
+
+
+def test_an_unexpected_error_in_one_job_fails_that_job_and_the_run_goes_on(
+    server: ArtifactServer, tmp_path: Path, empty_db_url: str
+) -> None:
+    bodies = {n: generated_body(f"robust-{n}", 10_000 + n) for n in range(4)}
+    urls = {n: server.add(f"/r/{n}", Artifact(body=body)) for n, body in bodies.items()}
+    broken = urls[2]
+    stream = next(step for step in PIPELINE if step.kind == STREAM)
+    assert stream.effect is not None
+    streams = stream.effect
+
+    def breaks_on_one(job: JobContext) -> StepResult:  # a bug that only one job meets
+        if job.url == broken:
+            raise KeyError("a bug in the pipeline")
+        return streams(job)
+
+    steps = [replace(step, effect=breaks_on_one) if step is stream else step for step in PIPELINE]
+    manifest = write_manifest(tmp_path / "m.jsonl", [(f"W{n}", "pdf", urls[n]) for n in urls])
+    config = make_config(max_attempts=2)
+
+    summary = run_download(
+        manifest, tmp_path / "out", config, db_url=empty_db_url, workers=2, steps=steps
+    )
+
+    states = {report.url: report.state for report in summary.jobs}
+    assert states.pop(broken) == JobState.FAILED.value
+    assert set(states.values()) == {JobState.DEDUPED.value}
+    assert summary.exit_code == 1
+    [failed] = [report for report in summary.jobs if report.url == broken]
+    record = job_record(empty_db_url, failed.job_id)
+    assert record.exhausted
+    assert record.last_error is not None
+    assert "internal error: KeyError" in record.last_error
+    assert record.last_error.endswith("; no attempt left (2 of 2 used)")
+    assert record.lease_owner is None  # the lease was given back, not left to expire

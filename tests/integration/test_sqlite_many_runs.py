@@ -1,4 +1,4 @@
-"""Many runs, many threads, one SQLite ledger (issue 14, line 6).
+"""Many runs, many threads, one SQLite ledger.
 
 Three ``docstokg run`` processes of 24 download threads each share one
 manifest, one ``--out`` and its SQLite ledger.  SQLite has one writer: every
@@ -14,7 +14,8 @@ import hashlib
 from pathlib import Path
 
 from docstokg.testing.server import ArtifactServer
-from tests.e2e.test_run_cli import Finished, Running, run_env, serve, write_manifest
+from tests.e2e.test_run_cli import Finished, Running, run_env, serve
+from tests.manifests import write_jsonl
 
 RUNS = 3
 WORKERS = 24
@@ -48,7 +49,7 @@ def test_three_runs_of_24_workers_share_one_sqlite_ledger_without_a_lock_error(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     served = serve(server, "many", ARTIFACTS, SIZE)
-    manifest = write_manifest(tmp_path / "manifest.jsonl", [item.row() for item in served])
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [item.row() for item in served])
     out = tmp_path / "out"
     args = ["run", str(manifest), "--out", str(out), "--idempotency",
             "--workers", str(WORKERS), "--json"]  # fmt: skip

@@ -69,7 +69,7 @@ def test_a_reading_counts_from_the_middle_of_its_round_trip() -> None:
     assert clock.now(ticks.read_database) == pytest.approx(1_000_053.0, abs=1e-9)
 
 
-def test_a_regression_within_what_two_readings_may_disagree_by_is_hidden() -> None:
+def test_a_step_back_within_what_two_readings_may_disagree_by_is_hidden() -> None:
     ticks = Ticks()
     ticks.read_takes = 0.1  # each reading may be off by a tenth of a second
     clock = ticks.clock()

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from docstokg.errors import EffectResultTooLarge
-from docstokg.services.effects import _recorded
+from docstokg.services.effect_results import recorded as _recorded
 
 plain = st.one_of(
     st.none(),

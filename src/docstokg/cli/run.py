@@ -127,8 +127,9 @@ def run(
         --db postgresql+psycopg://ledger@db-host/docstokg
     """
     # Imported here, not at the top: `docstokg job ...` should not pay for httpx.
+    from docstokg.run.bootstrap import build_run
     from docstokg.run.reporting import LogReporter, RichReporter, RunReporter
-    from docstokg.run.runner import DownloadRun, RunSettings
+    from docstokg.run.runner import RunSettings
 
     settings = load_settings(config, enabled_flag=idempotency)
     parsed = read_manifest(manifest)
@@ -154,7 +155,7 @@ def run(
     _prepare_out_dir(out_dir)
     configure_logging()
     reporter: RunReporter = RichReporter(err) if err.is_terminal else LogReporter()
-    download = DownloadRun(parsed, run_settings, reporter=reporter)
+    download = build_run(parsed, run_settings, reporter=reporter)
     with stop_on_signals(download.request_stop):
         try:
             summary = download.run()

@@ -18,8 +18,9 @@ from docstokg.download import ArtifactStore
 from docstokg.errors import ConfigurationError
 from docstokg.keys import job_id_for, job_key
 from docstokg.manifest import Manifest, read_manifest
+from docstokg.run.bootstrap import build_run
 from docstokg.run.reporting import LogReporter
-from docstokg.run.runner import DownloadRun, RunSettings, RunSummary
+from docstokg.run.runner import RunSettings, RunSummary
 from docstokg.testing.server import Artifact, ArtifactServer, Fault, PathStats, generated_body
 
 LARGE = "/large/dataset.bin"
@@ -90,7 +91,7 @@ def run_demo(directory: Path, workers: int) -> int:
         before = server.total()
 
         out.rule("[bold]Run 2[/]: the same command again")
-        second_run = DownloadRun(manifest, settings, reporter=LogReporter())
+        second_run = build_run(manifest, settings, reporter=LogReporter())
         with stop_on_signals(second_run.request_stop):
             second = second_run.run()
         _explain_second_run(server, before)
@@ -138,7 +139,7 @@ def _interrupted_run(
     manifest: Manifest, settings: RunSettings, server: ArtifactServer
 ) -> RunSummary:
     """Run in a thread; once the large download is paused a third in, stop the run."""
-    download = DownloadRun(manifest, settings, reporter=LogReporter())
+    download = build_run(manifest, settings, reporter=LogReporter())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-run-1") as pool:
         running = pool.submit(download.run)
         with stop_on_signals(download.request_stop):

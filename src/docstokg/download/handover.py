@@ -44,13 +44,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from docstokg.download.store import (
     create_staged,
+    file_identity,
     hash_fd_prefix,
     names_file,
+    names_identity,
     open_staged,
     remove_file,
     staged_size,
@@ -75,14 +77,23 @@ _COPY_BLOCK = 1024 * 1024
 
 @dataclass(slots=True)
 class HeldPart:
-    """A part this process holds: open read-write, exclusively locked, reached by ``path``."""
+    """A part this process holds: open read-write, exclusively locked, reached by ``path``.
+
+    ``identity`` is the held file's (device, inode): an open file keeps its
+    own for life, so it is read once and :meth:`check`, run before every
+    chunk, costs one ``lstat`` of the name.
+    """
 
     path: Path
     fd: int
+    identity: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identity = file_identity(self.fd)
 
     def check(self) -> None:
         """Raise :class:`PartLost` unless ``path`` still leads to the file this holds."""
-        if not names_file(self.path, self.fd):
+        if not names_identity(self.path, self.identity):
             raise PartLost(self.path, "was moved away or removed while this worker held it")
 
     def close(self) -> None:

@@ -10,7 +10,8 @@ and the total length announced (what the bytes are of), the validator they
 were written under, and the length and SHA-256 of a prefix that is on disk.
 A resume trusts only what a checkpoint vouches for (see
 :func:`docstokg.download.fetch.resume_point`), so the checkpoint is written
-before the part changes, every ``checkpoint_bytes`` while it grows, whenever
+before the part changes (removed, when the part is written from zero: then
+it vouches for nothing), every ``checkpoint_bytes`` while it grows, whenever
 the write stops (any exception), and when the body ends.  The part is written
 unbuffered, so a checkpoint never names bytes that are still in this process.
 
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
-import tempfile
+import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -61,6 +64,7 @@ __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "PartWriter", "hash_file"]
 CHECKPOINT_VERSION = 2
 _CHECKPOINT_MAX_BYTES = 16 * 1024  # a validator is a header value: far less than this
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_NEW_FILE_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 log = logging.getLogger(__name__)
 
 
@@ -136,24 +140,27 @@ class Checkpoint:
     def write(self, path: Path) -> None:
         """Replace the checkpoint at ``path`` atomically (a new file renamed over it).
 
-        ``mkstemp`` creates the temporary file with ``O_EXCL | O_NOFOLLOW``, and
-        the rename replaces whatever is at ``path`` (a link included) without
-        following it.  A folder there cannot be replaced: that is an error.
+        The temporary file is created with ``O_EXCL | O_NOFOLLOW`` under a name
+        no other writer uses (:func:`_temporary_name`), and the rename replaces
+        whatever is at ``path`` (a link included) without following it.  A
+        folder there cannot be replaced: that is an error.  Written with one
+        ``os.write`` of ``json.dumps`` (the C encoder), not a text stream: a
+        checkpoint is written every MiB of every download.
         """
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        data = json.dumps(self.to_json()).encode()
+        temporary = _create_temporary(path)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(self.to_json(), out)
-            os.replace(temporary, path)
+            _write_all_and_close(temporary, data)
+            os.replace(temporary.path, path)
         except IsADirectoryError:
+            _unlink_quietly(temporary.path)
             raise TransientFetchError(
                 f"{path} is a folder where docstokg keeps a download's checkpoint; it never "
                 f"creates one there: {MOVE_IT_AWAY}"
             ) from None
-        finally:
-            # Gone once renamed into place; left behind by any failure before that.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+        except BaseException:
+            _unlink_quietly(temporary.path)  # left behind by any failure before the rename
+            raise
 
 
 class PartWriter:
@@ -251,7 +258,11 @@ class PartWriter:
             raise self._too_large(f"is {expected:,} bytes, more")
         hasher = self._prefix_hasher(offset)
         # Recorded before the part changes: bytes past ``offset`` are not vouched for.
-        self._checkpoint(validator, offset, hasher)
+        # From zero nothing is: no checkpoint at all says so, one unlink instead of a write.
+        if offset:
+            self._checkpoint(validator, offset, hasher)
+        else:
+            self._unvouch()
         fd = self._open_at(offset)
         size = self._pump(response, fd, hasher, offset=offset, validator=validator, of=expected)
         if size is None:
@@ -355,6 +366,17 @@ class PartWriter:
             self._held.check()
         saved = Checkpoint(validator, size, hasher.hexdigest(), url=self.url, total=self.total)
         saved.write(self.checkpoint)
+
+    def _unvouch(self) -> None:
+        """Remove the checkpoint before the part is written from zero: it vouches for nothing then.
+
+        A checkpoint of length 0 would say the same; none costs one syscall
+        instead of five.  Not for a part this writer no longer holds
+        (:class:`PartLost`), as for :meth:`_checkpoint`.
+        """
+        if self._held is not None:
+            self._held.check()
+        remove_file(self.checkpoint)
 
     def _save_after_stop(self, validator: str | None, size: int, hasher: hashlib._Hash) -> None:
         """Checkpoint the bytes written before a failure, without hiding that failure."""
@@ -498,6 +520,55 @@ def _as_size(value: object) -> int | None:
 
 def _of(expected: int | None) -> str:
     return "an unknown number of" if expected is None else f"{expected:,}"
+
+
+#: With the thread and a counter, names the temporary files of this process apart from
+#: any other writer's; a collision anyway (a forked child) falls back to random names.
+_PROCESS_TAG = secrets.token_hex(6)
+_TEMPORARY_SERIAL = itertools.count()
+_TEMPORARY_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Temporary:
+    """A new file this writer created (``O_EXCL``), open on ``fd``: its own to delete."""
+
+    path: Path
+    fd: int
+
+
+def _create_temporary(beside: Path) -> _Temporary:
+    """A new hidden file beside ``beside``, never through a link, never over another file.
+
+    ``mkstemp``'s guarantees without its cost (a random name per call): the
+    first name tried is unique to this process and thread; only a collision
+    draws random ones.
+    """
+    name = f".{beside.name}.{_PROCESS_TAG}.{threading.get_ident()}.{next(_TEMPORARY_SERIAL)}"
+    for _ in range(_TEMPORARY_ATTEMPTS):
+        path = beside.parent / f"{name}.tmp"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEW_FILE_FLAGS, 0o600)
+        except FileExistsError:
+            name = f".{beside.name}.{secrets.token_hex(8)}"
+            continue
+        return _Temporary(path, fd)
+    raise TransientFetchError(
+        f"could not create a temporary file beside {beside}: {_TEMPORARY_ATTEMPTS} names were "
+        "all taken; something is creating files in the staging folder (transient: retried later)"
+    )
+
+
+def _write_all_and_close(temporary: _Temporary, data: bytes) -> None:
+    try:
+        _write_all(temporary.fd, data)
+    finally:
+        os.close(temporary.fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

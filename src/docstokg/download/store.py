@@ -110,7 +110,13 @@ class ArtifactStore:
         return sorted(found, key=lambda item: item[0], reverse=True)
 
     def earlier_parts(self, job_id: str, epoch: int) -> list[Path]:
-        """The parts earlier holders of ``job_id`` (epochs below ``epoch``) left, newest first."""
+        """The parts earlier holders of ``job_id`` (epochs below ``epoch``) left, newest first.
+
+        Epoch 0 (the ledger off) has none: the staging folder is not listed.
+        """
+        if epoch <= 0:
+            _check_job_id(job_id)
+            return []
         return [path for number, path in self.parts_of(job_id) if number < epoch]
 
     def discard_part(self, job_id: str, epoch: int = 0) -> None:
@@ -187,22 +193,24 @@ class ArtifactStore:
         """Lock the part open on ``fd`` and move it to ``final`` (or drop it as a duplicate)."""
         if not try_lock(fd, part):
             raise PartLost(part, "is locked by a newer holder of the job, taking it over")
-        if not names_file(part, fd) or os.fstat(fd).st_size != size:
+        held = os.fstat(fd)
+        if not names_identity(part, (held.st_dev, held.st_ino)) or held.st_size != size:
             raise TransientFetchError(
                 f"staged file {part} changed while it was stored (moved or resized); the "
                 "artifact is fetched again"
             )
         os.fsync(fd)
         self._artifact_folder(final.parent)
-        if _holds(final, sha256, size):
-            part.unlink()
-            return
-        # absent, a link, or a stray with other bytes: ours replaces it
-        if final.is_dir() and not final.is_symlink():
+        there = _lstat(final)
+        if there is not None and stat.S_ISDIR(there.st_mode):
             raise TransientFetchError(
                 f"{final} is a folder where the artifact {sha256} belongs; docstokg "
                 f"never creates one there: {MOVE_IT_AWAY}"
             )
+        if there is not None and _holds(final, sha256, size):
+            part.unlink()
+            return
+        # absent, a link, or a stray with other bytes: ours replaces it
         os.replace(part, final)
         _fsync_dir(final.parent)
 
@@ -323,11 +331,14 @@ def _check_job_id(job_id: str) -> None:
         )
 
 
-def open_regular(path: Path, flags: int, mode: int = 0o644) -> int | None:
+def open_regular(
+    path: Path, flags: int, mode: int = 0o644, *, one_link: bool = False
+) -> int | None:
     """A descriptor on the regular file at ``path``, never through a link.
 
-    None when something else is there (a link, a folder, a FIFO, a device);
-    a missing file raises FileNotFoundError unless ``flags`` has ``O_CREAT``.
+    None when something else is there (a link, a folder, a FIFO, a device),
+    or, with ``one_link``, a file with another hard link; a missing file
+    raises FileNotFoundError unless ``flags`` has ``O_CREAT``.
     """
     try:
         fd = os.open(path, flags | _SAFE_FLAGS, mode)
@@ -335,7 +346,8 @@ def open_regular(path: Path, flags: int, mode: int = 0o644) -> int | None:
         if exc.errno in _NOT_REGULAR_ERRNOS:
             return None
         raise
-    if stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and (not one_link or info.st_nlink == 1):
         return fd
     os.close(fd)
     return None
@@ -356,13 +368,9 @@ def open_staged(path: Path, flags: int) -> int | None:
     link whose other name may be outside ``--out``): nothing there is ours.
     """
     try:
-        fd = open_regular(path, flags)
+        return open_regular(path, flags, one_link=True)
     except FileNotFoundError:
         return None
-    if fd is not None and os.fstat(fd).st_nlink != 1:
-        os.close(fd)
-        return None
-    return fd
 
 
 def create_staged(path: Path) -> int:
@@ -403,12 +411,22 @@ def try_lock(fd: int, path: Path) -> bool:
 
 def names_file(path: Path, fd: int) -> bool:
     """Whether ``path`` (not followed if a link) is the file open on ``fd``."""
+    return names_identity(path, file_identity(fd))
+
+
+def file_identity(fd: int) -> tuple[int, int]:
+    """The (device, inode) of the file open on ``fd``: fixed for as long as it is open."""
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def names_identity(path: Path, identity: tuple[int, int]) -> bool:
+    """Whether ``path`` (not followed if a link) is the file of this (device, inode)."""
     try:
-        named = path.lstat()
+        named = os.lstat(path)
     except FileNotFoundError:
         return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+    return (named.st_dev, named.st_ino) == identity
 
 
 def staged_size(path: Path) -> int | None:
@@ -512,14 +530,26 @@ def _holds(final: Path, sha256: str, size: int) -> bool:
     return hasher is not None and hasher.hexdigest() == sha256
 
 
-def _ensure_real_dir(folder: Path) -> None:
-    """Create ``folder`` if missing; refuse a link or a file standing in its place."""
+def _lstat(path: Path) -> os.stat_result | None:
+    """``lstat`` of ``path``; None if nothing is there."""
     try:
-        folder.mkdir()
-        return
-    except FileExistsError:
-        pass
-    info = folder.lstat()
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _ensure_real_dir(folder: Path) -> None:
+    """Create ``folder`` if missing; refuse a link or a file standing in its place.
+
+    Looked at first (one ``lstat``, the case of every call but the first), created if absent.
+    """
+    info = _lstat(folder)
+    if info is None:
+        try:
+            folder.mkdir()
+            return
+        except FileExistsError:
+            info = folder.lstat()
     if stat.S_ISLNK(info.st_mode):
         raise StoreError(
             f"{folder} is a symbolic link (to {os.readlink(folder)!r}); docstokg writes only "

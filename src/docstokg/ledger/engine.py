@@ -12,13 +12,22 @@ the two dialects are told apart at connection level.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import (
+    Engine,
+    ForeignKeyConstraint,
+    PrimaryKeyConstraint,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -26,12 +35,18 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 from docstokg.errors import (
     ConfigurationError,
     ConstraintViolated,
+    ContentAlreadyStored,
     DatabaseUnavailable,
+    DuplicateJob,
+    DuplicateOp,
     LedgerBusy,
     LedgerError,
     TransientDatabaseError,
+    UnknownJobReference,
+    ValueNotAllowed,
 )
 from docstokg.ledger.faults import database_name, is_transient
+from docstokg.ledger.models import JOB_STATES_SQL, OP_STATUSES, Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Page cache per connection, in KiB (negative = KiB for SQLite).  The default
@@ -137,10 +152,7 @@ def database_error(url: URL, exc: DBAPIError) -> LedgerError:
     what to fix.
     """
     if isinstance(exc, IntegrityError):
-        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
-        return ConstraintViolated(
-            f"{database_name(url)}: {driver_reason(exc)}", constraint=constraint
-        )
+        return constraint_violated(url, exc)
     if is_transient(exc):
         if is_sqlite(url) and _is_busy(exc):
             return LedgerBusy(
@@ -187,6 +199,150 @@ def database_error(url: URL, exc: DBAPIError) -> LedgerError:
             "are stored once)"
         )
     return DatabaseUnavailable(f"cannot use the SQLite file {path}: {driver_reason(exc)}")
+
+
+# --- constraint names -> domain errors ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KnownConstraint:
+    """What breaking one named constraint of the schema means, and what to do about it."""
+
+    error: type[ConstraintViolated]
+    meaning: str
+    remedy: str
+
+
+_PLAN_INSTEAD = (
+    "plan jobs with plan_jobs() (JobRepository.plan), which returns the job already there "
+    "instead of inserting it twice"
+)
+_NEWER_OR_EDITED = (
+    "a newer docstokg or a hand edit wrote it: upgrade docstokg, or fix the row by hand"
+)
+# Every named constraint and unique index of docstokg.ledger.models (the names
+# follow its naming convention, and the migrations create them under those
+# names on both backends); tests/integration/test_schema_constraints.py holds
+# this table to the models.
+KNOWN_CONSTRAINTS: dict[str, KnownConstraint] = {
+    "pk_artifact_jobs": KnownConstraint(
+        DuplicateJob, "a job with this job_id is in the ledger already", _PLAN_INSTEAD
+    ),
+    "uq_artifact_jobs_idempotency_key": KnownConstraint(
+        DuplicateJob, "a job with this idempotency key is in the ledger already", _PLAN_INSTEAD
+    ),
+    "uq_artifact_jobs_work_id_artifact_id_canonical_url": KnownConstraint(
+        DuplicateJob,
+        "a job for this (work_id, artifact_id, canonical_url) is in the ledger already",
+        _PLAN_INSTEAD,
+    ),
+    "uq_artifact_jobs_stored_content": KnownConstraint(
+        ContentAlreadyStored,
+        "another job became the stored (DEDUPED) owner of this content first",
+        "run the DEDUPE step again: it finds that owner and ends this job SKIPPED_DUPLICATE",
+    ),
+    "pk_artifact_ops": KnownConstraint(
+        DuplicateOp,
+        "an op with this op_key is recorded already",
+        "record ops through run_effect() (OpRepository.add/start), which replay a recorded op",
+    ),
+    "fk_artifact_ops_job_id_artifact_jobs": KnownConstraint(
+        UnknownJobReference,
+        "an op names a job_id that no job carries",
+        "plan the job before recording its ops, and check that the job_id was copied whole",
+    ),
+    "ck_artifact_jobs_state": KnownConstraint(
+        ValueNotAllowed,
+        f"a job state outside the ledger's list ({JOB_STATES_SQL})",
+        _NEWER_OR_EDITED,
+    ),
+    "ck_artifact_ops_status": KnownConstraint(
+        ValueNotAllowed,
+        "an op status outside the ledger's list ({})".format(
+            ", ".join(f"'{status}'" for status in OP_STATUSES)
+        ),
+        _NEWER_OR_EDITED,
+    ),
+    "pk__meta": KnownConstraint(
+        ConstraintViolated,
+        "a fact about the ledger (_meta) with this key is recorded already",
+        "facts are written once: write them with MetaRepository.put_if_absent",
+    ),
+}
+
+
+def _unique_keys() -> dict[tuple[str, ...], str]:
+    """("table.column", ...) -> name, for the unique keys SQLite names by their columns."""
+    keys: dict[tuple[str, ...], str] = {}
+    for table in Base.metadata.sorted_tables:
+        for constraint in table.constraints:
+            if isinstance(constraint, PrimaryKeyConstraint | UniqueConstraint):
+                columns = tuple(f"{table.name}.{column.name}" for column in constraint.columns)
+                keys[columns] = str(constraint.name)
+        for index in table.indexes:
+            if index.unique:
+                columns = tuple(f"{table.name}.{column.name}" for column in index.columns)
+                keys[columns] = str(index.name)
+    return keys
+
+
+_UNIQUE_KEYS = _unique_keys()
+_FOREIGN_KEYS = [
+    str(constraint.name)
+    for table in Base.metadata.sorted_tables
+    for constraint in table.constraints
+    if isinstance(constraint, ForeignKeyConstraint)
+]
+_SQLITE_CONSTRAINT = re.compile(r"(UNIQUE|CHECK|NOT NULL) constraint failed: (.+)$")
+
+
+def violated_constraint(exc: IntegrityError) -> str | None:
+    """The name of the constraint ``exc`` broke, when the driver tells (or lets us infer) it.
+
+    PostgreSQL names it.  SQLite names a CHECK, lists a unique key's columns
+    (matched against the models' unique keys), and names no foreign key (the
+    ledger has one).  None for a NOT NULL, which is no named constraint.
+    """
+    named = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+    if named is not None:
+        return str(named)
+    reason = driver_reason(exc)
+    if "FOREIGN KEY constraint failed" in reason and len(_FOREIGN_KEYS) == 1:
+        return _FOREIGN_KEYS[0]
+    found = _SQLITE_CONSTRAINT.search(reason)
+    if found is None:
+        return None
+    kind, detail = found.groups()
+    if kind == "CHECK":
+        return detail
+    if kind == "UNIQUE":
+        return _UNIQUE_KEYS.get(tuple(column.strip() for column in detail.split(",")))
+    return None
+
+
+def constraint_violated(url: URL, exc: IntegrityError) -> ConstraintViolated:
+    """The domain error for a broken constraint: a known name says what happened and what to do."""
+    constraint = violated_constraint(exc)
+    known = KNOWN_CONSTRAINTS.get(constraint or "")
+    where = database_name(url)
+    if known is None:
+        if "NOT NULL" in driver_reason(exc) or _sqlstate(exc) == "23502":
+            return ValueNotAllowed(
+                f"{where}: a required value is missing ({driver_reason(exc)}); every column "
+                "the ledger declares NOT NULL must be given",
+                constraint=constraint,
+            )
+        return ConstraintViolated(f"{where}: {driver_reason(exc)}", constraint=constraint)
+    return known.error(
+        f"{where}: {known.meaning} (constraint {constraint}); {known.remedy}. "
+        f"The database said: {driver_reason(exc)}",
+        constraint=constraint,
+    )
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    state = getattr(exc.orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
 
 
 def _sqlite_code(exc: DBAPIError) -> int | None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    TextClause,
     UniqueConstraint,
     text,
 )
@@ -48,22 +49,26 @@ OP_FAILED = "FAILED"
 OP_ABANDONED = "ABANDONED"
 OP_STATUSES = (OP_IN_PROGRESS, OP_SUCCEEDED, OP_FAILED, OP_ABANDONED)
 
-# The predicate of the partial index the claim query walks.  It is spelled
-# with literals, here and in the query, because a partial index only serves a
-# query whose WHERE visibly implies the index's (SQLite compares the text).
-NOT_FINISHED_SQL = (
+# The predicates of the partial indexes, each one object that both its index
+# and the queries it serves use (the statements import them from here).  They
+# are spelled with literals because a partial index only serves a query whose
+# WHERE visibly implies the index's: SQLite compares the expressions, and a
+# bound parameter in place of 'FAILED' implies nothing.
+# The jobs a claim may take (ix_artifact_jobs_claim).
+NOT_FINISHED_JOBS: TextClause = text(
     "state NOT IN ('DEDUPED', 'SKIPPED_DUPLICATE') "
     "AND NOT (state = 'FAILED' AND attempts >= max_attempts)"
 )
-IN_PROGRESS_SQL = "status = 'IN_PROGRESS'"
+IN_PROGRESS_OPS: TextClause = text("status = 'IN_PROGRESS'")
 # The one job that stored a content: at most one DEDUPED job per sha256, so two
 # workers finishing identical bytes at once cannot both claim to own them.
-STORED_CONTENT_SQL = "state = 'DEDUPED'"
-# Operators' questions: which jobs were retried, which ops were given up on.
-RETRIED_SQL = "attempt > 1"
-FAILED_SQL = "state = 'FAILED'"
-UNHEALTHY_SQL = "status IN ('FAILED', 'ABANDONED')"
-TIMED_SQL = "duration_s IS NOT NULL"
+STORED_CONTENT: TextClause = text("state = 'DEDUPED'")
+# Operators' questions: which jobs failed, which steps were retried, which ops
+# were given up on, which have a duration.
+FAILED_JOBS: TextClause = text("state = 'FAILED'")
+RETRIED_OPS: TextClause = text("attempt > 1")
+UNHEALTHY_OPS: TextClause = text("status IN ('FAILED', 'ABANDONED')")
+TIMED_OPS: TextClause = text("duration_s IS NOT NULL")
 
 
 class Base(DeclarativeBase):
@@ -92,8 +97,8 @@ class ArtifactJob(Base):
             "ix_artifact_jobs_claim",
             "created_at",
             "job_id",
-            sqlite_where=text(NOT_FINISHED_SQL),
-            postgresql_where=text(NOT_FINISHED_SQL),
+            sqlite_where=NOT_FINISHED_JOBS,
+            postgresql_where=NOT_FINISHED_JOBS,
         ),
         Index("ix_artifact_jobs_sha256", "sha256"),
         # job status --window-s: jobs created since, by state (covering).
@@ -108,15 +113,15 @@ class ArtifactJob(Base):
             "attempts",
             "max_attempts",
             "created_at",
-            sqlite_where=text(FAILED_SQL),
-            postgresql_where=text(FAILED_SQL),
+            sqlite_where=FAILED_JOBS,
+            postgresql_where=FAILED_JOBS,
         ),
         Index(
             "uq_artifact_jobs_stored_content",
             "sha256",
             unique=True,
-            sqlite_where=text(STORED_CONTENT_SQL),
-            postgresql_where=text(STORED_CONTENT_SQL),
+            sqlite_where=STORED_CONTENT,
+            postgresql_where=STORED_CONTENT,
         ),
     )
 
@@ -155,16 +160,16 @@ class ArtifactOp(Base):
         Index(
             "ix_artifact_ops_in_progress",
             "started_at",
-            sqlite_where=text(IN_PROGRESS_SQL),
-            postgresql_where=text(IN_PROGRESS_SQL),
+            sqlite_where=IN_PROGRESS_OPS,
+            postgresql_where=IN_PROGRESS_OPS,
         ),
         # job stats: duration percentiles by kind, read off the index in order.
         Index(
             "ix_artifact_ops_kind_duration",
             "op_type",
             "duration_s",
-            sqlite_where=text(TIMED_SQL),
-            postgresql_where=text(TIMED_SQL),
+            sqlite_where=TIMED_OPS,
+            postgresql_where=TIMED_OPS,
         ),
         # job stats: steps that ran more than once (retries and takeovers).
         Index(
@@ -172,16 +177,16 @@ class ArtifactOp(Base):
             "op_type",
             "job_id",
             "attempt",
-            sqlite_where=text(RETRIED_SQL),
-            postgresql_where=text(RETRIED_SQL),
+            sqlite_where=RETRIED_OPS,
+            postgresql_where=RETRIED_OPS,
         ),
         # job stats / metrics: ops given up on, and failed runs by kind.
         Index(
             "ix_artifact_ops_unhealthy",
             "op_type",
             "status",
-            sqlite_where=text(UNHEALTHY_SQL),
-            postgresql_where=text(UNHEALTHY_SQL),
+            sqlite_where=UNHEALTHY_OPS,
+            postgresql_where=UNHEALTHY_OPS,
         ),
         CheckConstraint(
             "status IN ({})".format(", ".join(f"'{status}'" for status in OP_STATUSES)),

@@ -1,9 +1,10 @@
 """Read-only questions an operator asks of the ledger, each answered from an index.
 
-``ReportRepository`` is the SQL behind ``docstokg job status|leases|stats``
-and the Prometheus metrics.  Every query is written so that it walks an index
-(see revision 0005): a ledger of a million jobs and five million ops answers
-in well under a second.  Like every repository it returns plain values and
+``ReportRepository`` answers ``docstokg job status|leases|stats`` and the
+Prometheus metrics with the named statements of the reports section of
+:mod:`docstokg.ledger.statements`, each written so that it walks an index (see
+revision 0005): a ledger of a million jobs and five million ops answers in
+well under a second.  Like every repository it returns plain values and
 records, never ORM objects, and never commits.
 """
 
@@ -13,33 +14,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Connection, and_, case, func, select, text
+from sqlalchemy import Connection
 
-from docstokg.ledger.models import (
-    FAILED_SQL,
-    OP_ABANDONED,
-    OP_FAILED,
-    RETRIED_SQL,
-    TIMED_SQL,
-    UNHEALTHY_SQL,
-    jobs_table,
-    ops_table,
-)
-from docstokg.states import SUCCESS_STATES, JobState
-
-jobs = jobs_table.c
-ops = ops_table.c
-_SUCCESS_VALUES = sorted(state.value for state in SUCCESS_STATES)
-_EXHAUSTED_SQL = "attempts >= max_attempts"
-_LEASE_COLUMNS = (
-    jobs.job_id,
-    jobs.lease_owner,
-    jobs.state,
-    jobs.lease_until,
-    jobs.lease_epoch,
-    jobs.work_id,
-    jobs.artifact_id,
-)
+from docstokg.ledger import statements as sql
+from docstokg.states import JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,75 +59,41 @@ class ReportRepository:
 
     def state_counts(self, *, created_since: float | None = None) -> dict[JobState, int]:
         """Jobs per state (every state present), optionally only those created since."""
-        query = select(jobs.state, func.count()).group_by(jobs.state)
-        if created_since is not None:
-            # Grouped by an expression, not the column: otherwise SQLite walks
-            # the whole (state, ...) index to avoid a sort, reading every row's
-            # created_at, instead of the few index entries created since.
-            state = (jobs.state + "").label("state")
-            query = (
-                select(state, func.count()).where(jobs.created_at >= created_since).group_by(state)
-            )
+        if created_since is None:
+            rows = sql.JOBS_PER_STATE.rows(self._connection)
+        else:
+            rows = sql.JOBS_PER_STATE_CREATED_SINCE.rows(self._connection, {"since": created_since})
         counts = dict.fromkeys(JobState, 0)
-        for state, count in self._connection.execute(query):
-            counts[JobState(state)] = count
+        for state, count in rows:
+            counts[JobState(state)] = int(count)
         return counts
 
     def exhausted_count(self, *, created_since: float | None = None) -> int:
         """FAILED jobs with no attempt left (the others will be retried)."""
-        sql = f"SELECT count(*) FROM {self._failed_jobs} WHERE {FAILED_SQL} AND {_EXHAUSTED_SQL}"
-        params = {}
-        if created_since is not None:
-            sql += " AND created_at >= :since"
-            params["since"] = created_since
-        return int(self._connection.execute(text(sql), params).scalar_one())
-
-    @property
-    def _failed_jobs(self) -> str:
-        """FROM for questions about FAILED jobs, read off the partial index ix_artifact_jobs_failed.
-
-        Without the hint SQLite prefers the (state, updated_at) index, whose
-        "state = ?" looks selective to a planner without statistics, and then
-        reads every FAILED row from the table: seconds on a cold million-job
-        file, against milliseconds from the small covering index.  The SQL is
-        spelled out because SQLAlchemy renders no index hints for SQLite.
-        """
-        if self._dialect == "sqlite":
-            return "artifact_jobs INDEXED BY ix_artifact_jobs_failed"
-        return "artifact_jobs"
+        if created_since is None:
+            return int(sql.EXHAUSTED_COUNT.scalar(self._connection))
+        return int(
+            sql.EXHAUSTED_COUNT_CREATED_SINCE.scalar(self._connection, {"since": created_since})
+        )
 
     def leases(self, *, limit: int) -> tuple[int, list[LeaseRow]]:
         """How many jobs carry a lease, and the first ``limit`` of them, soonest expiry first."""
-        held = jobs.lease_until.is_not(None)
-        total = int(self._connection.execute(select(func.count()).where(held)).scalar_one())
-        rows = self._connection.execute(
-            select(*_LEASE_COLUMNS).where(held).order_by(jobs.lease_until, jobs.job_id).limit(limit)
-        )
+        total = int(sql.LEASE_COUNT.scalar(self._connection))
+        rows = sql.LEASES.rows(self._connection, {"b_limit": limit})
         return total, [
             LeaseRow(job_id, owner, JobState(state), float(until), epoch, work_id, artifact_id)
             for job_id, owner, state, until, epoch, work_id, artifact_id in rows
         ]
 
     def live_lease_count(self, *, now: float) -> int:
-        return int(
-            self._connection.execute(
-                select(func.count()).where(jobs.lease_until >= now)
-            ).scalar_one()
-        )
+        return int(sql.LIVE_LEASE_COUNT.scalar(self._connection, {"now": now}))
 
     def expired_lease_count(self, *, now: float) -> int:
-        return int(
-            self._connection.execute(
-                select(func.count()).where(jobs.lease_until < now)
-            ).scalar_one()
-        )
+        return int(sql.EXPIRED_LEASE_COUNT.scalar(self._connection, {"now": now}))
 
     def finished_since(self, since: float) -> int:
         """Jobs that ended in a success state at or after ``since`` (by their last update)."""
-        query = select(func.count()).where(
-            jobs.state.in_(_SUCCESS_VALUES), jobs.updated_at >= since
-        )
-        return int(self._connection.execute(query).scalar_one())
+        return int(sql.FINISHED_SINCE.scalar(self._connection, {"since": since}))
 
     def retries(self) -> tuple[int, int]:
         """(jobs with a step that ran more than once, the extra runs in all).
@@ -158,32 +102,17 @@ class ReportRepository:
         again: a retry after a failure, or a takeover after a crash.  A
         permanent failure (which uses up a job's budget at once) is no retry.
         """
-        retried = text(RETRIED_SQL)  # literal: the partial index ix_artifact_ops_retried
-        row = self._connection.execute(
-            select(
-                func.count(func.distinct(ops.job_id)),
-                func.coalesce(func.sum(ops.attempt - 1), 0),
-            ).where(retried)
-        ).one()
+        row = sql.RETRIES.first(self._connection)
+        assert row is not None  # an aggregate always has its row
         return int(row[0]), int(row[1])
 
     def failure_groups(self) -> list[FailureGroup]:
         """FAILED jobs grouped by their last error (and whether they are out of attempts)."""
-        rows = self._connection.execute(
-            text(
-                f"SELECT last_error, {_EXHAUSTED_SQL}, count(*) FROM {self._failed_jobs} "
-                f"WHERE {FAILED_SQL} GROUP BY last_error, {_EXHAUSTED_SQL}"
-            )
-        )
-        return [FailureGroup(error, bool(out), count) for error, out, count in rows]
+        rows = sql.FAILURE_GROUPS.rows(self._connection)
+        return [FailureGroup(error, bool(out), int(count)) for error, out, count in rows]
 
     def abandoned_ops(self) -> int:
-        query = (
-            select(func.count())
-            .select_from(ops_table)
-            .where(text(UNHEALTHY_SQL), ops.status == OP_ABANDONED)
-        )
-        return int(self._connection.execute(query).scalar_one())
+        return int(sql.ABANDONED_OPS.scalar(self._connection))
 
     def step_failures(self) -> dict[str, int]:
         """Per op kind, how many of its runs did not succeed: a count that only grows.
@@ -194,75 +123,35 @@ class ReportRepository:
         grows by one, so the sum never falls (``job vacuum`` resets it).
         """
         failures: dict[str, int] = {}
-        now_failed = self._connection.execute(
-            select(ops.op_type, func.count())
-            .where(text(UNHEALTHY_SQL), ops.status == OP_FAILED)
-            .group_by(ops.op_type)
-        )
-        for kind, count in now_failed:
-            failures[kind] = failures.get(kind, 0) + int(count)
-        reruns = self._connection.execute(
-            select(ops.op_type, func.sum(ops.attempt - 1))
-            .where(text(RETRIED_SQL))
-            .group_by(ops.op_type)
-        )
-        for kind, count in reruns:
-            failures[kind] = failures.get(kind, 0) + int(count or 0)
+        for statement in (sql.FAILED_OPS_PER_KIND, sql.RERUNS_PER_KIND):
+            for kind, count in statement.rows(self._connection):
+                failures[kind] = failures.get(kind, 0) + int(count or 0)
         return failures
 
     def op_kinds(self) -> list[str]:
-        """The op kinds with finished runs, by skipping along the duration index.
-
-        A recursive query asks the index for the next kind after the last one:
-        one probe per kind instead of a scan of every op.
-        """
-        timed = text(TIMED_SQL)
-        first = (
-            select(func.min(ops.op_type).label("kind")).where(timed).cte("kinds", recursive=True)
-        )
-        following = (
-            select(ops.op_type)
-            .where(timed, ops.op_type > first.c.kind)
-            .order_by(ops.op_type)
-            .limit(1)
-            .scalar_subquery()
-        )
-        kinds = first.union_all(select(following).where(first.c.kind.is_not(None)))
-        rows = self._connection.execute(select(kinds.c.kind).where(kinds.c.kind.is_not(None)))
-        return [kind for (kind,) in rows]
+        """The op kinds with finished runs (one index probe per kind)."""
+        return sql.OP_KINDS.column(self._connection)
 
     def durations(self) -> list[DurationSummary]:
         """p50 and p95 of each op kind's durations, read at their ranks in the index."""
         summaries = []
-        timed = text(TIMED_SQL)
         for kind in self.op_kinds():
-            of_kind = and_(timed, ops.op_type == kind)
-            count = int(
-                self._connection.execute(
-                    select(func.count()).select_from(ops_table).where(of_kind)
-                ).scalar_one()
-            )
+            count = int(sql.TIMED_COUNT_OF_KIND.scalar(self._connection, {"b_kind": kind}))
             if count == 0:
                 continue
             summaries.append(
                 DurationSummary(
                     kind,
                     count,
-                    self._duration_at_rank(of_kind, _rank(count, 0.50)),
-                    self._duration_at_rank(of_kind, _rank(count, 0.95)),
+                    self._duration_at_rank(kind, _rank(count, 0.50)),
+                    self._duration_at_rank(kind, _rank(count, 0.95)),
                 )
             )
         return summaries
 
-    def _duration_at_rank(self, of_kind: ColumnElement[bool], rank: int) -> float:
-        value = self._connection.execute(
-            select(ops.duration_s)
-            .where(of_kind)
-            .order_by(ops.op_type, ops.duration_s)
-            .limit(1)
-            .offset(rank)
-        ).scalar_one()
-        return float(value)
+    def _duration_at_rank(self, kind: str, rank: int) -> float:
+        params = {"b_kind": kind, "b_rank": rank}
+        return float(sql.DURATION_AT_RANK.scalar(self._connection, params))
 
     def duration_histogram(
         self, bounds: Sequence[float]
@@ -271,13 +160,8 @@ class ReportRepository:
 
         One pass over the duration index, for Prometheus histograms.
         """
-        timed = text(TIMED_SQL)
-        columns = [func.sum(case((ops.duration_s <= bound, 1), else_=0)) for bound in bounds]
-        rows = self._connection.execute(
-            select(ops.op_type, func.count(), func.sum(ops.duration_s), *columns)
-            .where(timed)
-            .group_by(ops.op_type)
-        )
+        params = {f"bound_{n}": float(bound) for n, bound in enumerate(bounds)}
+        rows = sql.duration_histogram(len(bounds)).rows(self._connection, params)
         return {
             kind: ([int(value or 0) for value in buckets], int(count), float(total or 0.0))
             for kind, count, total, *buckets in rows
@@ -286,10 +170,9 @@ class ReportRepository:
     def database_bytes(self) -> int:
         """The ledger's size on disk (SQLite: its pages; PostgreSQL: the database)."""
         if self._dialect == "postgresql":
-            query = select(func.pg_database_size(func.current_database()))
-            return int(self._connection.execute(query).scalar_one())
-        page_count = self._connection.exec_driver_sql("PRAGMA page_count").scalar_one()
-        page_size = self._connection.exec_driver_sql("PRAGMA page_size").scalar_one()
+            return int(sql.POSTGRESQL_DATABASE_BYTES.scalar(self._connection))
+        page_count = sql.SQLITE_PAGE_COUNT.scalar(self._connection)
+        page_size = sql.SQLITE_PAGE_SIZE.scalar(self._connection)
         return int(page_count) * int(page_size)
 
 

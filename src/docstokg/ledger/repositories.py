@@ -1,11 +1,12 @@
 """Repositories: the only code that runs SQL.
 
 Repositories add and query; they never commit (the unit of work owns the
-transaction).  They execute the prebuilt Core statements of
-:mod:`docstokg.ledger.statements` on the unit of work's connection: a call
-costs one round trip and no ORM bookkeeping, and every result leaves as an
-immutable record.  Writes made on behalf of a lease holder are fenced: they
-name the holder's (job_id, owner, epoch) and report whether they took effect.
+transaction).  They build no SQL: they call the named statements of
+:mod:`docstokg.ledger.statements` on the unit of work's connection, through
+the one executor (:mod:`docstokg.ledger.prepared`): a call costs one round
+trip and no ORM bookkeeping, and every result leaves as an immutable record.
+Writes made on behalf of a lease holder are fenced: they name the holder's
+(job_id, owner, epoch) and report whether they took effect.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection
 
 from docstokg.errors import JobNotFound, LedgerError
 from docstokg.iterables import batched
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import statements as sql
-from docstokg.ledger.models import OP_FAILED, OP_IN_PROGRESS, OP_SUCCEEDED, jobs_table, ops_table
+from docstokg.ledger.models import OP_FAILED, OP_IN_PROGRESS, OP_SUCCEEDED
 from docstokg.ledger.records import (
     JobRecord,
     JobSpec,
@@ -78,8 +79,6 @@ class JobRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._dialect = connection.dialect.name
-        self._plan_one = sql.PLAN_ONE[self._dialect]
-        self._claim = sql.CLAIM[self._dialect]
 
     # --- reading --------------------------------------------------------------------
 
@@ -88,9 +87,7 @@ class JobRepository:
         return None if row is None else _job(row)
 
     def get_by_key(self, idempotency_key: str) -> JobRecord | None:
-        row = self._connection.execute(
-            select(*sql.JOB_COLUMNS).where(jobs_table.c.idempotency_key == idempotency_key)
-        ).first()
+        row = sql.GET_JOB_BY_KEY.first(self._connection, {"b_key": idempotency_key})
         return None if row is None else _job(row)
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
@@ -98,13 +95,13 @@ class JobRepository:
         return [
             _job(row)
             for batch in batched(job_ids, ID_BATCH_SIZE)
-            for row in self._connection.execute(sql.JOBS_BY_ID, {"job_ids": batch})
+            for row in sql.JOBS_BY_ID.rows(self._connection, {"job_ids": batch})
         ]
 
     def count_unfinished(self, job_ids: Iterable[str]) -> int:
         """How many of ``job_ids`` have not ended (a success, or FAILED with no attempt left)."""
         return sum(
-            self._connection.execute(sql.COUNT_UNFINISHED, {"job_ids": batch}).scalar_one()
+            int(sql.COUNT_UNFINISHED.scalar(self._connection, {"job_ids": batch}))
             for batch in batched(job_ids, ID_BATCH_SIZE)
         )
 
@@ -116,25 +113,16 @@ class JobRepository:
     def count_by_state(self) -> dict[JobState, int]:
         """Jobs per state, with every state present (zero where none)."""
         counts = dict.fromkeys(JobState, 0)
-        rows = self._connection.execute(
-            select(jobs_table.c.state, func.count()).group_by(jobs_table.c.state)
-        )
-        for state, count in rows:
-            counts[JobState(state)] = count
+        for state, count in sql.JOBS_PER_STATE.rows(self._connection):
+            counts[JobState(state)] = int(count)
         return counts
 
     def list_by_state(
         self, state: JobState, *, limit: int = 100, offset: int = 0
     ) -> list[JobRecord]:
         """Jobs in ``state``, oldest first."""
-        rows = self._connection.execute(
-            select(*sql.JOB_COLUMNS)
-            .where(jobs_table.c.state == state.value)
-            .order_by(jobs_table.c.created_at, jobs_table.c.job_id)
-            .limit(limit)
-            .offset(offset)
-        )
-        return [_job(row) for row in rows]
+        params = {"b_state": state.value, "b_limit": limit, "b_offset": offset}
+        return [_job(row) for row in sql.JOBS_IN_STATE.rows(self._connection, params)]
 
     # --- planning -------------------------------------------------------------------
 
@@ -146,18 +134,16 @@ class JobRepository:
         Exactly one row per triple however many processes race: the database's
         unique constraint decides, and the loser reads the winner's job_id.
         """
-        inserted = self._connection.execute(
-            self._plan_one, _plan_params(spec, now, max_attempts)
-        ).first()
+        inserted = sql.PLAN_ONE.first(self._connection, _plan_params(spec, now, max_attempts))
         if inserted is not None:
-            return PlannedJob(job_id=inserted.job_id, created=True)
+            return PlannedJob(job_id=inserted[0], created=True)
         # Looked up by the triple, not the key: a database adopted from v3 may
         # hold keys that an older key format computed.
-        existing = self._connection.execute(
-            sql.FIND_BY_TRIPLE,
+        existing = sql.FIND_BY_TRIPLE.scalar(
+            self._connection,
             {"work_id": spec.work_id, "artifact_id": spec.artifact_id,
              "canonical_url": spec.canonical_url},
-        ).scalar_one_or_none()  # fmt: skip
+        )  # fmt: skip
         if existing is None:
             key = job_key(spec.work_id, spec.artifact_id, spec.canonical_url)
             raise LedgerError(
@@ -191,14 +177,14 @@ class JobRepository:
     def _plan_batch_sqlite(self, rows: list[dict[str, object]]) -> int:
         # One prepared statement run by the driver's executemany loop; SQLite
         # counts the rows it really inserted, conflicts excluded.
-        return self._connection.execute(sql.SQLITE_PLAN_MANY, rows).rowcount
+        return sql.SQLITE_PLAN_MANY.many(self._connection, rows)
 
     def _plan_batch_postgresql(self, rows: list[dict[str, object]]) -> int:
         # One statement per batch: the columns travel as arrays and unnest()
         # turns them back into rows, an order of magnitude fewer round trips
         # than a row-by-row executemany.
         arrays = {f"{name}_values": [row[name] for row in rows] for name in sql.PLAN_COLUMNS}
-        return len(self._connection.execute(sql.POSTGRESQL_PLAN_MANY, arrays).all())
+        return len(sql.POSTGRESQL_PLAN_MANY.rows(self._connection, arrays))
 
     # --- leases ---------------------------------------------------------------------
 
@@ -210,7 +196,7 @@ class JobRepository:
         is tried (each such job is claimable once: the loop ends).
         """
         params = {"owner": owner, "ttl_s": ttl_s, "now": now}
-        while (row := self._claim.first(self._connection, params)) is not None:
+        while (row := sql.CLAIM.first(self._connection, params)) is not None:
             if row[1] is not None:  # granted, not given up
                 break
         if row is None:
@@ -269,12 +255,12 @@ class JobRepository:
         now: float,
     ) -> tuple[int, int] | None:
         """FAILED, lease ended; returns (attempts, max_attempts), or None if fenced out."""
-        row = self._connection.execute(
-            sql.FAIL,
+        row = sql.FAIL.first(
+            self._connection,
             {**_fence(lease, now), "b_error": error, "exhaust": exhaust,
              "b_next_attempt_at": next_attempt_at},
-        ).first()  # fmt: skip
-        return None if row is None else (row.attempts, row.max_attempts)
+        )  # fmt: skip
+        return None if row is None else (int(row[0]), int(row[1]))
 
     def record_result(
         self,
@@ -293,35 +279,34 @@ class JobRepository:
     # --- maintenance ----------------------------------------------------------------
 
     def expire_stale_leases(self, *, now: float) -> int:
-        return len(self._connection.execute(sql.EXPIRE_STALE_LEASES, {"now": now}).all())
+        return len(sql.EXPIRE_STALE_LEASES.rows(self._connection, {"now": now}))
 
     def live_leases(self, job_ids: Collection[str], *, now: float) -> set[str]:
         """Those of ``job_ids`` that hold an unexpired lease."""
         if not job_ids:
             return set()
-        rows = self._connection.execute(sql.LIVE_LEASES, {"job_ids": list(job_ids), "now": now})
-        return {job_id for (job_id,) in rows}
+        params = {"job_ids": list(job_ids), "now": now}
+        return set(sql.LIVE_LEASES.column(self._connection, params))
 
     def finalized_files(self, *, now: float) -> list[tuple[str, str]]:
         """(job_id, final_path) of FINALIZED/INDEXED jobs that no live lease holds."""
-        rows = self._connection.execute(sql.FINALIZED_FILES, {"now": now})
+        rows = sql.FINALIZED_FILES.rows(self._connection, {"now": now})
         return [(job_id, final_path) for job_id, final_path in rows]
 
     def refill_attempts(self, job_ids: Collection[str] | None, *, now: float) -> list[str]:
         """Give exhausted FAILED jobs (those of ``job_ids``, or all) a fresh attempt budget."""
         if job_ids is None:
-            rows = self._connection.execute(sql.REFILL_ALL_EXHAUSTED, {"now": now})
-            return [job_id for (job_id,) in rows]
+            return sql.REFILL_ALL_EXHAUSTED.column(self._connection, {"now": now})
         return [
             job_id
             for batch in batched(job_ids, ID_BATCH_SIZE)
-            for (job_id,) in self._connection.execute(
-                sql.REFILL_EXHAUSTED, {"job_ids": batch, "now": now}
+            for job_id in sql.REFILL_EXHAUSTED.column(
+                self._connection, {"job_ids": batch, "now": now}
             )
         ]
 
     def count_expired_leases(self, *, now: float) -> int:
-        return len(self._connection.execute(sql.EXPIRED_LEASES, {"now": now}).all())
+        return len(sql.EXPIRED_LEASES.rows(self._connection, {"now": now}))
 
     def requeue(self, job_ids: Collection[str], *, error: str, now: float) -> list[str]:
         """Send jobs whose file was stored back to FAILED, so they are fetched again.
@@ -331,17 +316,15 @@ class JobRepository:
         """
         requeued: list[str] = []
         for batch in batched(job_ids, ID_BATCH_SIZE):
-            rows = self._connection.execute(
-                sql.REQUEUE, {"job_ids": batch, "b_error": error, "now": now}
-            )
-            requeued.extend(job_id for (job_id,) in rows)
+            params = {"job_ids": batch, "b_error": error, "now": now}
+            requeued.extend(sql.REQUEUE.column(self._connection, params))
         return requeued
 
     def set_expected_sha256(self, expected: Mapping[str, str | None], *, now: float) -> None:
         """Record the checksum each job's manifest row now names (None: none)."""
         if expected:
-            self._connection.execute(
-                sql.SET_EXPECTED_SHA256,
+            sql.SET_EXPECTED_SHA256.many(
+                self._connection,
                 [
                     {"b_job_id": job_id, "b_expected": sha, "now": now}
                     for job_id, sha in expected.items()
@@ -350,8 +333,7 @@ class JobRepository:
 
     def stored_files(self) -> list[StoredFile]:
         """Every ended job's file as recorded (DEDUPED and SKIPPED_DUPLICATE jobs)."""
-        rows = self._connection.execute(sql.STORED_FILES)
-        return [StoredFile(*row) for row in rows]
+        return [StoredFile(*row) for row in sql.STORED_FILES.rows(self._connection)]
 
 
 class MetaRepository:
@@ -359,15 +341,14 @@ class MetaRepository:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._put = sql.PUT_META_IF_ABSENT[connection.dialect.name]
 
     def get(self, key: str) -> str | None:
-        value: str | None = self._connection.execute(sql.GET_META, {"b_key": key}).scalar()
+        value: str | None = sql.GET_META.scalar(self._connection, {"b_key": key})
         return value
 
     def put_if_absent(self, key: str, value: str) -> str:
         """Record ``key`` unless it is set already; returns the value that holds."""
-        self._connection.execute(self._put, {"b_key": key, "b_value": value})
+        sql.PUT_META_IF_ABSENT.count(self._connection, {"b_key": key, "b_value": value})
         held = self.get(key)
         assert held is not None  # just written, or written before: the row is there
         return held
@@ -378,20 +359,19 @@ class OpRepository:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._start = sql.START_OP[connection.dialect.name]
 
     def add(self, *, op_key: str, job_id: str, op_type: str, now: float) -> bool:
         """Record that an op started (unfenced); False if ``op_key`` is already recorded.
 
         Raises :class:`JobNotFound` if there is no such job.
         """
-        inserted = self._connection.execute(
-            sql.ADD_OP[self._connection.dialect.name],
+        inserted = sql.ADD_OP.first(
+            self._connection,
             {"b_op_key": op_key, "b_job_id": job_id, "b_op_type": op_type, "b_started_at": now},
-        ).first()
+        )
         if inserted is not None:
             return True
-        if self._connection.execute(sql.JOB_EXISTS, {"b_job_id": job_id}).first() is None:
+        if sql.JOB_EXISTS.first(self._connection, {"b_job_id": job_id}) is None:
             raise JobNotFound(job_id)
         return False
 
@@ -401,27 +381,15 @@ class OpRepository:
 
     def finish(self, op_key: str, *, result_code: str, result_json: str | None, now: float) -> bool:
         """Record an op's result once (unfenced); False if it is unknown or already finished."""
-        finished = self._connection.execute(
-            update(ops_table)
-            .where(ops_table.c.op_key == op_key, ops_table.c.finished_at.is_(None))
-            .values(
-                finished_at=now,
-                duration_s=now - ops_table.c.started_at,
-                result_code=result_code,
-                result_json=result_json,
-                status=OP_SUCCEEDED if result_code == "OK" else OP_FAILED,
-            )
-            .returning(ops_table.c.op_key)
-        ).first()
-        return finished is not None
+        params = {
+            "b_op_key": op_key, "now": now, "b_result_code": result_code,
+            "b_result_json": result_json,
+            "b_status": OP_SUCCEEDED if result_code == "OK" else OP_FAILED,
+        }  # fmt: skip
+        return sql.FINISH_OP.count(self._connection, params) == 1
 
     def list_for_job(self, job_id: str) -> Sequence[OpRecord]:
-        rows = self._connection.execute(
-            select(*sql.OP_COLUMNS)
-            .where(ops_table.c.job_id == job_id)
-            .order_by(ops_table.c.started_at, ops_table.c.op_key)
-        )
-        return [_op(row) for row in rows]
+        return [_op(row) for row in sql.OPS_OF_JOB.rows(self._connection, {"b_job_id": job_id})]
 
     # --- fenced effect bookkeeping ------------------------------------------------------
 
@@ -434,7 +402,7 @@ class OpRepository:
         tells which apart.
         """
         params = {**_fence(lease, now), "b_op_key": op_key, "b_op_type": op_type}
-        if self._start.count(self._connection, params) == 1:
+        if sql.START_OP.count(self._connection, params) == 1:
             return True
         return sql.RESTART_OP.count(self._connection, params) == 1
 
@@ -446,8 +414,8 @@ class OpRepository:
         inserted SUCCEEDED: fenced by its own lease.  False if any did not (a
         lease not current, an op to start or insert that exists, an op to
         finish that is not running under that lease, one op named twice); the
-        others may have taken, so the caller rolls back, then goes op by op
-        with the calls that tell those cases apart.
+        others may have taken, so the caller rolls back, reads the job and its
+        ops, and plans the turn again from what they say.
         """
         if not writes:
             return True
@@ -463,7 +431,7 @@ class OpRepository:
                 write.lease.job_id, write.lease.owner, write.lease.epoch,
             )  # fmt: skip
             params.update(zip(sql.proposed_names(n), row, strict=True))
-        statement = sql.record_ops(self._connection.dialect.name, len(writes))
+        statement = sql.record_ops(len(writes))
         return statement.count(self._connection, params) == len(writes)
 
     def succeed(self, lease: Lease, *, op_key: str, result_json: str, now: float) -> bool:
@@ -480,28 +448,24 @@ class OpRepository:
         return sql.REOPEN_OP.count(self._connection, params) == 1
 
     def succeeded_result(self, op_key: str) -> str | None:
-        result: str | None = self._connection.execute(
-            sql.SUCCEEDED_RESULT, {"b_op_key": op_key}
-        ).scalar_one_or_none()
+        result: str | None = sql.SUCCEEDED_RESULT.scalar(self._connection, {"b_op_key": op_key})
         return result
 
     def abandon_stale(self, *, now: float, threshold_s: float, error: str) -> int:
         params = {"now": now, "threshold_s": threshold_s, "b_error": error}
-        return len(self._connection.execute(sql.ABANDON_STALE_OPS, params).all())
+        return len(sql.ABANDON_STALE_OPS.rows(self._connection, params))
 
     def count_stale(self, *, now: float, threshold_s: float) -> int:
         """How many IN_PROGRESS ops :meth:`abandon_stale` would mark (for a dry run)."""
         params = {"now": now, "threshold_s": threshold_s}
-        return int(self._connection.execute(sql.COUNT_STALE_OPS, params).scalar_one())
+        return int(sql.COUNT_STALE_OPS.scalar(self._connection, params))
 
     def delete_for_jobs_ended_before(self, cutoff: float) -> int:
         """Delete the op rows of jobs that ended before ``cutoff``; returns how many."""
-        return int(
-            self._connection.execute(sql.DELETE_OPS_OF_ENDED_JOBS, {"cutoff": cutoff}).rowcount
-        )
+        return sql.DELETE_OPS_OF_ENDED_JOBS.count(self._connection, {"cutoff": cutoff})
 
     def abandon_for_jobs(self, job_ids: Collection[str], *, error: str) -> int:
         if not job_ids:
             return 0
         params = {"job_ids": list(job_ids), "b_error": error}
-        return len(self._connection.execute(sql.ABANDON_OPS_OF_JOBS, params).all())
+        return len(sql.ABANDON_OPS_OF_JOBS.rows(self._connection, params))

@@ -1,8 +1,16 @@
-"""The SQL statements of the ledger, built once at import.
+"""The ledger's SQL: every statement it runs, named, built once at import, grouped by table.
 
-SQLAlchemy compiles each of them once per dialect and caches the result, so a
-repository call costs binding parameters and one round trip.  Statements that
-differ between SQLite and PostgreSQL come in a dict keyed by dialect name.
+Repositories and reports only call these; none builds SQL of its own.  Each
+is a :class:`~docstokg.ledger.prepared.Prepared` (a Core statement, or one per
+dialect where SQLite and PostgreSQL differ), run by the one executor of
+:mod:`docstokg.ledger.prepared`: compiled once per dialect, then a call costs
+binding parameters and one round trip.
+
+Sections: what every table's statements share (columns, the lease fence),
+then ``_meta``, ``artifact_jobs``, ``artifact_ops``, the operators' reports
+(read-only, over both tables) and the database itself.  The predicates of the
+partial indexes are the very objects :mod:`docstokg.ledger.models` declares
+the indexes with, so a query that must walk an index says so in its WHERE.
 
 Every write a lease holder makes carries :data:`LEASE_IS_CURRENT`: the job
 must still name the holder (owner and epoch) and the lease must not have
@@ -12,6 +20,7 @@ the holder still owns the job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from functools import cache
 from typing import Any
@@ -20,14 +29,18 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Double,
+    Executable,
     Float,
     Integer,
+    Table,
+    TableClause,
     Text,
     TextClause,
     and_,
     bindparam,
     case,
     cast,
+    column,
     delete,
     exists,
     func,
@@ -39,14 +52,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from docstokg.ledger.models import (
-    IN_PROGRESS_SQL,
-    NOT_FINISHED_SQL,
+    FAILED_JOBS,
+    IN_PROGRESS_OPS,
+    NOT_FINISHED_JOBS,
     OP_ABANDONED,
     OP_FAILED,
     OP_IN_PROGRESS,
     OP_SUCCEEDED,
+    RETRIED_OPS,
+    TIMED_OPS,
+    UNHEALTHY_OPS,
     jobs_table,
     meta_table,
     ops_table,
@@ -59,6 +79,14 @@ jobs = jobs_table.c
 ops = ops_table.c
 DIALECTS: dict[str, Any] = {"sqlite": sqlite, "postgresql": postgresql}
 
+
+def per_dialect(build: Callable[[Any], Executable]) -> Prepared:
+    """One named statement whose Core form, ``build(dialect module)``, differs per dialect."""
+    return Prepared({name: build(dialect) for name, dialect in DIALECTS.items()})
+
+
+# === shared by the tables' statements =====================================================
+
 # Selected in the records' field order, so a row maps onto a record positionally.
 JOB_COLUMNS = tuple(jobs[field.name] for field in fields(JobRecord))
 OP_COLUMNS = tuple(ops[field.name] for field in fields(OpRecord))
@@ -68,28 +96,68 @@ PLAN_COLUMNS = (
     "expected_sha256",
 )  # fmt: skip
 
-# --- facts about the ledger (_meta) ----------------------------------------------------
+LEASE_IS_CURRENT: ColumnElement[bool] = and_(
+    jobs.job_id == bindparam("b_job_id"),
+    jobs.lease_owner == bindparam("owner"),
+    jobs.lease_epoch == bindparam("epoch"),
+    jobs.lease_until >= bindparam("now"),
+)
+# The ledger's clock, bound by every statement that reads or writes a time.
+_now = bindparam("now", type_=jobs.updated_at.type)
+_op_epoch = bindparam("epoch", type_=Integer)
 
-GET_META = select(meta_table.c.value).where(meta_table.c.key == bindparam("b_key"))
+# === _meta: facts about the ledger ========================================================
+
+GET_META = Prepared(select(meta_table.c.value).where(meta_table.c.key == bindparam("b_key")))
 # The first writer of a fact wins; a racing second one reads the first's value.
-PUT_META_IF_ABSENT = {
-    name: dialect.insert(meta_table)
-    .values(key=bindparam("b_key"), value=bindparam("b_value"))
-    .on_conflict_do_nothing(index_elements=["key"])
-    for name, dialect in DIALECTS.items()
-}
+PUT_META_IF_ABSENT = per_dialect(
+    lambda dialect: (
+        dialect.insert(meta_table)
+        .values(key=bindparam("b_key"), value=bindparam("b_value"))
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+)
 
-# --- planning -------------------------------------------------------------------------
+# === artifact_jobs ========================================================================
 
+# --- reading ------------------------------------------------------------------------------
+
+GET_JOB = Prepared(select(*JOB_COLUMNS).where(jobs.job_id == bindparam("b_job_id")))
+GET_JOB_BY_KEY = Prepared(select(*JOB_COLUMNS).where(jobs.idempotency_key == bindparam("b_key")))
+JOBS_BY_ID = Prepared(
+    select(*JOB_COLUMNS).where(jobs.job_id.in_(bindparam("job_ids", expanding=True)))
+)
+JOBS_IN_STATE = Prepared(
+    select(*JOB_COLUMNS)
+    .where(jobs.state == bindparam("b_state"))
+    .order_by(jobs.created_at, jobs.job_id)
+    .limit(bindparam("b_limit", type_=Integer))
+    .offset(bindparam("b_offset", type_=Integer))
+)
+JOBS_PER_STATE = Prepared(select(jobs.state, func.count()).group_by(jobs.state))
+FIND_BY_TRIPLE = Prepared(
+    select(jobs.job_id).where(*(jobs[name] == bindparam(name) for name in JOB_TRIPLE))
+)
+JOB_EXISTS = Prepared(select(literal(1)).where(jobs.job_id == bindparam("b_job_id")))
+
+# --- planning -----------------------------------------------------------------------------
+
+_plan_values = {name: bindparam(name, type_=jobs[name].type) for name in PLAN_COLUMNS}
 # No conflict target: job_id, idempotency_key and the triple all identify the
 # same job, and two planners racing on it may collide on any of the three
 # first (PostgreSQL raises for a violation outside a named arbiter).  A
 # conflict that is not a repeat of the triple is caught by plan()'s lookup.
-PLAN_ONE = {
-    name: dialect.insert(jobs_table).on_conflict_do_nothing().returning(jobs.job_id)
-    for name, dialect in DIALECTS.items()
-}
-SQLITE_PLAN_MANY = sqlite.insert(jobs_table).on_conflict_do_nothing()
+PLAN_ONE = per_dialect(
+    lambda dialect: (
+        dialect.insert(jobs_table)
+        .values(_plan_values)
+        .on_conflict_do_nothing()
+        .returning(jobs.job_id)
+    )
+)
+# Run once per row by the driver's executemany loop.
+SQLITE_PLAN_MANY = Prepared(sqlite.insert(jobs_table).values(_plan_values).on_conflict_do_nothing())
+
 _unnested = (
     func.unnest(
         *(
@@ -100,50 +168,19 @@ _unnested = (
     .table_valued(*PLAN_COLUMNS)
     .render_derived()
 )
-POSTGRESQL_PLAN_MANY = (
+POSTGRESQL_PLAN_MANY = Prepared(
     postgresql.insert(jobs_table)
     .from_select(PLAN_COLUMNS, select(*(_unnested.c[name] for name in PLAN_COLUMNS)))
     .on_conflict_do_nothing()
     .returning(jobs.job_id)
 )
-FIND_BY_TRIPLE = select(jobs.job_id).where(*(jobs[name] == bindparam(name) for name in JOB_TRIPLE))
-JOB_EXISTS = select(literal(1)).where(jobs.job_id == bindparam("b_job_id"))
-# The op row is written only if its job exists: no foreign-key error to decode.
-ADD_OP = {
-    name: dialect.insert(ops_table)
-    .from_select(
-        ["op_key", "job_id", "op_type", "started_at"],
-        select(
-            bindparam("b_op_key", type_=Text),
-            jobs.job_id,
-            bindparam("b_op_type", type_=Text),
-            bindparam("b_started_at", type_=ops.started_at.type),
-        ).where(jobs.job_id == bindparam("b_job_id")),
-    )
-    .on_conflict_do_nothing(index_elements=["op_key"])
-    .returning(ops.op_key)
-    for name, dialect in DIALECTS.items()
-}
-GET_JOB = Prepared(select(*JOB_COLUMNS).where(jobs.job_id == bindparam("b_job_id")))
-GET_OP = Prepared(select(*OP_COLUMNS).where(ops.op_key == bindparam("b_op_key")))
-
-# PostgreSQL's own clock, so that workers on machines whose clocks drift agree
-# on when a lease expires.
-DATABASE_NOW = Prepared(select(func.extract("epoch", func.clock_timestamp())))
 
 # --- leases ---------------------------------------------------------------------------
 
-LEASE_IS_CURRENT: ColumnElement[bool] = and_(
-    jobs.job_id == bindparam("b_job_id"),
-    jobs.lease_owner == bindparam("owner"),
-    jobs.lease_epoch == bindparam("epoch"),
-    jobs.lease_until >= bindparam("now"),
-)
-_now = bindparam("now", type_=jobs.updated_at.type)
 _restart_states = tuple(state.value for state in RESTART_ON_GRANT)
 # The literal predicate lets the planner use the partial index ix_artifact_jobs_claim.
 _CLAIMABLE: ColumnElement[bool] = and_(
-    text(NOT_FINISHED_SQL),
+    NOT_FINISHED_JOBS,
     or_(jobs.lease_until.is_(None), jobs.lease_until < _now),
     or_(
         jobs.state != JobState.FAILED.value,
@@ -236,14 +273,14 @@ def _claim(name: str) -> Any:
     )
 
 
-CLAIM = {name: Prepared(_claim(name)) for name in DIALECTS}
+CLAIM = Prepared({name: _claim(name) for name in DIALECTS})
 RENEW = Prepared(
     update(jobs_table)
     .where(
         jobs.job_id == bindparam("b_job_id"),
         jobs.lease_owner == bindparam("owner"),
         jobs.lease_epoch == bindparam("epoch"),
-        text(NOT_FINISHED_SQL),
+        NOT_FINISHED_JOBS,
     )
     .values(lease_until=_now + bindparam("ttl_s", type_=jobs.lease_until.type))
     .returning(jobs.lease_until)
@@ -278,7 +315,7 @@ ADVANCE = Prepared(
         lease_until=case((bindparam("finishes", type_=Boolean), None), else_=jobs.lease_until),
     )
 )
-FAIL = (
+FAIL = Prepared(
     update(jobs_table)
     .where(LEASE_IS_CURRENT)
     .values(
@@ -321,13 +358,12 @@ STORED_COPY = Prepared(
     )
     .limit(1)
 )
-JOBS_BY_ID = select(*JOB_COLUMNS).where(jobs.job_id.in_(bindparam("job_ids", expanding=True)))
-COUNT_UNFINISHED = (
+COUNT_UNFINISHED = Prepared(
     select(func.count())
     .select_from(jobs_table)
-    .where(jobs.job_id.in_(bindparam("job_ids", expanding=True)), text(NOT_FINISHED_SQL))
+    .where(jobs.job_id.in_(bindparam("job_ids", expanding=True)), NOT_FINISHED_JOBS)
 )
-EXPIRE_STALE_LEASES = (
+EXPIRE_STALE_LEASES = Prepared(
     update(jobs_table)
     .where(jobs.lease_until < _now)
     .values(
@@ -341,14 +377,18 @@ EXPIRE_STALE_LEASES = (
     )
     .returning(jobs.job_id)
 )
-LIVE_LEASES = select(jobs.job_id).where(
-    jobs.job_id.in_(bindparam("job_ids", expanding=True)), jobs.lease_until >= _now
+LIVE_LEASES = Prepared(
+    select(jobs.job_id).where(
+        jobs.job_id.in_(bindparam("job_ids", expanding=True)), jobs.lease_until >= _now
+    )
 )
 NOT_LIVE: ColumnElement[bool] = or_(jobs.lease_until.is_(None), jobs.lease_until < _now)
-FINALIZED_FILES = select(jobs.job_id, jobs.final_path).where(
-    jobs.state.in_([JobState.FINALIZED.value, JobState.INDEXED.value]),
-    jobs.final_path.is_not(None),
-    NOT_LIVE,
+FINALIZED_FILES = Prepared(
+    select(jobs.job_id, jobs.final_path).where(
+        jobs.state.in_([JobState.FINALIZED.value, JobState.INDEXED.value]),
+        jobs.final_path.is_not(None),
+        NOT_LIVE,
+    )
 )
 # Jobs whose file is in the store, as the ledger records it: a run and `job
 # verify` hold the disk to these rows.
@@ -358,12 +398,12 @@ _HOLDS_A_FILE = (
     JobState.DEDUPED.value,
     JobState.SKIPPED_DUPLICATE.value,
 )
-STORED_FILES = (
+STORED_FILES = Prepared(
     select(jobs.job_id, jobs.state, jobs.sha256, jobs.final_path, jobs.size_bytes)
     .where(jobs.state.in_([JobState.DEDUPED.value, JobState.SKIPPED_DUPLICATE.value]))
     .order_by(jobs.job_id)
 )
-REQUEUE = (
+REQUEUE = Prepared(
     update(jobs_table)
     .where(
         jobs.job_id.in_(bindparam("job_ids", expanding=True)),
@@ -391,12 +431,76 @@ REQUEUE = (
     .returning(jobs.job_id)
 )
 
+EXPIRED_LEASES = Prepared(select(jobs.job_id).where(jobs.lease_until < _now))
+
+# --- operators' repairs -------------------------------------------------------------------
+
+_EXHAUSTED: tuple[ColumnElement[bool], ...] = (
+    jobs.state == JobState.FAILED.value,
+    jobs.attempts >= jobs.max_attempts,
+)
+# A fresh attempt budget: the job is claimable again at once (last_error is kept).
+_REFILL_VALUES = {"attempts": 0, "next_attempt_at": _now, "updated_at": _now}
+REFILL_ALL_EXHAUSTED = Prepared(
+    update(jobs_table).where(*_EXHAUSTED).values(**_REFILL_VALUES).returning(jobs.job_id)
+)
+# The manifest is the source of a job's expected checksum: a changed one replaces it.
+SET_EXPECTED_SHA256 = Prepared(
+    update(jobs_table)
+    .where(jobs.job_id == bindparam("b_job_id"))
+    .values(expected_sha256=bindparam("b_expected"), updated_at=_now)
+)
+REFILL_EXHAUSTED = Prepared(
+    update(jobs_table)
+    .where(jobs.job_id.in_(bindparam("job_ids", expanding=True)), *_EXHAUSTED)
+    .values(**_REFILL_VALUES)
+    .returning(jobs.job_id)
+)
+
+# === artifact_ops =========================================================================
+
+GET_OP = Prepared(select(*OP_COLUMNS).where(ops.op_key == bindparam("b_op_key")))
+OPS_OF_JOB = Prepared(
+    select(*OP_COLUMNS)
+    .where(ops.job_id == bindparam("b_job_id"))
+    .order_by(ops.started_at, ops.op_key)
+)
+
+# The op row is written only if its job exists: no foreign-key error to decode.
+ADD_OP = per_dialect(
+    lambda dialect: (
+        dialect.insert(ops_table)
+        .from_select(
+            ["op_key", "job_id", "op_type", "started_at"],
+            select(
+                bindparam("b_op_key", type_=Text),
+                jobs.job_id,
+                bindparam("b_op_type", type_=Text),
+                bindparam("b_started_at", type_=ops.started_at.type),
+            ).where(jobs.job_id == bindparam("b_job_id")),
+        )
+        .on_conflict_do_nothing(index_elements=["op_key"])
+        .returning(ops.op_key)
+    )
+)
+# An op's result, recorded once (unfenced): only an op not finished yet takes it.
+FINISH_OP = Prepared(
+    update(ops_table)
+    .where(ops.op_key == bindparam("b_op_key"), ops.finished_at.is_(None))
+    .values(
+        finished_at=_now,
+        duration_s=_now - ops.started_at,
+        result_code=bindparam("b_result_code"),
+        result_json=bindparam("b_result_json"),
+        status=bindparam("b_status"),
+    )
+)
+
 # --- effects ------------------------------------------------------------------------------
 
-_op_epoch = bindparam("epoch", type_=Integer)
 # Inserted only if the lease is current: one statement starts a new op.
-START_OP = {
-    name: Prepared(
+START_OP = per_dialect(
+    lambda dialect: (
         dialect.insert(ops_table)
         .from_select(
             ["op_key", "job_id", "op_type", "started_at", "status", "attempt", "lease_epoch"],
@@ -412,8 +516,7 @@ START_OP = {
         )
         .on_conflict_do_nothing(index_elements=["op_key"])
     )
-    for name, dialect in DIALECTS.items()
-}
+)
 # --- ops recorded together -----------------------------------------------------------
 #
 # The columns a proposed op row carries, in order.  Per row: the op, its
@@ -499,9 +602,9 @@ def _proposed(param: str, kind: Any) -> ColumnElement[Any]:
 
 
 @cache
-def record_ops(dialect_name: str, rows: int) -> Prepared:
+def record_ops(rows: int) -> Prepared:
     """The statement recording ``rows`` proposed op rows at once, built on first use."""
-    return Prepared(_record_ops(DIALECTS[dialect_name], rows))
+    return per_dialect(lambda dialect: _record_ops(dialect, rows))
 
 
 _job_lease_is_current = exists(select(jobs.job_id).where(LEASE_IS_CURRENT))
@@ -571,8 +674,8 @@ REOPEN_OP = Prepared(
     )
     .values(status=OP_ABANDONED, error=bindparam("b_error"))
 )
-SUCCEEDED_RESULT = select(ops.result_json).where(
-    ops.op_key == bindparam("b_op_key"), ops.status == OP_SUCCEEDED
+SUCCEEDED_RESULT = Prepared(
+    select(ops.result_json).where(ops.op_key == bindparam("b_op_key"), ops.status == OP_SUCCEEDED)
 )
 _live_holder_of_op = exists(
     select(jobs.job_id).where(
@@ -580,48 +683,23 @@ _live_holder_of_op = exists(
     )
 )
 _STALE_OP: tuple[ColumnElement[bool] | TextClause, ...] = (
-    text(IN_PROGRESS_SQL),  # literal, for the partial index ix_artifact_ops_in_progress
+    IN_PROGRESS_OPS,  # the partial index ix_artifact_ops_in_progress
     ops.started_at <= _now - bindparam("threshold_s", type_=ops.started_at.type),
     ~_live_holder_of_op,
 )
-ABANDON_STALE_OPS = (
+ABANDON_STALE_OPS = Prepared(
     update(ops_table)
     .where(*_STALE_OP)
     .values(status=OP_ABANDONED, finished_at=_now, error=bindparam("b_error"))
     .returning(ops.op_key)
 )
-COUNT_STALE_OPS = select(func.count()).select_from(ops_table).where(*_STALE_OP)
-EXPIRED_LEASES = select(jobs.job_id).where(jobs.lease_until < _now)
-
-# --- operators' repairs -------------------------------------------------------------------
-
-_EXHAUSTED: tuple[ColumnElement[bool], ...] = (
-    jobs.state == JobState.FAILED.value,
-    jobs.attempts >= jobs.max_attempts,
-)
-# A fresh attempt budget: the job is claimable again at once (last_error is kept).
-_REFILL_VALUES = {"attempts": 0, "next_attempt_at": _now, "updated_at": _now}
-REFILL_ALL_EXHAUSTED = (
-    update(jobs_table).where(*_EXHAUSTED).values(**_REFILL_VALUES).returning(jobs.job_id)
-)
-# The manifest is the source of a job's expected checksum: a changed one replaces it.
-SET_EXPECTED_SHA256 = (
-    update(jobs_table)
-    .where(jobs.job_id == bindparam("b_job_id"))
-    .values(expected_sha256=bindparam("b_expected"), updated_at=_now)
-)
-REFILL_EXHAUSTED = (
-    update(jobs_table)
-    .where(jobs.job_id.in_(bindparam("job_ids", expanding=True)), *_EXHAUSTED)
-    .values(**_REFILL_VALUES)
-    .returning(jobs.job_id)
-)
+COUNT_STALE_OPS = Prepared(select(func.count()).select_from(ops_table).where(*_STALE_OP))
 _ended_before = select(jobs.job_id).where(
     or_(jobs.state.in_(sorted(s.value for s in SUCCESS_STATES)), and_(*_EXHAUSTED)),
     jobs.updated_at < bindparam("cutoff", type_=jobs.updated_at.type),
 )
-DELETE_OPS_OF_ENDED_JOBS = delete(ops_table).where(ops.job_id.in_(_ended_before))
-ABANDON_OPS_OF_JOBS = (
+DELETE_OPS_OF_ENDED_JOBS = Prepared(delete(ops_table).where(ops.job_id.in_(_ended_before)))
+ABANDON_OPS_OF_JOBS = Prepared(
     update(ops_table)
     .where(
         ops.job_id.in_(bindparam("job_ids", expanding=True)),
@@ -630,3 +708,172 @@ ABANDON_OPS_OF_JOBS = (
     .values(status=OP_ABANDONED, error=bindparam("b_error"))
     .returning(ops.op_key)
 )
+
+# === reports: operators' questions, read-only, each answered from an index ===============
+
+
+class IndexedBy(TableClause):
+    """A table read through one named index: ``FROM t INDEXED BY ix`` on SQLite, ``t`` elsewhere.
+
+    SQLite's planner, without statistics (docstokg never runs ANALYZE there),
+    prefers the (state, updated_at) index for "state = 'FAILED'", whose
+    equality looks selective, and then reads every FAILED row from the table:
+    seconds on a cold million-job file, against milliseconds from the small
+    covering partial index.  SQLAlchemy renders no index hint for SQLite, so
+    this construct does; PostgreSQL's planner has statistics and needs none.
+    """
+
+    __visit_name__ = "indexed_by"
+    inherit_cache = True
+    # SQLAlchemy's cache key: the index is part of the statement's identity.
+    _traverse_internals = [  # noqa: RUF012 (the base class declares it a list)
+        *TableClause._traverse_internals,
+        ("index", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, table: Table, index: str) -> None:
+        super().__init__(table.name, *(column(c.name, c.type) for c in table.c))
+        self.index = index
+
+
+def _table(element: IndexedBy, compiler: SQLCompiler, **kw: Any) -> str:
+    """The table as SQLAlchemy renders any table."""
+    rendered: str = compiler.visit_table(element, **kw)  # type: ignore[no-untyped-call]
+    return rendered
+
+
+@compiles(IndexedBy)
+def _plain_table(element: IndexedBy, compiler: SQLCompiler, **kw: Any) -> str:
+    return _table(element, compiler, **kw)
+
+
+@compiles(IndexedBy, "sqlite")
+def _sqlite_indexed_by(element: IndexedBy, compiler: SQLCompiler, **kw: Any) -> str:
+    rendered = _table(element, compiler, **kw)
+    if not kw.get("asfrom"):
+        return rendered
+    return f"{rendered} INDEXED BY {compiler.preparer.quote(element.index)}"
+
+
+# FAILED jobs, read off the covering partial index ix_artifact_jobs_failed.
+_failed = IndexedBy(jobs_table, "ix_artifact_jobs_failed").c
+_failed_exhausted = _failed.attempts >= _failed.max_attempts
+_created_since = bindparam("since", type_=jobs.created_at.type)
+_SUCCESS_VALUES = sorted(state.value for state in SUCCESS_STATES)
+
+# Grouped by an expression, not the column: otherwise SQLite walks the whole
+# (state, ...) index to avoid a sort, reading every row's created_at, instead
+# of the few index entries created since.
+_state_expression = (jobs.state + "").label("state")
+JOBS_PER_STATE_CREATED_SINCE = Prepared(
+    select(_state_expression, func.count())
+    .where(jobs.created_at >= _created_since)
+    .group_by(_state_expression)
+)
+EXHAUSTED_COUNT = Prepared(select(func.count()).where(FAILED_JOBS, _failed_exhausted))
+EXHAUSTED_COUNT_CREATED_SINCE = Prepared(
+    select(func.count()).where(FAILED_JOBS, _failed_exhausted, _failed.created_at >= _created_since)
+)
+FAILURE_GROUPS = Prepared(
+    select(_failed.last_error, _failed_exhausted, func.count())
+    .where(FAILED_JOBS)
+    .group_by(_failed.last_error, _failed_exhausted)
+)
+_held = jobs.lease_until.is_not(None)
+LEASE_COUNT = Prepared(select(func.count()).where(_held))
+LEASES = Prepared(
+    select(
+        jobs.job_id,
+        jobs.lease_owner,
+        jobs.state,
+        jobs.lease_until,
+        jobs.lease_epoch,
+        jobs.work_id,
+        jobs.artifact_id,
+    )
+    .where(_held)
+    .order_by(jobs.lease_until, jobs.job_id)
+    .limit(bindparam("b_limit", type_=Integer))
+)
+LIVE_LEASE_COUNT = Prepared(select(func.count()).where(jobs.lease_until >= _now))
+EXPIRED_LEASE_COUNT = Prepared(select(func.count()).where(jobs.lease_until < _now))
+FINISHED_SINCE = Prepared(
+    select(func.count()).where(
+        jobs.state.in_(_SUCCESS_VALUES),
+        jobs.updated_at >= bindparam("since", type_=jobs.updated_at.type),
+    )
+)
+# Ops whose step ran more than once, from the partial index ix_artifact_ops_retried.
+RETRIES = Prepared(
+    select(
+        func.count(func.distinct(ops.job_id)), func.coalesce(func.sum(ops.attempt - 1), 0)
+    ).where(RETRIED_OPS)
+)
+RERUNS_PER_KIND = Prepared(
+    select(ops.op_type, func.sum(ops.attempt - 1)).where(RETRIED_OPS).group_by(ops.op_type)
+)
+ABANDONED_OPS = Prepared(
+    select(func.count()).select_from(ops_table).where(UNHEALTHY_OPS, ops.status == OP_ABANDONED)
+)
+FAILED_OPS_PER_KIND = Prepared(
+    select(ops.op_type, func.count())
+    .where(UNHEALTHY_OPS, ops.status == OP_FAILED)
+    .group_by(ops.op_type)
+)
+
+
+def _op_kinds() -> Any:
+    """The op kinds with finished runs, by skipping along the duration index.
+
+    A recursive query asks the index for the next kind after the last one:
+    one probe per kind instead of a scan of every op.
+    """
+    first = (
+        select(func.min(ops.op_type).label("kind")).where(TIMED_OPS).cte("kinds", recursive=True)
+    )
+    following = (
+        select(ops.op_type)
+        .where(TIMED_OPS, ops.op_type > first.c.kind)
+        .order_by(ops.op_type)
+        .limit(1)
+        .scalar_subquery()
+    )
+    kinds = first.union_all(select(following).where(first.c.kind.is_not(None)))
+    return select(kinds.c.kind).where(kinds.c.kind.is_not(None))
+
+
+OP_KINDS = Prepared(_op_kinds())
+_of_kind = and_(TIMED_OPS, ops.op_type == bindparam("b_kind"))
+TIMED_COUNT_OF_KIND = Prepared(select(func.count()).select_from(ops_table).where(_of_kind))
+# The duration at a rank, read off the index (op_type, duration_s) in order.
+DURATION_AT_RANK = Prepared(
+    select(ops.duration_s)
+    .where(_of_kind)
+    .order_by(ops.op_type, ops.duration_s)
+    .limit(1)
+    .offset(bindparam("b_rank", type_=Integer))
+)
+
+
+@cache
+def duration_histogram(buckets: int) -> Prepared:
+    """Per op kind: count, sum, and how many durations are <= ``bound_{n}`` for each bucket."""
+    columns = [
+        func.sum(case((ops.duration_s <= bindparam(f"bound_{n}", type_=Double), 1), else_=0))
+        for n in range(buckets)
+    ]
+    return Prepared(
+        select(ops.op_type, func.count(), func.sum(ops.duration_s), *columns)
+        .where(TIMED_OPS)
+        .group_by(ops.op_type)
+    )
+
+
+# === the database itself ==================================================================
+
+# PostgreSQL's own clock, so that workers on machines whose clocks drift agree
+# on when a lease expires.
+DATABASE_NOW = Prepared(select(func.extract("epoch", func.clock_timestamp())))
+POSTGRESQL_DATABASE_BYTES = Prepared(select(func.pg_database_size(func.current_database())))
+SQLITE_PAGE_COUNT = Prepared(text("PRAGMA page_count"))
+SQLITE_PAGE_SIZE = Prepared(text("PRAGMA page_size"))

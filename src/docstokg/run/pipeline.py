@@ -1,13 +1,13 @@
-"""One job through HEAD → STREAM → FINALIZE → INDEX → DEDUPE.
+"""One job through the steps of :data:`docstokg.run.steps.PIPELINE`, with the ledger or without.
 
-:class:`~docstokg.download.Fetcher` holds the HTTP and disk work: the bodies of the steps.  Two
-pipelines walk them:
+Two pipelines walk the same table of steps, whose bodies do the HTTP and
+disk work through the :class:`~docstokg.download.Fetcher`:
 
 * :class:`LedgerPipeline` (the ledger on) runs each step through the
-  services' :class:`JobSteps`: HEAD, STREAM and FINALIZE as effects, whose
-  recorded results are replayed after a crash instead of being fetched
-  again; INDEX and DEDUPE as one-transaction ledger steps.  Each step's
-  result commits with the start of the next.  It knows nothing of SQL or HTTP.
+  services' :class:`JobSteps`: effects, whose recorded results are replayed
+  after a crash instead of being fetched again, and ledger steps, which
+  commit with their op and move in one transaction.  Each step's result
+  commits with the start of the next.  It knows nothing of SQL or HTTP.
 * :class:`PlainPipeline` (the ledger off) runs the same bodies straight
   through and remembers nothing beyond this process.
 
@@ -18,43 +18,36 @@ without moving a file.
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-from docstokg.download import (
-    ByteCounter,
-    Fetcher,
-    Probe,
-    StopCheck,
-    Streamed,
-    cut_short_by_the_wire,
-)
+from docstokg.download import ByteCounter, Fetcher, StopCheck, cut_short_by_the_wire
 from docstokg.errors import (
     DocstokgError,
     DownloadInterrupted,
     FetchError,
     LeaseLost,
-    TransientFetchError,
 )
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger
+from docstokg.run.steps import PIPELINE, JobContext, PlainDedupe, Step, StepResult
 from docstokg.services import (
     Backoff,
     JobSteps,
+    LedgerStep,
     NextClaim,
-    StoredContent,
     advance_state,
     claim_and_start,
     fail_job,
     get_job,
-    index_and_dedupe_steps,
     redo_effect,
     release_lease,
 )
+from docstokg.services.content import deciding
 from docstokg.states import JobState
 
-HEAD, STREAM, FINALIZE = "HEAD", "STREAM", "FINALIZE"
 #: The lease epoch of the ledger-off pipeline: its parts keep their old names.
 PLAIN_EPOCH = 0
 log = logging.getLogger(__name__)
@@ -96,19 +89,30 @@ class JobOutcome:
 class LedgerPipeline:
     """A leased job through every step, each recorded in the ledger and replayed after a crash."""
 
-    def __init__(self, ledger: Ledger, fetcher: Fetcher, *, backoff: Backoff) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        fetcher: Fetcher,
+        *,
+        backoff: Backoff,
+        steps: Sequence[Step] = PIPELINE,
+    ) -> None:
         self._ledger = ledger
         self._fetcher = fetcher
         self._backoff = backoff
+        self._table = tuple(steps)
 
     def claim(self, *, owner: str, ttl_s: float) -> JobSteps | None:
-        """Lease the next job for ``owner``, its HEAD started in the same commit; None if none."""
-        return claim_and_start(self._ledger, owner=owner, ttl_s=ttl_s, first_kind=HEAD)
+        """Lease the next job for ``owner``, its first step started in the same commit; or None."""
+        return claim_and_start(self._ledger, owner=owner, ttl_s=ttl_s, first_kind=self._first)
 
-    @staticmethod
-    def next_claim(*, owner: str, ttl_s: float) -> NextClaim:
+    def next_claim(self, *, owner: str, ttl_s: float) -> NextClaim:
         """What :meth:`process` needs to claim the worker's next job as the current one ends."""
-        return NextClaim(owner, ttl_s, HEAD)
+        return NextClaim(owner, ttl_s, self._first)
+
+    @property
+    def _first(self) -> str:
+        return self._table[0].kind
 
     def process(
         self,
@@ -118,31 +122,86 @@ class LedgerPipeline:
         on_bytes: ByteCounter,
         then_claim: NextClaim | None = None,
     ) -> JobOutcome:
-        """The claimed job through every step (see :meth:`claim`).
+        """The claimed job through every step of the table (see :meth:`claim`).
 
         With ``then_claim``, a job that ends stored or duplicate also claims
         the worker's next job in its last commit: ``steps.next_job``.
         """
         lease = steps.lease
         target = Target(lease.job_id, lease.work_id, lease.artifact_id, lease.canonical_url)
+        job = JobContext(
+            job_id=lease.job_id,
+            url=lease.canonical_url,
+            epoch=lease.epoch,
+            expected_sha256=lease.expected_sha256,
+            fetcher=self._fetcher,
+            should_stop=should_stop,
+            on_bytes=on_bytes,
+            mark_resumable=lambda: self._mark_resumable(lease),
+            redo=lambda kind, reason: self._redo(lease, kind, reason),
+            lease=lease,
+        )
         try:
             with steps:
-                content = self._fetch_and_store(steps, should_stop, on_bytes)
-                decided = index_and_dedupe_steps(steps, content, then_claim=then_claim)
+                ended = self._walk(steps, job, then_claim)
         except DownloadInterrupted as exc:
             return self._hand_back(lease, target, str(exc))
         except LeaseLost as exc:
             return JobOutcome(target, Outcome.LOST, error=str(exc))
         except (FetchError, OSError) as exc:
             return self._after_error(lease, target, exc, stopping=should_stop())
-        outcome = Outcome.STORED if decided["outcome"] == JobState.DEDUPED else Outcome.DUPLICATE
-        return JobOutcome(
-            target,
-            outcome,
-            sha256=content.sha256,
-            size_bytes=content.size_bytes,
-            final_path=content.final_path,
-        )
+        return _ended(target, job, ended)
+
+    def _walk(self, steps: JobSteps, job: JobContext, then_claim: NextClaim | None) -> JobState:
+        """Each step in turn; consecutive ledger steps share a unit of work.  The state reached."""
+        reached = JobState.LEASED
+        batch: list[Step] = []
+        for step in self._table:
+            if step.effect is not None:
+                if batch:
+                    reached = self._ledger_steps(steps, job, batch, None)
+                    batch = []
+                body = step.effect
+                job.results[step.kind] = steps.effect(
+                    kind=step.kind,
+                    opkey=op_key(step.kind, job.job_id),
+                    effect_fn=lambda body=body: body(job),  # type: ignore[misc]
+                    advance_to=_only(step),
+                    allowed_from=step.allowed_from,
+                )
+                reached = _only(step)
+            else:
+                batch.append(step)
+        if batch:
+            reached = self._ledger_steps(steps, job, batch, then_claim)
+        return reached
+
+    def _ledger_steps(
+        self, steps: JobSteps, job: JobContext, batch: list[Step], then_claim: NextClaim | None
+    ) -> JobState:
+        """Ledger steps in one unit of work (decided again if another job won the content)."""
+        lease = job.held()
+        ledger_steps = [
+            LedgerStep(
+                step.kind,
+                op_key(step.kind, lease.job_id),
+                _write_of(step, job),
+                step.target,
+                step.allowed_from,
+            )
+            for step in batch
+        ]
+        results = deciding(lambda: steps.ledger_steps(*ledger_steps, then_claim=then_claim))
+        for step, result in zip(batch, results, strict=True):
+            job.results[step.kind] = result
+        last, result = batch[-1], results[-1]
+        return last.choose(result) if last.choose is not None else _only(last)
+
+    def _mark_resumable(self, lease: Lease) -> None:
+        advance_state(self._ledger, lease, to_state=JobState.RESUME_OK)
+
+    def _redo(self, lease: Lease, kind: str, reason: str) -> None:
+        redo_effect(self._ledger, lease, opkey=op_key(kind, lease.job_id), reason=reason)
 
     def _after_error(
         self, lease: Lease, target: Target, exc: FetchError | OSError, *, stopping: bool
@@ -189,74 +248,6 @@ class LedgerPipeline:
         except DocstokgError as recording:
             raise exc from recording
 
-    def _fetch_and_store(
-        self, steps: JobSteps, should_stop: StopCheck, on_bytes: ByteCounter
-    ) -> StoredContent:
-        """HEAD, STREAM and FINALIZE, each result committed with the start of the next."""
-        lease = steps.lease
-        job_id, url = lease.job_id, lease.canonical_url
-        head = Probe.from_json(
-            steps.effect(
-                kind=HEAD,
-                opkey=op_key(HEAD, job_id),
-                effect_fn=lambda: self._fetcher.probe(url).to_json(),
-                advance_to=JobState.HEAD_DONE,
-                allowed_from={JobState.LEASED},
-            )
-        )
-
-        def stream() -> dict[str, object]:
-            if self._fetcher.can_resume(job_id, head, epoch=lease.epoch):
-                advance_state(
-                    self._ledger,
-                    lease,
-                    to_state=JobState.RESUME_OK,
-                    allowed_from={JobState.HEAD_DONE},
-                )
-            # The manifest's URL, which is what newer HEAD results record too: older
-            # ones recorded where the redirects led, which may have expired since.
-            asked = replace(head, url=url)
-            return self._fetcher.stream(
-                job_id,
-                asked,
-                epoch=lease.epoch,
-                expected_sha256=lease.expected_sha256,
-                should_stop=should_stop,
-                on_bytes=on_bytes,
-            ).to_json()
-
-        stream_key = op_key(STREAM, job_id)
-        streamed = Streamed.from_json(
-            steps.effect(
-                kind=STREAM,
-                opkey=stream_key,
-                effect_fn=stream,
-                advance_to=JobState.STREAMING,
-                allowed_from={JobState.HEAD_DONE, JobState.RESUME_OK},
-            )
-        )
-        try:
-            stored = steps.effect(
-                kind=FINALIZE,
-                opkey=op_key(FINALIZE, job_id),
-                effect_fn=lambda: {
-                    "final_path": self._fetcher.finalize(job_id, streamed, epoch=lease.epoch)
-                },
-                advance_to=JobState.FINALIZED,
-                allowed_from={JobState.STREAMING},
-            )
-        except TransientFetchError as exc:
-            # The staged bytes STREAM recorded are gone: its success no longer
-            # holds, so the next attempt downloads again instead of replaying it.
-            redo_effect(self._ledger, lease, opkey=stream_key, reason=exc.reason)
-            raise
-        return StoredContent(
-            sha256=streamed.sha256,
-            size_bytes=streamed.size,
-            final_path=str(stored["final_path"]),
-            content_type=streamed.content_type or head.content_type,
-        )
-
     def _fail(
         self,
         lease: Lease,
@@ -293,25 +284,33 @@ class PlainPipeline:
     content-addressed store keeps one copy of identical bytes either way.
     """
 
-    def __init__(self, fetcher: Fetcher) -> None:
+    def __init__(self, fetcher: Fetcher, *, steps: Sequence[Step] = PIPELINE) -> None:
         self._fetcher = fetcher
-        self._owners: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._table = tuple(steps)
+        self._dedupe = PlainDedupe()
 
     def process(
         self, target: Target, *, should_stop: StopCheck, on_bytes: ByteCounter
     ) -> JobOutcome:
+        job = JobContext(
+            job_id=target.job_id,
+            url=target.url,
+            epoch=PLAIN_EPOCH,
+            expected_sha256=target.expected_sha256,
+            fetcher=self._fetcher,
+            should_stop=should_stop,
+            on_bytes=on_bytes,
+            mark_resumable=_nothing,
+            redo=lambda kind, reason: None,
+        )
+        reached = JobState.LEASED
         try:
-            head = self._fetcher.probe(target.url)
-            streamed = self._fetcher.stream(
-                target.job_id,
-                head,
-                epoch=PLAIN_EPOCH,
-                expected_sha256=target.expected_sha256,
-                should_stop=should_stop,
-                on_bytes=on_bytes,
-            )
-            final_path = self._fetcher.finalize(target.job_id, streamed, epoch=PLAIN_EPOCH)
+            for step in self._table:
+                result = (
+                    step.effect(job) if step.effect is not None else _plain(step, job, self._dedupe)
+                )
+                job.results[step.kind] = result
+                reached = step.choose(result) if step.choose is not None else _only(step)
         except DownloadInterrupted as exc:
             return JobOutcome(target, Outcome.INTERRUPTED, error=str(exc))
         except FetchError as exc:
@@ -321,12 +320,39 @@ class PlainPipeline:
             return JobOutcome(target, outcome, error=exc.reason, retry_after_s=exc.retry_after_s)
         except OSError as exc:
             return JobOutcome(target, Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
-        with self._lock:
-            owner = self._owners.setdefault(streamed.sha256, target.job_id)
-        return JobOutcome(
-            target,
-            Outcome.STORED if owner == target.job_id else Outcome.DUPLICATE,
-            sha256=streamed.sha256,
-            size_bytes=streamed.size,
-            final_path=final_path,
-        )
+        return _ended(target, job, reached)
+
+
+def _only(step: Step) -> JobState:
+    """The one state an effect moves to."""
+    [target] = step.moves_to
+    return target
+
+
+def _write_of(step: Step, job: JobContext) -> Callable[[Any, float], Mapping[str, Any]]:
+    assert step.write is not None
+    return step.write(job)
+
+
+def _plain(step: Step, job: JobContext, dedupe: PlainDedupe) -> StepResult:
+    """A step's body with the ledger off: the effect itself, or the ledger step's stand-in."""
+    if step.effect is not None:
+        return step.effect(job)
+    assert step.plain is not None
+    return step.plain(job, dedupe)
+
+
+def _nothing() -> None:
+    """Marking a part resumable has no record to make with the ledger off."""
+
+
+def _ended(target: Target, job: JobContext, reached: JobState) -> JobOutcome:
+    """The outcome of a job that walked every step: stored, or a duplicate of a stored one."""
+    content = job.content()
+    return JobOutcome(
+        target,
+        Outcome.STORED if reached is JobState.DEDUPED else Outcome.DUPLICATE,
+        sha256=content.sha256,
+        size_bytes=content.size_bytes,
+        final_path=content.final_path,
+    )

@@ -22,12 +22,13 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic
 
 from docstokg.config import IdempotencyConfig
-from docstokg.download import ArtifactStore, DownloadLimits, Fetcher, make_client
+from docstokg.download import ArtifactStore, DownloadLimits, Fetcher
 from docstokg.errors import DatabaseUnavailable, DocstokgError, TransientDatabaseError
 from docstokg.keys import job_id_for, job_key
 from docstokg.ledger import JobRecord, JobSpec, Lease, Ledger
@@ -35,9 +36,9 @@ from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
 from docstokg.redact import mask_url, mask_urls
+from docstokg.run.collaborators import Collaborators
 from docstokg.run.heartbeat import LeaseKeeper
 from docstokg.run.pipeline import JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
-from docstokg.run.reporting import NullReporter, RunReporter
 from docstokg.services import (
     Backoff,
     JobSteps,
@@ -210,18 +211,23 @@ class RunSummary:
 
 
 class DownloadRun:
-    """One ``docstokg run``: build it, call :meth:`run`, or :meth:`request_stop` from elsewhere."""
+    """One ``docstokg run``: build it, call :meth:`run`, or :meth:`request_stop` from elsewhere.
+
+    It receives its collaborators (:mod:`docstokg.run.bootstrap` wires the
+    production ones from the settings): a test or a library user may hand it
+    a store, a fetcher or a ledger of their own.
+    """
 
     def __init__(
         self,
         manifest: Manifest,
         settings: RunSettings,
-        *,
-        reporter: RunReporter | None = None,
+        collaborators: Collaborators,
     ) -> None:
         self._manifest = manifest
         self._settings = settings
-        self._reporter = reporter or NullReporter()
+        self._parts = collaborators
+        self._reporter = collaborators.reporter
         self._stop = threading.Event()
         self._news = _News()
         self._counters = RunCounters()
@@ -252,21 +258,18 @@ class DownloadRun:
 
     def run(self) -> RunSummary:
         started = monotonic()
-        store = ArtifactStore(self._settings.out_dir)
-        store.prepare()
-        client = make_client(self._settings.limits, max_connections=self._settings.workers)
+        self._parts.store.prepare()
         try:
-            fetcher = Fetcher(client, store, self._settings.limits)
-            if self._settings.config.enabled:
-                jobs = self._run_with_ledger(fetcher)
-            else:
-                jobs = self._run_plain(fetcher)
+            with self._parts.open_fetcher() as fetcher:
+                if self._parts.open_ledger is not None:
+                    jobs = self._run_with_ledger(fetcher, self._parts.open_ledger)
+                else:
+                    jobs = self._run_plain(fetcher)
         finally:
-            client.close()
             self._reporter.end()
         return RunSummary(
-            ledger=self._settings.config.enabled,
-            db_url=self._settings.db_url if self._settings.config.enabled else None,
+            ledger=self._parts.open_ledger is not None,
+            db_url=self._settings.db_url if self._parts.open_ledger is not None else None,
             out_dir=self._settings.out_dir,
             jobs=jobs,
             skipped_rows=self._manifest.problems,
@@ -280,18 +283,18 @@ class DownloadRun:
 
     # --- the ledger on ---------------------------------------------------------------
 
-    def _run_with_ledger(self, fetcher: Fetcher) -> list[JobReport]:
+    def _run_with_ledger(
+        self, fetcher: Fetcher, open_ledger: Callable[[], AbstractContextManager[Ledger]]
+    ) -> list[JobReport]:
         settings = self._settings
-        if settings.db_url is None:
-            raise ValueError("RunSettings.db_url is required when the ledger is enabled")
-        with Ledger.connect(settings.db_url, outage_s=settings.config.db_outage_s) as ledger:
+        with open_ledger() as ledger:
             upgraded = ledger.upgrade()
             log.info(
                 "%s (schema_version %s, revision %s, database %s)",
                 ENABLED_MESSAGE,
                 upgraded.schema_version,
                 upgraded.to_revision,
-                mask_url(settings.db_url),
+                mask_url(settings.db_url or str(ledger.url)),
             )
 
             # Before anything is written: a ledger run against another store
@@ -317,7 +320,9 @@ class DownloadRun:
         ledger.retrying(lambda: self._recheck_stored(ledger, fetcher.store, job_ids))
         done = len(job_ids) - count_unfinished(ledger, job_ids)
         self._reporter.begin(len(job_ids), done=done)
-        pipeline = LedgerPipeline(ledger, fetcher, backoff=settings.backoff)
+        pipeline = LedgerPipeline(
+            ledger, fetcher, backoff=settings.backoff, steps=self._parts.steps
+        )
         completion = _Completion(ledger, job_ids, poll_s=self._poll_s)
         with LeaseKeeper(
             ledger,
@@ -555,7 +560,7 @@ class DownloadRun:
 
     def _run_plain(self, fetcher: Fetcher) -> list[JobReport]:
         log.info("Idempotency system disabled - downloading without job tracking")
-        pipeline = PlainPipeline(fetcher)
+        pipeline = PlainPipeline(fetcher, steps=self._parts.steps)
         pending: queue.SimpleQueue[Target] = queue.SimpleQueue()
         for target in self._targets:
             pending.put(target)

@@ -6,17 +6,22 @@ in one transaction, so they are exactly-once outright.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from docstokg.errors import ConstraintViolated, LeaseLost
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, UnitOfWork
-from docstokg.services.effects import EffectResult, JobSteps, LedgerStep, NextClaim
-from docstokg.states import JobState
+from docstokg.services.effect_results import EffectResult
+from docstokg.services.job_steps import JobSteps, LedgerStep, NextClaim
+from docstokg.states import JobState, origins
 
 INDEX = "INDEX"
 DEDUPE = "DEDUPE"
+
+#: A ledger step's write: inside the step's unit of work, at the database's ``now``.
+LedgerWrite = Callable[[UnitOfWork, float], Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,7 @@ def index_step(steps: JobSteps, content: StoredContent) -> EffectResult:
 
 def dedupe_step(steps: JobSteps, content: StoredContent) -> EffectResult:
     """DEDUPE as the next of ``steps``: DEDUPED if the job is the first to store its content."""
-    [decided] = _deciding(lambda: steps.ledger_steps(_dedupe(steps.lease, content)))
+    [decided] = deciding(lambda: steps.ledger_steps(_dedupe(steps.lease, content)))
     return decided
 
 
@@ -65,12 +70,28 @@ def index_and_dedupe_steps(
     (``steps.next_job``).
     """
     index, dedupe = _index(steps.lease, content), _dedupe(steps.lease, content)
-    _, decided = _deciding(lambda: steps.ledger_steps(index, dedupe, then_claim=then_claim))
+    _, decided = deciding(lambda: steps.ledger_steps(index, dedupe, then_claim=then_claim))
     return decided
 
 
 def _index(lease: Lease, content: StoredContent) -> LedgerStep:
     """INDEX: the job's sha256, size, final_path and content type; FINALIZED → INDEXED."""
+    return LedgerStep.of(INDEX, op_key(INDEX, lease.job_id), index_write(lease, content),
+                         JobState.INDEXED)  # fmt: skip
+
+
+def _dedupe(lease: Lease, content: StoredContent) -> LedgerStep:
+    """DEDUPE: DEDUPED if the job is the first to store its content, else SKIPPED_DUPLICATE."""
+    return LedgerStep.of(DEDUPE, op_key(DEDUPE, lease.job_id), dedupe_write(lease, content),
+                         dedupe_outcome, origins(DEDUPE_OUTCOMES))  # fmt: skip
+
+
+#: The states DEDUPE chooses between.
+DEDUPE_OUTCOMES = frozenset({JobState.DEDUPED, JobState.SKIPPED_DUPLICATE})
+
+
+def index_write(lease: Lease, content: StoredContent) -> LedgerWrite:
+    """INDEX's write: the job's sha256, size, final_path and content type, fenced by ``lease``."""
 
     def write(uow: UnitOfWork, now: float) -> EffectResult:
         recorded = uow.jobs.record_result(
@@ -90,13 +111,11 @@ def _index(lease: Lease, content: StoredContent) -> LedgerStep:
             "content_type": content.content_type,
         }
 
-    return LedgerStep(
-        INDEX, op_key(INDEX, lease.job_id), write, JobState.INDEXED, frozenset({JobState.FINALIZED})
-    )
+    return write
 
 
-def _dedupe(lease: Lease, content: StoredContent) -> LedgerStep:
-    """DEDUPE: DEDUPED if the job is the first to store its content, else SKIPPED_DUPLICATE.
+def dedupe_write(lease: Lease, content: StoredContent) -> LedgerWrite:
+    """DEDUPE's write: is another job's copy of this content stored already?
 
     A duplicate points at the stored job's file (the same content-addressed
     path, so no bytes are kept twice) and names that job in its result.
@@ -118,16 +137,16 @@ def _dedupe(lease: Lease, content: StoredContent) -> LedgerStep:
             )
         return {"outcome": JobState.SKIPPED_DUPLICATE.value, "duplicate_of": owner_id}
 
-    def chosen(result: EffectResult) -> JobState:
-        return JobState(result["outcome"])
-
-    return LedgerStep(
-        DEDUPE, op_key(DEDUPE, lease.job_id), write, chosen, frozenset({JobState.INDEXED})
-    )
+    return write
 
 
-def _deciding(run: Callable[[], list[EffectResult]]) -> list[EffectResult]:
-    """Run steps that include DEDUPE, deciding again if another job won the content meanwhile.
+def dedupe_outcome(result: Mapping[str, Any]) -> JobState:
+    """The state DEDUPE's result chose."""
+    return JobState(result["outcome"])
+
+
+def deciding(run: Callable[[], list[EffectResult]]) -> list[EffectResult]:
+    """Run ledger steps that include DEDUPE, deciding again if another job won the content.
 
     Two jobs deciding at once on PostgreSQL can both see no owner; the unique
     partial index lets only one commit as DEDUPED, and the other's unit of

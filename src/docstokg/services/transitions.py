@@ -9,7 +9,15 @@ from enum import Enum
 
 from docstokg.errors import InvalidTransition, JobNotFound, LeaseLost
 from docstokg.ledger import JobRecord, Lease, Ledger, UnitOfWork
-from docstokg.states import SUCCESS_STATES, JobState, is_allowed, is_at_or_past
+from docstokg.states import (
+    SUCCESS_STATES,
+    JobState,
+    as_state,
+    as_states,
+    is_allowed,
+    is_at_or_past,
+    origins,
+)
 
 # Error texts are kept whole up to this length (plain text, so a cut is harmless).
 MAX_ERROR_CHARS = 4_000
@@ -39,14 +47,25 @@ DEFAULT_BACKOFF = Backoff()
 
 
 def advance_state(
-    ledger: Ledger, lease: Lease, *, to_state: JobState, allowed_from: Collection[JobState]
+    ledger: Ledger,
+    lease: Lease,
+    *,
+    to_state: JobState | str,
+    allowed_from: Collection[JobState | str] | None = None,
 ) -> bool:
     """Move the job to ``to_state``; True if it moved.
 
+    States may be given as :class:`JobState` or by name (``"HEAD_DONE"``).
+    ``allowed_from`` defaults to every state the transition table moves to
+    ``to_state`` from (see :func:`docstokg.states.origins`).
+
     False if the job already is at or past ``to_state`` on its path: the move
     is being replayed after a crash.  :class:`InvalidTransition` for any other
-    move, :class:`LeaseLost` if ``lease`` is not the job's current lease.
+    move, :class:`LeaseLost` if ``lease`` is not the job's current lease,
+    :class:`~docstokg.errors.UnknownState` for a name that is not a state.
     """
+    to_state = as_state(to_state)
+    allowed_from = origins({to_state}) if allowed_from is None else as_states(allowed_from)
     check_transition(to_state, allowed_from)
     if to_state is JobState.FAILED:
         # Through fail_job's bookkeeping, so a move to FAILED uses an attempt

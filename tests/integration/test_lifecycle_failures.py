@@ -1,4 +1,7 @@
-"""Issue 3's defects of the hand-rolled lifecycle, one test per defect, shown impossible here.
+"""The lifecycle when workers crash, lose their lease or fail: what each leaves, who carries on.
+
+Each test names a way a hand-rolled job lifecycle goes wrong and shows it
+cannot happen here.
 
 Every test runs on a SQLite file and on a real PostgreSQL 15 (through the
 ``ledger`` or ``db_url`` fixture) and moves time with the ``clock`` fixture:
@@ -45,7 +48,7 @@ from docstokg.services import DEFAULT_MAX_RESULT_BYTES
 from tests.conftest import ManualClock
 from tests.dbtools import execute_sql, scratch_connection
 from tests.factories import JobFactory, bound_to
-from tests.lifecycle import TTL, job_of, op_of, op_or_none, plan, take, walk
+from tests.lifecycle import TTL, WorkerDied, job_of, op_of, op_or_none, plan, take, walk
 
 DEFAULT_MAX_ATTEMPTS = 5
 
@@ -57,10 +60,6 @@ NEXT_STATE: dict[JobState, JobState] = {
     JobState.FINALIZED: JobState.INDEXED,
     JobState.INDEXED: JobState.DEDUPED,
 }
-
-
-class WorkerDied(BaseException):
-    """Stands for the worker process being killed in the middle of an effect."""
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -84,13 +83,13 @@ def database_clock(url: str) -> float:
     return float(now)
 
 
-# --- the defects ------------------------------------------------------------------------
+# --- crashes, takeovers, failures --------------------------------------------------------
 
 
 def test_effect_whose_worker_died_after_its_op_row_was_written_runs_again(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    """Old defect: the op row alone counted as success and replayed as ``{}`` forever."""
+    """An op row alone is no success: counted as one, it would replay as ``{}`` forever."""
     job_id = plan(ledger)
     first = take(ledger, "worker-a")
     key = op_key("HEAD", job_id)
@@ -145,7 +144,7 @@ def test_effect_whose_worker_died_after_its_op_row_was_written_runs_again(
 def test_job_left_mid_path_by_a_crashed_worker_is_leased_again_in_its_state(
     ledger: Ledger, clock: ManualClock, crashed_in: JobState
 ) -> None:
-    """Old defect: only PLANNED and FAILED jobs were claimable, so these stayed stuck."""
+    """A job in any state a holder can die in is claimable, not only PLANNED and FAILED ones."""
     job_id = plan(ledger)
     crashed = take(ledger, "worker-a")
     walk(ledger, crashed, crashed_in)
@@ -170,7 +169,7 @@ def test_job_left_mid_path_by_a_crashed_worker_is_leased_again_in_its_state(
 def test_worker_whose_lease_was_taken_over_can_write_nothing(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    """Old defect: state writes and effect results did not check who held the lease."""
+    """State writes and effect results check who holds the lease: a lost holder writes nothing."""
     job_id = plan(ledger)
     first = take(ledger, "worker-a")
     walk(ledger, first, JobState.HEAD_DONE)
@@ -255,7 +254,7 @@ def test_worker_whose_lease_was_taken_over_can_write_nothing(
 def test_claim_rechecks_the_state_so_a_finished_job_is_never_leased_again(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    """Old defect: SELECT, then an UPDATE that did not re-check, re-leased finished jobs."""
+    """The claim re-checks its row: a SELECT then a blind UPDATE would re-lease finished jobs."""
     with ledger.unit_of_work() as uow, bound_to(uow.session):
         finished_ids = [
             JobFactory(
@@ -330,7 +329,7 @@ def test_claim_rechecks_the_state_so_a_finished_job_is_never_leased_again(
 def test_renewing_works_in_every_non_terminal_state(
     ledger: Ledger, clock: ManualClock, situation: str
 ) -> None:
-    """Old defect: renewing failed once the job had left the LEASED state."""
+    """A lease is renewed in whatever state the job has reached, not only LEASED."""
     job_id = plan(ledger)
     held = take(ledger, "worker-a")
     if situation == "LEASED_AGAIN_AFTER_FAILED":
@@ -365,7 +364,7 @@ def test_renewing_works_in_every_non_terminal_state(
 
 
 def test_failed_jobs_count_attempts_back_off_and_stop(ledger: Ledger, clock: ManualClock) -> None:
-    """Old defect: FAILED jobs were re-leased forever, with no attempt count or backoff."""
+    """FAILED jobs count their attempts, wait out a backoff, and stop when none is left."""
     job_id = plan(ledger)
     for attempt in range(1, DEFAULT_MAX_ATTEMPTS + 1):
         held = take(ledger, "worker-a")
@@ -442,7 +441,7 @@ def test_failed_jobs_count_attempts_back_off_and_stop(ledger: Ledger, clock: Man
 def test_effect_that_raised_is_recorded_failed_and_runs_again(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    """Old defect: an effect's error was stored and replayed forever."""
+    """An effect's error is recorded as a failure, not a result to replay forever."""
     job_id = plan(ledger)
     held = take(ledger, "worker-a")
     key = op_key("HEAD", job_id)
@@ -474,7 +473,7 @@ def test_effect_that_raised_is_recorded_failed_and_runs_again(
 
 
 def test_effect_results_are_stored_whole_or_refused(ledger: Ledger) -> None:
-    """Old defect: results were cut at 20,000 characters, storing JSON that broke replay."""
+    """A result is stored whole or refused: a cut one (at 20,000 characters) would break replay."""
     job_id = plan(ledger)
     held = take(ledger, "worker-a")
 
@@ -577,7 +576,7 @@ AS $$ SELECT pg_catalog.clock_timestamp() + interval '{skew} seconds' $$
 def test_leases_use_one_clock_not_each_workers_wall_clock(
     db_url: str, backend: str, clock: ManualClock, tmp_path: Path
 ) -> None:
-    """Old defect: leases compared the wall clocks of different processes and machines.
+    """Leases are timed by one clock, not by the wall clocks of different processes and machines.
 
     PostgreSQL: with no injected clock, every lease time comes from the
     database's clock.  To show that the worker's own clock is not consulted,

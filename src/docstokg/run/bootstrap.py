@@ -1,0 +1,72 @@
+"""Build a run's collaborators from its settings: the one place that wires the layers together.
+
+:class:`~docstokg.run.runner.DownloadRun` receives what it works with (a
+ledger factory, a fetcher factory, a store, a reporter, the step table)
+instead of building them, so a test or a library user can hand it a store,
+a fetcher, a clock or a ledger of their own.  The factories are opened by
+the run and closed when it ends: an HTTP client's connections and a ledger's
+engine live exactly as long as the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+from docstokg.download import ArtifactStore, DownloadLimits, Fetcher, make_client
+from docstokg.ledger import Ledger
+from docstokg.manifest import Manifest
+from docstokg.run.collaborators import Collaborators
+from docstokg.run.reporting import NullReporter, RunReporter
+from docstokg.run.runner import DownloadRun, RunSettings
+
+
+def collaborators(
+    settings: RunSettings,
+    *,
+    reporter: RunReporter | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Collaborators:
+    """The production wiring of ``settings``: httpx fetcher, store under ``out_dir``, the ledger."""
+    store = ArtifactStore(settings.out_dir)
+    limits = settings.limits
+    return Collaborators(
+        store=store,
+        open_fetcher=lambda: http_fetcher(store, limits, connections=settings.workers),
+        open_ledger=ledger_opener(settings, clock=clock) if settings.config.enabled else None,
+        reporter=reporter or NullReporter(),
+    )
+
+
+def build_run(
+    manifest: Manifest,
+    settings: RunSettings,
+    *,
+    reporter: RunReporter | None = None,
+    clock: Callable[[], float] | None = None,
+) -> DownloadRun:
+    """A run of ``manifest`` wired for production (see :func:`collaborators`)."""
+    return DownloadRun(manifest, settings, collaborators(settings, reporter=reporter, clock=clock))
+
+
+@contextmanager
+def http_fetcher(
+    store: ArtifactStore, limits: DownloadLimits, *, connections: int
+) -> Iterator[Fetcher]:
+    """A fetcher over one HTTP client with a connection per worker, closed after."""
+    client = make_client(limits, max_connections=connections)
+    try:
+        yield Fetcher(client, store, limits)
+    finally:
+        client.close()
+
+
+def ledger_opener(
+    settings: RunSettings, *, clock: Callable[[], float] | None = None
+) -> Callable[[], AbstractContextManager[Ledger]]:
+    """Opens the ledger at ``settings.db_url``, waiting out outages up to ``db_outage_s``."""
+    db_url = settings.db_url
+    if db_url is None:
+        raise ValueError("RunSettings.db_url is required when the ledger is enabled")
+    outage_s = settings.config.db_outage_s
+    return lambda: Ledger.connect(db_url, clock=clock, outage_s=outage_s)
