@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from docstokg import JobState, LeaseLost, Ledger, op_key, run_effect
+from docstokg import InvalidTransition, JobState, LeaseLost, Ledger, op_key, run_effect
 from docstokg.errors import DocstokgError
 from docstokg.ledger import UnitOfWork
 from docstokg.ledger.models import OP_IN_PROGRESS, OP_SUCCEEDED
@@ -26,6 +26,7 @@ from docstokg.services import (
     LedgerStep,
     NextClaim,
     claim_and_start,
+    redo_effect,
 )
 from docstokg.services.content import StoredContent, index_and_dedupe_steps
 from tests.conftest import ManualClock
@@ -513,3 +514,138 @@ def test_a_recorded_step_whose_write_would_now_fail_is_still_replayed(ledger: Le
 
     assert JobSteps(ledger, lease).ledger_steps(step) == [{"once": True}]  # replayed
     assert job_of(ledger, job_id).state is JobState.STREAMING
+
+
+# --- what a hostile review found: each must hold through the public API ------------------
+
+
+def test_the_same_op_asked_twice_of_one_holder_is_run_once_and_replayed(ledger: Ledger) -> None:
+    job_id = plan(ledger)
+    steps = JobSteps(ledger, take(ledger, "w1"))
+    calls: list[int] = []
+
+    def count() -> dict[str, Any]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    key = op_key("HEAD", job_id)
+    assert steps.effect(kind="HEAD", opkey=key, effect_fn=count) == {"n": 1}
+    assert steps.effect(kind="HEAD", opkey=key, effect_fn=count) == {"n": 1}  # replayed
+    steps.flush()
+    assert calls == [1]
+    assert op_of(ledger, key).result_json == '{"n":1}'
+
+
+def test_a_failed_effect_asked_again_after_a_takeover_is_refused_before_it_runs(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    job_id = plan(ledger)
+    steps = JobSteps(ledger, take(ledger, "w1", ttl_s=5.0))
+    key = op_key("HEAD", job_id)
+    runs: list[str] = []
+
+    def hiccup() -> dict[str, Any]:
+        runs.append("first")
+        raise OSError("disk hiccup")
+
+    with pytest.raises(OSError, match="disk hiccup"):
+        steps.effect(kind="HEAD", opkey=key, effect_fn=hiccup)
+    clock.advance(10.0)
+    take(ledger, "w2")  # the lease expired and another worker took the job
+
+    def again() -> dict[str, Any]:
+        runs.append("again")
+        return {}
+
+    with pytest.raises(LeaseLost):
+        steps.effect(kind="HEAD", opkey=key, effect_fn=again)
+    assert runs == ["first"]
+
+
+def test_a_failed_effect_asked_again_under_the_same_lease_runs_again_and_is_recorded(
+    ledger: Ledger,
+) -> None:
+    job_id = plan(ledger)
+    key = op_key("HEAD", job_id)
+    with JobSteps(ledger, take(ledger, "w1")) as steps:
+        with pytest.raises(OSError, match="disk hiccup"):
+            steps.effect(kind="HEAD", opkey=key, effect_fn=_raise_oserror)
+        assert head_effect(steps, []) == {"status": 200}
+    op = op_of(ledger, key)
+    assert (op.status, op.attempt) == (OP_SUCCEEDED, 2)
+    assert job_of(ledger, job_id).state is JobState.HEAD_DONE
+
+
+def _raise_oserror() -> dict[str, Any]:
+    raise OSError("disk hiccup")
+
+
+def test_a_waiting_result_another_holder_recorded_meanwhile_is_a_lost_lease(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    job_id = plan(ledger)
+    key = op_key("PROBE", job_id)
+    steps = JobSteps(ledger, take(ledger, "w1", ttl_s=5.0))
+    steps.effect(kind="PROBE", opkey=key, effect_fn=lambda: {"by": "w1"})
+    clock.advance(10.0)
+    run_effect(ledger, take(ledger, "w2"), kind="PROBE", opkey=key, effect_fn=lambda: {"by": "w2"})
+
+    with pytest.raises(LeaseLost):
+        steps.flush()
+    assert op_of(ledger, key).result_json == '{"by":"w2"}'
+
+
+def test_a_replay_after_the_lease_was_lost_is_refused_though_it_was_read_before(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    job_id = plan(ledger)
+    first = take(ledger, "w1", ttl_s=5.0)
+    key = op_key("HEAD", job_id)
+    run_effect(ledger, first, kind="HEAD", opkey=key, effect_fn=lambda: {"h": 1})
+    clock.advance(10.0)
+    steps = JobSteps(ledger, take(ledger, "w2", ttl_s=5.0))
+    assert steps.effect(kind="HEAD", opkey=key, effect_fn=lambda: {"h": 2}) == {"h": 1}
+    clock.advance(10.0)
+    take(ledger, "w3")
+
+    with pytest.raises(LeaseLost):
+        steps.effect(kind="HEAD", opkey=key, effect_fn=lambda: {"h": 3})
+
+
+def test_a_reopened_step_is_run_again_not_replayed_from_memory(ledger: Ledger) -> None:
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    key = op_key("STREAM", job_id)
+    run_effect(ledger, lease, kind="STREAM", opkey=key, effect_fn=lambda: {"part": "v1"})
+    steps = JobSteps(ledger, lease)
+    assert steps.effect(kind="STREAM", opkey=key, effect_fn=lambda: {"part": "v2"}) == {
+        "part": "v1"
+    }
+    assert redo_effect(ledger, lease, opkey=key, reason="the staged file vanished")
+
+    assert steps.effect(kind="STREAM", opkey=key, effect_fn=lambda: {"part": "v3"}) == {
+        "part": "v3"
+    }
+    steps.flush()
+    assert op_of(ledger, key).result_json == '{"part":"v3"}'
+
+
+@pytest.mark.parametrize("target", ["FAILED", "LEASED"])
+def test_no_step_moves_its_job_to_failed_or_leased(ledger: Ledger, target: str) -> None:
+    """A failure goes through fail_job (an attempt, the lease ended, a backoff); LEASED, a claim."""
+    job_id = plan(ledger)
+    lease = take(ledger, "w1")
+    with pytest.raises(InvalidTransition, match="fail_job"):
+        run_effect(ledger, lease, kind="X", opkey=op_key("X", job_id), effect_fn=lambda: {},
+                   advance_to=target)  # fmt: skip
+    with pytest.raises(InvalidTransition, match="fail_job"):
+        JobSteps(ledger, lease).ledger_steps(
+            LedgerStep(
+                "Y",
+                op_key("Y", job_id),
+                note,
+                lambda _: JobState(target),
+                frozenset({JobState.LEASED}),
+            )
+        )
+    assert job_of(ledger, job_id).state is JobState.LEASED

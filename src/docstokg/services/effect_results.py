@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from docstokg.errors import EffectResultTooLarge
+from docstokg.errors import EffectResultTooLarge, InvalidTransition
 from docstokg.keys import canonical_text
 from docstokg.ledger import Lease, Ledger
 from docstokg.services.transitions import MAX_ERROR_CHARS
@@ -25,8 +25,23 @@ def move_of(
     """A move given by name or state; the origins default to the transition table's."""
     if advance_to is None:
         return None, as_states(allowed_from or ())
-    target = as_state(advance_to)
+    target = step_target(as_state(advance_to))
     return target, origins({target}) if allowed_from is None else as_states(allowed_from)
+
+
+#: Moves that belong to the lifecycle, not to a step: a failure goes through
+#: ``fail_job`` (an attempt counted, the lease ended, a backoff), a grant through a claim.
+_NOT_A_STEP_TARGET = frozenset({JobState.FAILED, JobState.LEASED, JobState.PLANNED})
+
+
+def step_target(target: JobState) -> JobState:
+    """``target``, unless no step may move a job there (see ``_NOT_A_STEP_TARGET``)."""
+    if target in _NOT_A_STEP_TARGET:
+        raise InvalidTransition(
+            f"a step cannot move its job to {target}: use fail_job to record a failure "
+            "(it counts the attempt and ends the lease); a job is LEASED only by a claim"
+        )
+    return target
 
 
 def recorded(result: object, kind: str, limit: int) -> tuple[str, EffectResult]:

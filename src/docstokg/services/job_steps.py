@@ -31,7 +31,7 @@ from typing import Any
 from docstokg.errors import DocstokgError, InvalidTransition, JobNotFound, LeaseLost, LedgerError
 from docstokg.keys import op_key
 from docstokg.ledger import Lease, Ledger, OpRecord, UnitOfWork
-from docstokg.ledger.models import OP_IN_PROGRESS, OP_SUCCEEDED
+from docstokg.ledger.models import OP_FAILED, OP_IN_PROGRESS, OP_SUCCEEDED
 from docstokg.ledger.records import OpWrite
 from docstokg.services.effect_results import (
     DEFAULT_MAX_RESULT_BYTES,
@@ -41,6 +41,7 @@ from docstokg.services.effect_results import (
     move_of,
     record_failure,
     recorded,
+    step_target,
 )
 from docstokg.services.leasing import check_owner_and_ttl
 from docstokg.services.transitions import check_transition, finished_under
@@ -272,6 +273,7 @@ class JobSteps:
             result = effect_fn()
             encoded, decoded = recorded(result, kind, self._max_result_bytes)
         except Exception as exc:
+            self._known.ops[opkey] = OP_FAILED  # not running: a retry takes it over, fenced
             record_failure(self._ledger, self._lease, opkey, f"{type(exc).__name__}: {exc}")
             raise
         self._ran = _Ran(kind, opkey, encoded, target, origins)
@@ -353,7 +355,7 @@ class JobSteps:
             draft = _Draft(lease, known.state, read=learn)
             self._plan_waiting(draft, known)
             if draft.refusal is None and start is not None:
-                self._plan_start(uow, draft, known, start, now)
+                self._plan_start(uow, draft, known, start, now, learn=learn)
             if draft.refusal is None and steps:
                 self._plan_steps(uow, draft, known, steps, now, learn=learn)
             if draft.refusal is not None and not learn:
@@ -387,13 +389,23 @@ class JobSteps:
         if ran is None:
             return
         if known.status(ran.opkey) == OP_SUCCEEDED:  # recorded already (by a replay of ours)
+            op = known.ops[ran.opkey]
+            if not isinstance(op, str) and op.lease_epoch != self._lease.epoch:
+                raise _lost(self._lease, f"recording op {ran.opkey}: another holder recorded it")
             draft.move(ran.advance_to, ran.allowed_from)
             return
         draft.writes.append(OpWrite.finish(self._lease, ran.opkey, ran.kind, ran.encoded))
         draft.move(ran.advance_to, ran.allowed_from)
 
     def _plan_start(
-        self, uow: UnitOfWork, draft: _Draft, known: _Knowledge, start: _Start, now: float
+        self,
+        uow: UnitOfWork,
+        draft: _Draft,
+        known: _Knowledge,
+        start: _Start,
+        now: float,
+        *,
+        learn: bool = False,
     ) -> None:
         """Start ``start``'s op, or replay it if it is recorded."""
         lease = self._lease
@@ -404,8 +416,13 @@ class JobSteps:
             )
             return
         status = known.status(start.opkey)
-        if status == OP_SUCCEEDED:
-            draft.replayed[start.opkey] = self._replay(known, start.opkey)
+        if self._ran is not None and self._ran.opkey == start.opkey:
+            draft.replayed[start.opkey] = decoded_result(self._ran.encoded)
+            draft.move(start.advance_to, start.allowed_from)
+        elif status == OP_SUCCEEDED:
+            draft.replayed[start.opkey] = self._replay(
+                known, start.opkey, uow=None if learn else uow
+            )
             draft.move(start.advance_to, start.allowed_from)
         elif status is None:
             draft.writes.append(OpWrite.start(lease, start.opkey, start.kind))
@@ -429,7 +446,7 @@ class JobSteps:
         for step in steps:
             status = known.status(step.opkey)
             if status == OP_SUCCEEDED:
-                replayed = self._replay(known, step.opkey)
+                replayed = self._replay(known, step.opkey, uow=None if learn else uow)
                 draft.results.append(replayed)
                 if not draft.move(_target(step, replayed), step.allowed_from):
                     return
@@ -504,13 +521,21 @@ class JobSteps:
         self._known = known
         self._ran = None
 
-    def _replay(self, known: _Knowledge, opkey: str) -> EffectResult:
-        """The recorded result of ``opkey``; only a holder of the lease may read it."""
+    def _replay(self, known: _Knowledge, opkey: str, *, uow: UnitOfWork | None) -> EffectResult:
+        """The recorded result of ``opkey``; only a holder of the lease may read it.
+
+        With ``uow`` (a turn planned from what was assumed), memory is not trusted: the
+        op may have been reopened, or the lease lost, since it was learned.
+        """
         if not known.may_read:
             raise _lost(self._lease, f"running op {opkey}")
+        if uow is not None:
+            encoded = uow.ops.succeeded_result(opkey)
+            if encoded is None or not uow.jobs.holds(self._lease, now=uow.now()):
+                raise _NotTaken  # reopened, or the lease is gone: what the database says decides
+            return decoded_result(encoded)
         op = known.ops[opkey]
-        if isinstance(op, str):  # this holder recorded it, in an earlier turn
-            raise _NotTaken  # read it back: the result is in the database, not in memory
+        assert not isinstance(op, str)  # a turn read first holds records only
         if op.result_json is None:
             raise LedgerError(f"op {opkey} succeeded with no result recorded")
         return decoded_result(op.result_json)
@@ -528,7 +553,7 @@ class JobSteps:
 
 
 def _target(step: LedgerStep, result: EffectResult) -> JobState:
-    return step.advance_to(result) if callable(step.advance_to) else step.advance_to
+    return step_target(step.advance_to(result) if callable(step.advance_to) else step.advance_to)
 
 
 def _lost(lease: Lease, doing: str) -> LeaseLost:
