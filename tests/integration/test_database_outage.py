@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import DBAPIError
@@ -268,3 +269,36 @@ def test_a_broken_constraint_is_a_race_to_decide_again_not_a_broken_database(
 
     assert isinstance(error, ConstraintViolated)
     assert not isinstance(error, DatabaseUnavailable)
+
+
+def test_a_server_restart_in_the_middle_of_an_upgrade_is_waited_out_not_a_failed_migration(
+    postgres: ThrowawayPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server cuts the migration's own connection inside Alembic's upgrade (as a restart does).
+
+    That is a passing error: the upgrade is one transaction, rolled back, and
+    done again; it must not be reported as a migration that failed.
+    """
+    from alembic import command
+
+    from docstokg.ledger import migrate
+
+    real_upgrade = command.upgrade
+    cut: list[bool] = []
+
+    def cut_once(config: Any, revision: str) -> None:
+        if not cut:
+            cut.append(True)
+            connection = config.attributes["connection"]
+            connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        real_upgrade(config, revision)
+
+    monkeypatch.setattr(command, "upgrade", cut_once)
+    url = postgres.create_database("cut_upgrade")
+    try:
+        with Ledger.connect(url, outage_s=30.0) as ledger:
+            result = ledger.upgrade()
+        assert cut == [True]
+        assert result.to_revision == migrate.head_revision()
+    finally:
+        postgres.drop_database("cut_upgrade")

@@ -45,6 +45,7 @@ from docstokg.ledger.engine import (
     parse_url,
     sqlite_path,
 )
+from docstokg.ledger.faults import is_transient
 from docstokg.ledger.models import meta_table
 
 if TYPE_CHECKING:  # Alembic is imported where it is used: reading a status needs none of it
@@ -213,6 +214,8 @@ def upgrade(url: str | URL, revision: str = "head", **engine_options: Any) -> Up
                     command.stamp(config, BASELINE_REVISION)
                 command.upgrade(config, revision)
             except DBAPIError as exc:
+                if is_transient(exc):
+                    raise  # a server restarting under it: the caller waits it out, then again
                 raise MigrationFailed(
                     f"upgrading the ledger from revision {before.revision or '(none)'} to "
                     f"{revision} failed: {driver_reason(exc)}. The upgrade was rolled back; "
