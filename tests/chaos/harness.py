@@ -578,9 +578,14 @@ class ChaosRound:
         try:
             for _ in range(self.plan.runs):
                 self._start_run()
-            for kind in self.plan.schedule():
-                if not self._apply(kind):
-                    break  # every run exited: the work is done
+            pending = self.plan.schedule()
+            while pending and self._apply(pending[0]):
+                pending.pop(0)
+            # Every run exited (the work is done): the faults of the database
+            # itself are still applied, and the final run meets the database after them.
+            for kind in pending:
+                if kind in ("pg_restart", "held_writer"):
+                    self.events.append(self._database_fault(kind))
             self.result.phases["faults"] = time.time() - began
             self._settle()
             self.result.phases["settled"] = time.time() - began
@@ -693,14 +698,20 @@ class ChaosRound:
                 time.sleep(POLL_S * 4)
         return f"of {len(held)} jobs it held, some were not taken over within the deadline"
 
-    def _restart_postgres(self, target: RunProcess) -> FaultEvent:
+    def _database_fault(self, kind: str) -> FaultEvent:
+        """A fault of the database itself, applied with no run to aim at."""
+        if kind == "pg_restart":
+            return self._restart_postgres(None)
+        return self._hold_writer(None)
+
+    def _restart_postgres(self, target: RunProcess | None) -> FaultEvent:
         if self.database.restart is None:
             raise ValueError(f"a PostgreSQL restart was planned on {self.plan.backend}")
         at = time.time()
         self.database.restart()
         return FaultEvent("pg_restart", at, time.time(), None)
 
-    def _hold_writer(self, target: RunProcess) -> FaultEvent:
+    def _hold_writer(self, target: RunProcess | None) -> FaultEvent:
         path = self.database.sqlite_file(self.out)
         with subprocess.Popen(
             [sys.executable, "-c", _HOLDER, str(path), str(self.plan.hold_s)],
