@@ -158,8 +158,8 @@ class Checkpoint:
                 f"{path} is a folder where docstokg keeps a download's checkpoint; it never "
                 f"creates one there: {MOVE_IT_AWAY}"
             ) from None
-        except BaseException:
-            _unlink_quietly(temporary.path)  # left behind by any failure before the rename
+        except BaseException:  # any failure, Ctrl-C included: re-raised as it was
+            _unlink_quietly(temporary.path)  # the temporary file is not left behind
             raise
 
 

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from docstokg.download import ByteCounter, Fetcher, StopCheck, cut_short_by_the_wire
@@ -161,15 +162,15 @@ class LedgerPipeline:
                 if batch:
                     reached = self._ledger_steps(steps, job, batch, None)
                     batch = []
-                body = step.effect
-                job.results[step.kind] = steps.effect(
+                result = steps.effect(
                     kind=step.kind,
                     opkey=op_key(step.kind, job.job_id),
-                    effect_fn=lambda body=body: body(job),  # type: ignore[misc]
-                    advance_to=_only(step),
+                    effect_fn=partial(step.effect, job),
+                    advance_to=step.reached({}),
                     allowed_from=step.allowed_from,
                 )
-                reached = _only(step)
+                job.results[step.kind] = result
+                reached = step.reached(result)
             else:
                 batch.append(step)
         if batch:
@@ -194,8 +195,7 @@ class LedgerPipeline:
         results = deciding(lambda: steps.ledger_steps(*ledger_steps, then_claim=then_claim))
         for step, result in zip(batch, results, strict=True):
             job.results[step.kind] = result
-        last, result = batch[-1], results[-1]
-        return last.choose(result) if last.choose is not None else _only(last)
+        return batch[-1].reached(results[-1])
 
     def _mark_resumable(self, lease: Lease) -> None:
         advance_state(self._ledger, lease, to_state=JobState.RESUME_OK)
@@ -310,7 +310,7 @@ class PlainPipeline:
                     step.effect(job) if step.effect is not None else _plain(step, job, self._dedupe)
                 )
                 job.results[step.kind] = result
-                reached = step.choose(result) if step.choose is not None else _only(step)
+                reached = step.reached(result)
         except DownloadInterrupted as exc:
             return JobOutcome(target, Outcome.INTERRUPTED, error=str(exc))
         except FetchError as exc:
@@ -321,12 +321,6 @@ class PlainPipeline:
         except OSError as exc:
             return JobOutcome(target, Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
         return _ended(target, job, reached)
-
-
-def _only(step: Step) -> JobState:
-    """The one state an effect moves to."""
-    [target] = step.moves_to
-    return target
 
 
 def _write_of(step: Step, job: JobContext) -> Callable[[Any, float], Mapping[str, Any]]:

@@ -112,6 +112,13 @@ class Step:
         """The states this step starts from, read off the transition table."""
         return origins(self.moves_to)
 
+    def reached(self, result: Mapping[str, Any]) -> JobState:
+        """The state the job is in once this step recorded ``result``."""
+        if self.choose is not None:
+            return self.choose(result)
+        [only] = self.moves_to
+        return only
+
     @property
     def target(self) -> JobState | Callable[[Mapping[str, Any]], JobState]:
         """The state to move to, or the function of the result that picks it."""
