@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,6 +96,32 @@ def test_the_first_use_writes_the_id_and_racing_binds_agree(tmp_path: Path, ledg
     again = bind_store(ledger, out)
 
     assert first == again == (out / STORE_ID_FILE).read_text().strip()
+
+
+class _BoundByAnotherRunFirst:
+    """A ledger whose first unit of work lets another run bind the store just before it."""
+
+    def __init__(self, ledger: Ledger, out: Path) -> None:
+        self._ledger, self._out, self.raced = ledger, out, False
+
+    def unit_of_work(self, **kwargs: Any) -> Any:
+        if not self.raced:
+            self.raced = True
+            bind_store(self._ledger, self._out)  # the other run, racing on a new store
+        return self._ledger.unit_of_work(**kwargs)
+
+
+def test_a_run_racing_another_on_a_new_store_sees_the_id_the_other_wrote(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    out = tmp_path / "store"
+    out.mkdir()
+    racing = _BoundByAnotherRunFirst(ledger, out)
+
+    store_id = bind_store(racing, out)  # type: ignore[arg-type]
+
+    assert racing.raced
+    assert store_id == (out / STORE_ID_FILE).read_text().strip()
 
 
 def test_an_id_file_that_is_a_link_is_refused(tmp_path: Path, ledger: Ledger) -> None:

@@ -106,9 +106,11 @@ def bind_store(ledger: Ledger, out_dir: Path, *, create: bool = True) -> str:
     while the ledger already fills one.
     """
     out_dir = Path(out_dir)
-    found = read_store_id(out_dir)
     with ledger.unit_of_work(read_only=True) as uow:
         recorded, recorded_path = uow.meta.get(STORE_ID_KEY), uow.meta.get(STORE_PATH_KEY)
+    # The file is read after the ledger: a binder writes the file before the record,
+    # so a record seen here has its file written, even by a run racing this one.
+    found = read_store_id(out_dir)
     if recorded is None:
         if found is None and not create:
             raise StoreMismatch(
