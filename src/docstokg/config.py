@@ -80,6 +80,8 @@ MAX_ATTEMPTS = 1000
 """Upper bound of ``max_attempts``; also keeps ``2 ** attempt`` in the backoff a finite float."""
 MAX_BYTES = 1024**4
 """Upper bound of ``max_bytes``: 1 TiB."""
+MAX_POOL_SIZE = 1000
+"""Upper bound of ``pool_size``: more connections than any PostgreSQL serves by default."""
 MAX_REDIRECTS = 50
 """Upper bound of ``max_redirects`` (browsers give up at about 20)."""
 MAX_SPEED_BYTES_S = 10 * 1024**3
@@ -151,6 +153,21 @@ class IdempotencyConfig(BaseModel):
         min_length=1,
         description="SQLAlchemy URL of the ledger (sqlite:///… or postgresql+psycopg://…); "
         "set it or db_path, not both.",
+    )
+    pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_POOL_SIZE,
+        description="Ledger connections one process keeps, shared by all its workers: a worker "
+        "holds one only inside a unit of work, never while it downloads, and waits for one "
+        "when all are busy (null: min(workers, 8); 1 to 1000).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Redis URL (redis://host:6379/0) where every process of the fleet shares "
+        "per-host cooldowns and caps (null: in this process only, or the ledger's "
+        "PostgreSQL when it has one).",
     )
     max_attempts: int = Field(
         default=5,
@@ -229,6 +246,7 @@ class IdempotencyConfig(BaseModel):
         "stale_file_age_s",
         "reconciliation_interval_s",
         "db_outage_s",
+        "pool_size",
         "max_attempts",
         "max_bytes",
         "connect_timeout_s",
