@@ -211,6 +211,23 @@ class ArtifactOp(Base):
     duration_s: Mapped[float | None] = mapped_column(EpochSeconds)
 
 
+class ManifestJob(Base):
+    """A job's membership in a manifest: a run of that manifest claims only its members.
+
+    One job may belong to several manifests (two manifests naming the same
+    artifact share its job, fetched once); a manifest is known by its name.
+    """
+
+    __tablename__ = "manifest_jobs"
+    __table_args__ = (Index("ix_manifest_jobs_job_id", "job_id"),)
+
+    manifest: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("artifact_jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    added_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+
+
 def _table_of(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -221,3 +238,4 @@ def _table_of(model: type[Base]) -> Table:
 jobs_table = _table_of(ArtifactJob)
 ops_table = _table_of(ArtifactOp)
 meta_table = _table_of(Meta)
+manifest_jobs_table = _table_of(ManifestJob)
