@@ -108,6 +108,23 @@ class JobNotFound(LedgerError, LookupError):
         )
 
 
+class UnknownManifest(LedgerError, LookupError):
+    """A manifest name that no job of the ledger belongs to."""
+
+    def __init__(self, manifest: str, known: dict[str, int]) -> None:
+        self.manifest = manifest
+        listed = ", ".join(f"{name} ({count:,} jobs)" for name, count in sorted(known.items()))
+        super().__init__(
+            f"no job of this ledger belongs to a manifest named {manifest!r}; "
+            + (
+                f"its manifests are: {listed}"
+                if known
+                else "no run has planned a manifest in it yet (jobs planned before "
+                "schema_version 8 join theirs on their manifest's next run)"
+            )
+        )
+
+
 class LeaseLost(DocstokgError):
     """A worker wrote with a lease that is no longer the job's current one.
 

@@ -41,11 +41,12 @@ pytestmark = pytest.mark.slow
 
 OLD_REVISION = "0004_content_index"
 STATES = [state.value for state in JobState]
-STATUS_KEYS = {"window_s", "counts", "failed_exhausted", "failed_retrying", "total"}
+STATUS_KEYS = {"window_s", "manifest", "counts", "failed_exhausted", "failed_retrying", "total"}
 LEASES_KEYS = {"total", "live", "expired", "leases"}
 LEASE_KEYS = {"job_id", "owner", "state", "seconds_left", "epoch", "work_id", "artifact_id"}
 STATS_KEYS = {
     "window_s",
+    "manifest",
     "counts",
     "failed_exhausted",
     "finished_in_window",
@@ -191,6 +192,7 @@ def test_status_table_and_json(db_url: str, tmp_path: Path) -> None:
     assert set(document) == STATUS_KEYS
     assert document == {
         "window_s": None,
+        "manifest": None,
         "counts": {state.value: count for state, count in P.COUNTS.items()},
         "failed_exhausted": P.EXHAUSTED,
         "failed_retrying": P.COUNTS[JobState.FAILED] - P.EXHAUSTED,
@@ -201,6 +203,7 @@ def test_status_table_and_json(db_url: str, tmp_path: Path) -> None:
     window = as_json("job", "status", "--db", db_url, "--window-s", "600", cwd=tmp_path)
     assert window == {
         "window_s": 600.0,
+        "manifest": None,
         "counts": {state.value: count for state, count in P.WINDOW_COUNTS.items()},
         "failed_exhausted": P.WINDOW_EXHAUSTED,
         "failed_retrying": 1,

@@ -57,6 +57,15 @@ OutDir = Annotated[
         help="The run's output folder: its manifest.sqlite3 is the ledger.",
     ),
 ]
+ManifestFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--manifest",
+        metavar="NAME",
+        help="Only the jobs of this manifest: its name in the ledger, the manifest file's name "
+        "(papers.jsonl) unless the run gave --manifest-name.",
+    ),
+]
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="YAML config (default ./config/idempotency.yaml).")
 ]
@@ -120,17 +129,19 @@ def status(
         float | None,
         typer.Option("--window-s", min=0.001, help="Only jobs created in the last N seconds."),
     ] = None,
+    manifest: ManifestFilter = None,
     as_json: JsonOption = False,
 ) -> None:
     """Jobs by state, with totals.
 
-    Example: docstokg job status --out store --window-s 3600
+    Example: docstokg job status --out store --window-s 3600 --manifest papers.jsonl
     """
     with _existing_ledger(db, out_dir, config) as ledger:
-        report = job_status(ledger, window_s=window_s)
+        report = job_status(ledger, window_s=window_s, manifest=manifest)
     if as_json:
         print_json(
             {
+                "manifest": manifest,
                 "window_s": report.window_s,
                 "counts": _counts_json(report.counts),
                 "failed_exhausted": report.exhausted,
@@ -139,7 +150,8 @@ def status(
             }
         )
         return
-    title = "Jobs by state" + (f" (created in the last {report.window_s:g} s)" if window_s else "")
+    title = "Jobs by state" + (f" of {escape(manifest)}" if manifest else "")
+    title += f" (created in the last {report.window_s:g} s)" if window_s else ""
     table = Table(title=title)
     table.add_column("state")
     table.add_column("jobs", justify="right")
@@ -216,14 +228,20 @@ def stats(
     window_s: Annotated[
         float, typer.Option("--window-s", min=0.001, help="Window for jobs finished per minute.")
     ] = 3600.0,
+    manifest: ManifestFilter = None,
     as_json: JsonOption = False,
 ) -> None:
-    """One summary: states, throughput, retries, top failure reasons, op durations, size."""
+    """One summary: states, throughput, retries, top failure reasons, op durations, size.
+
+    With --manifest, the jobs' figures (states, throughput, failures) are that
+    manifest's; retries, op durations and the size are the whole ledger's.
+    """
     with _existing_ledger(db, out_dir, config) as ledger:
-        report = job_stats(ledger, window_s=window_s)
+        report = job_stats(ledger, window_s=window_s, manifest=manifest)
     if as_json:
         print_json(
             {
+                "manifest": manifest,
                 "window_s": report.window_s,
                 "counts": _counts_json(report.counts),
                 "failed_exhausted": report.exhausted,
@@ -249,7 +267,8 @@ def stats(
             }
         )
         return
-    summary = Table(title="Ledger summary", show_header=False)
+    title = "Ledger summary" + (f": jobs of {escape(manifest)}" if manifest else "")
+    summary = Table(title=title, show_header=False)
     summary.add_column("", style="bold")
     summary.add_column("", justify="right")
     for state, count in report.counts.items():

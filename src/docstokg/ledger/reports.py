@@ -11,12 +11,13 @@ records, never ORM objects, and never commits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
 from docstokg.ledger import statements as sql
+from docstokg.ledger.prepared import Prepared
 from docstokg.states import JobState
 
 
@@ -57,24 +58,46 @@ class ReportRepository:
         self._connection = connection
         self._dialect = connection.dialect.name
 
-    def state_counts(self, *, created_since: float | None = None) -> dict[JobState, int]:
-        """Jobs per state (every state present), optionally only those created since."""
+    def state_counts(
+        self, *, created_since: float | None = None, manifest: str | None = None
+    ) -> dict[JobState, int]:
+        """Jobs per state (every state present), optionally only those created since.
+
+        With ``manifest``, only that manifest's jobs (so in every report below).
+        """
+        params = {"since": created_since, "manifest": manifest}
         if created_since is None:
-            rows = sql.JOBS_PER_STATE.rows(self._connection)
+            statement = _pick(sql.JOBS_PER_STATE, sql.JOBS_PER_STATE_IN_MANIFEST, manifest)
         else:
-            rows = sql.JOBS_PER_STATE_CREATED_SINCE.rows(self._connection, {"since": created_since})
+            statement = _pick(
+                sql.JOBS_PER_STATE_CREATED_SINCE,
+                sql.JOBS_PER_STATE_CREATED_SINCE_IN_MANIFEST,
+                manifest,
+            )
+        rows = statement.rows(self._connection, _bound(params))
         counts = dict.fromkeys(JobState, 0)
         for state, count in rows:
             counts[JobState(state)] = int(count)
         return counts
 
-    def exhausted_count(self, *, created_since: float | None = None) -> int:
+    def manifests(self) -> dict[str, int]:
+        """Every manifest of the ledger, by name, with how many jobs belong to it."""
+        return {str(name): int(count) for name, count in sql.MANIFEST_SIZES.rows(self._connection)}
+
+    def exhausted_count(
+        self, *, created_since: float | None = None, manifest: str | None = None
+    ) -> int:
         """FAILED jobs with no attempt left (the others will be retried)."""
+        params = {"since": created_since, "manifest": manifest}
         if created_since is None:
-            return int(sql.EXHAUSTED_COUNT.scalar(self._connection))
-        return int(
-            sql.EXHAUSTED_COUNT_CREATED_SINCE.scalar(self._connection, {"since": created_since})
-        )
+            statement = _pick(sql.EXHAUSTED_COUNT, sql.EXHAUSTED_COUNT_IN_MANIFEST, manifest)
+        else:
+            statement = _pick(
+                sql.EXHAUSTED_COUNT_CREATED_SINCE,
+                sql.EXHAUSTED_COUNT_CREATED_SINCE_IN_MANIFEST,
+                manifest,
+            )
+        return int(statement.scalar(self._connection, _bound(params)))
 
     def leases(self, *, limit: int) -> tuple[int, list[LeaseRow]]:
         """How many jobs carry a lease, and the first ``limit`` of them, soonest expiry first."""
@@ -91,9 +114,12 @@ class ReportRepository:
     def expired_lease_count(self, *, now: float) -> int:
         return int(sql.EXPIRED_LEASE_COUNT.scalar(self._connection, {"now": now}))
 
-    def finished_since(self, since: float) -> int:
+    def finished_since(self, since: float, *, manifest: str | None = None) -> int:
         """Jobs that ended in a success state at or after ``since`` (by their last update)."""
-        return int(sql.FINISHED_SINCE.scalar(self._connection, {"since": since}))
+        statement = _pick(sql.FINISHED_SINCE, sql.FINISHED_SINCE_IN_MANIFEST, manifest)
+        return int(
+            statement.scalar(self._connection, _bound({"since": since, "manifest": manifest}))
+        )
 
     def retries(self) -> tuple[int, int]:
         """(jobs with a step that ran more than once, the extra runs in all).
@@ -106,9 +132,10 @@ class ReportRepository:
         assert row is not None  # an aggregate always has its row
         return int(row[0]), int(row[1])
 
-    def failure_groups(self) -> list[FailureGroup]:
+    def failure_groups(self, *, manifest: str | None = None) -> list[FailureGroup]:
         """FAILED jobs grouped by their last error (and whether they are out of attempts)."""
-        rows = sql.FAILURE_GROUPS.rows(self._connection)
+        statement = _pick(sql.FAILURE_GROUPS, sql.FAILURE_GROUPS_IN_MANIFEST, manifest)
+        rows = statement.rows(self._connection, _bound({"manifest": manifest}))
         return [FailureGroup(error, bool(out), int(count)) for error, out, count in rows]
 
     def abandoned_ops(self) -> int:
@@ -174,6 +201,16 @@ class ReportRepository:
         page_count = sql.SQLITE_PAGE_COUNT.scalar(self._connection)
         page_size = sql.SQLITE_PAGE_SIZE.scalar(self._connection)
         return int(page_count) * int(page_size)
+
+
+def _pick(over_all: Prepared, in_manifest: Prepared, manifest: str | None) -> Prepared:
+    """The report over the whole ledger, or its twin over one manifest's jobs."""
+    return over_all if manifest is None else in_manifest
+
+
+def _bound(params: Mapping[str, object]) -> dict[str, object]:
+    """The parameters that are set (a statement is given only those it binds)."""
+    return {name: value for name, value in params.items() if value is not None}
 
 
 def _rank(count: int, quantile: float) -> int:

@@ -188,15 +188,35 @@ class JobRepository:
 
     # --- leases ---------------------------------------------------------------------
 
-    def claim(self, *, owner: str, ttl_s: float, now: float) -> Lease | None:
+    def add_to_manifest(self, manifest: str, job_ids: Collection[str], *, now: float) -> int:
+        """Make these planned jobs members of ``manifest``; returns how many were not yet."""
+        if not job_ids:
+            return 0
+        params = {"manifest": manifest, "job_ids": list(job_ids), "now": now}
+        return sql.ADD_TO_MANIFEST.count(self._connection, params)
+
+    def manifests_of(self, job_id: str) -> list[str]:
+        """The manifests this job belongs to, by name."""
+        return [
+            str(name)
+            for name in sql.MANIFESTS_OF_JOB.column(self._connection, {"b_job_id": job_id})
+        ]
+
+    def claim(
+        self, *, owner: str, ttl_s: float, now: float, manifest: str | None = None
+    ) -> Lease | None:
         """Grant the oldest claimable job to ``owner``, or None if there is none.
 
-        Taking over a job whose holder's lease expired mid-step costs it an
-        attempt; a job that had none left ends FAILED there and the next one
-        is tried (each such job is claimable once: the loop ends).
+        With ``manifest``, only that manifest's jobs are claimed.  Taking over
+        a job whose holder's lease expired mid-step costs it an attempt; a job
+        that had none left ends FAILED there and the next one is tried (each
+        such job is claimable once: the loop ends).
         """
-        params = {"owner": owner, "ttl_s": ttl_s, "now": now}
-        while (row := sql.CLAIM.first(self._connection, params)) is not None:
+        params: dict[str, object] = {"owner": owner, "ttl_s": ttl_s, "now": now}
+        statement = sql.CLAIM
+        if manifest is not None:
+            statement, params["manifest"] = sql.CLAIM_IN_MANIFEST, manifest
+        while (row := statement.first(self._connection, params)) is not None:
             if row[1] is not None:  # granted, not given up
                 break
         if row is None:

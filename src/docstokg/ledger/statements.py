@@ -68,6 +68,7 @@ from docstokg.ledger.models import (
     TIMED_OPS,
     UNHEALTHY_OPS,
     jobs_table,
+    manifest_jobs_table,
     meta_table,
     ops_table,
 )
@@ -77,6 +78,7 @@ from docstokg.states import RESTART_ON_GRANT, SUCCESS_STATES, JobState
 
 jobs = jobs_table.c
 ops = ops_table.c
+members = manifest_jobs_table.c
 DIALECTS: dict[str, Any] = {"sqlite": sqlite, "postgresql": postgresql}
 
 
@@ -175,6 +177,37 @@ POSTGRESQL_PLAN_MANY = Prepared(
     .returning(jobs.job_id)
 )
 
+# --- manifests ----------------------------------------------------------------------------
+
+
+def _member(job_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """``job_id`` is one of the jobs of the manifest bound as ``manifest``."""
+    return job_id.in_(select(members.job_id).where(members.manifest == bindparam("manifest")))
+
+
+# Existing jobs only (a foreign key would refuse the others): an id that is not
+# planned is not a member of anything.
+ADD_TO_MANIFEST = per_dialect(
+    lambda dialect: (
+        dialect.insert(manifest_jobs_table)
+        .from_select(
+            ["manifest", "job_id", "added_at"],
+            select(bindparam("manifest", type_=Text), jobs.job_id, _now).where(
+                jobs.job_id.in_(bindparam("job_ids", expanding=True))
+            ),
+        )
+        .on_conflict_do_nothing()
+    )
+)
+MANIFEST_SIZES = Prepared(
+    select(members.manifest, func.count()).group_by(members.manifest).order_by(members.manifest)
+)
+MANIFESTS_OF_JOB = Prepared(
+    select(members.manifest)
+    .where(members.job_id == bindparam("b_job_id"))
+    .order_by(members.manifest)
+)
+
 # --- leases ---------------------------------------------------------------------------
 
 _restart_states = tuple(state.value for state in RESTART_ON_GRANT)
@@ -240,8 +273,13 @@ def _after_worker_lost(granted: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _claim(name: str) -> Any:
-    oldest = select(jobs.job_id).where(_CLAIMABLE).order_by(jobs.created_at, jobs.job_id).limit(1)
+# The jobs of one manifest (bound as ``manifest``), for a claim limited to them.
+IN_MANIFEST = _member(jobs.job_id)
+
+
+def _claim(name: str, *, in_manifest: bool = False) -> Any:
+    claimable = and_(_CLAIMABLE, IN_MANIFEST) if in_manifest else _CLAIMABLE
+    oldest = select(jobs.job_id).where(claimable).order_by(jobs.created_at, jobs.job_id).limit(1)
     if name == "postgresql":
         # Workers skip rows another claim holds instead of queueing behind it.
         oldest = oldest.with_for_update(skip_locked=True)
@@ -274,6 +312,7 @@ def _claim(name: str) -> Any:
 
 
 CLAIM = Prepared({name: _claim(name) for name in DIALECTS})
+CLAIM_IN_MANIFEST = Prepared({name: _claim(name, in_manifest=True) for name in DIALECTS})
 RENEW = Prepared(
     update(jobs_table)
     .where(
@@ -765,20 +804,54 @@ _SUCCESS_VALUES = sorted(state.value for state in SUCCESS_STATES)
 # (state, ...) index to avoid a sort, reading every row's created_at, instead
 # of the few index entries created since.
 _state_expression = (jobs.state + "").label("state")
-JOBS_PER_STATE_CREATED_SINCE = Prepared(
-    select(_state_expression, func.count())
-    .where(jobs.created_at >= _created_since)
-    .group_by(_state_expression)
+
+
+# Each report on jobs comes twice: over the ledger, and over one manifest's jobs.
+def _jobs_per_state(*where: ColumnElement[bool]) -> Prepared:
+    return Prepared(select(jobs.state, func.count()).where(*where).group_by(jobs.state))
+
+
+def _jobs_per_state_created_since(*where: ColumnElement[bool]) -> Prepared:
+    return Prepared(
+        select(_state_expression, func.count())
+        .where(jobs.created_at >= _created_since, *where)
+        .group_by(_state_expression)
+    )
+
+
+def _exhausted_count(*where: ColumnElement[bool]) -> Prepared:
+    return Prepared(select(func.count()).where(FAILED_JOBS, _failed_exhausted, *where))
+
+
+def _failure_groups(*where: ColumnElement[bool]) -> Prepared:
+    return Prepared(
+        select(_failed.last_error, _failed_exhausted, func.count())
+        .where(FAILED_JOBS, *where)
+        .group_by(_failed.last_error, _failed_exhausted)
+    )
+
+
+def _finished_since(*where: ColumnElement[bool]) -> Prepared:
+    return Prepared(
+        select(func.count()).where(
+            jobs.state.in_(_SUCCESS_VALUES),
+            jobs.updated_at >= bindparam("since", type_=jobs.updated_at.type),
+            *where,
+        )
+    )
+
+
+JOBS_PER_STATE_IN_MANIFEST = _jobs_per_state(IN_MANIFEST)
+JOBS_PER_STATE_CREATED_SINCE = _jobs_per_state_created_since()
+JOBS_PER_STATE_CREATED_SINCE_IN_MANIFEST = _jobs_per_state_created_since(IN_MANIFEST)
+EXHAUSTED_COUNT = _exhausted_count()
+EXHAUSTED_COUNT_IN_MANIFEST = _exhausted_count(_member(_failed.job_id))
+EXHAUSTED_COUNT_CREATED_SINCE = _exhausted_count(_failed.created_at >= _created_since)
+EXHAUSTED_COUNT_CREATED_SINCE_IN_MANIFEST = _exhausted_count(
+    _failed.created_at >= _created_since, _member(_failed.job_id)
 )
-EXHAUSTED_COUNT = Prepared(select(func.count()).where(FAILED_JOBS, _failed_exhausted))
-EXHAUSTED_COUNT_CREATED_SINCE = Prepared(
-    select(func.count()).where(FAILED_JOBS, _failed_exhausted, _failed.created_at >= _created_since)
-)
-FAILURE_GROUPS = Prepared(
-    select(_failed.last_error, _failed_exhausted, func.count())
-    .where(FAILED_JOBS)
-    .group_by(_failed.last_error, _failed_exhausted)
-)
+FAILURE_GROUPS = _failure_groups()
+FAILURE_GROUPS_IN_MANIFEST = _failure_groups(_member(_failed.job_id))
 _held = jobs.lease_until.is_not(None)
 LEASE_COUNT = Prepared(select(func.count()).where(_held))
 LEASES = Prepared(
@@ -797,12 +870,8 @@ LEASES = Prepared(
 )
 LIVE_LEASE_COUNT = Prepared(select(func.count()).where(jobs.lease_until >= _now))
 EXPIRED_LEASE_COUNT = Prepared(select(func.count()).where(jobs.lease_until < _now))
-FINISHED_SINCE = Prepared(
-    select(func.count()).where(
-        jobs.state.in_(_SUCCESS_VALUES),
-        jobs.updated_at >= bindparam("since", type_=jobs.updated_at.type),
-    )
-)
+FINISHED_SINCE = _finished_since()
+FINISHED_SINCE_IN_MANIFEST = _finished_since(IN_MANIFEST)
 # Ops whose step ran more than once, from the partial index ix_artifact_ops_retried.
 RETRIES = Prepared(
     select(

@@ -97,7 +97,10 @@ class LedgerPipeline:
         *,
         backoff: Backoff,
         steps: Sequence[Step] = PIPELINE,
+        manifest: str | None = None,
     ) -> None:
+        """``manifest``: claim only that manifest's jobs (None: any job of the ledger)."""
+        self._manifest = manifest
         self._ledger = ledger
         self._fetcher = fetcher
         self._backoff = backoff
@@ -105,11 +108,13 @@ class LedgerPipeline:
 
     def claim(self, *, owner: str, ttl_s: float) -> JobSteps | None:
         """Lease the next job for ``owner``, its first step started in the same commit; or None."""
-        return claim_and_start(self._ledger, owner=owner, ttl_s=ttl_s, first_kind=self._first)
+        return claim_and_start(
+            self._ledger, owner=owner, ttl_s=ttl_s, first_kind=self._first, manifest=self._manifest
+        )
 
     def next_claim(self, *, owner: str, ttl_s: float) -> NextClaim:
         """What :meth:`process` needs to claim the worker's next job as the current one ends."""
-        return NextClaim(owner, ttl_s, self._first)
+        return NextClaim(owner, ttl_s, self._first, self._manifest)
 
     @property
     def _first(self) -> str:

@@ -43,6 +43,7 @@ from docstokg.services import (
     Backoff,
     JobSteps,
     NextClaim,
+    add_to_manifest,
     cleanup_stale_leases,
     cleanup_stale_ops,
     count_unfinished,
@@ -84,6 +85,8 @@ class RunSettings:
     workers: int = 4
     db_url: str | None = None  # the ledger's database when config.enabled
     metrics_port: int | None = None  # serve Prometheus /metrics on 127.0.0.1 while running
+    # The name the ledger knows the manifest by; its runs claim only its jobs (None: its file name).
+    manifest_name: str | None = None
 
     @property
     def limits(self) -> DownloadLimits:
@@ -247,6 +250,11 @@ class DownloadRun:
             for row in manifest.rows
         ]  # fmt: skip
 
+    @property
+    def manifest_name(self) -> str:
+        """The name this run's manifest has in the ledger: its runs claim only its jobs."""
+        return self._settings.manifest_name or self._manifest.path.name
+
     def request_stop(self) -> None:
         """Stop claiming; downloads under way stop at their next chunk and keep their .part."""
         self._stop.set()
@@ -321,7 +329,11 @@ class DownloadRun:
         done = len(job_ids) - count_unfinished(ledger, job_ids)
         self._reporter.begin(len(job_ids), done=done)
         pipeline = LedgerPipeline(
-            ledger, fetcher, backoff=settings.backoff, steps=self._parts.steps
+            ledger,
+            fetcher,
+            backoff=settings.backoff,
+            steps=self._parts.steps,
+            manifest=self.manifest_name,
         )
         completion = _Completion(ledger, job_ids, poll_s=self._poll_s)
         with LeaseKeeper(
@@ -417,6 +429,9 @@ class DownloadRun:
                 canonical_url=target.url,
             )  # fmt: skip
             targets.append(replace(target, job_id=job_id))
+        joined = add_to_manifest(ledger, self.manifest_name, [t.job_id for t in targets])
+        if joined:
+            log.info("manifest %r: %d jobs joined it", self.manifest_name, joined)
         return targets
 
     def _follow_checksums(self, ledger: Ledger, known: Mapping[str, JobRecord]) -> None:

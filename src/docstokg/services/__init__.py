@@ -36,7 +36,12 @@ from docstokg.services.maintenance import (
     cleanup_stale_ops,
     reconcile_jobs,
 )
-from docstokg.services.planning import follow_expected_checksums, plan_job_if_absent, plan_jobs
+from docstokg.services.planning import (
+    add_to_manifest,
+    follow_expected_checksums,
+    plan_job_if_absent,
+    plan_jobs,
+)
 from docstokg.services.queries import count_unfinished, get_job, jobs_among
 from docstokg.services.transitions import (
     Backoff,
@@ -54,6 +59,7 @@ __all__ = [
     "NextClaim",
     "ReconcileReport",
     "StoredContent",
+    "add_to_manifest",
     "advance_state",
     "claim_and_start",
     "cleanup_stale_leases",

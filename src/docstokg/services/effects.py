@@ -111,8 +111,9 @@ def claim_and_start(
     owner: str,
     ttl_s: float,
     first_kind: str,
+    manifest: str | None = None,
 ) -> JobSteps | None:
-    """Lease the next job and start its first effect in the same unit of work.
+    """Lease the next job (of ``manifest``, if given) and start its first effect with it.
 
     The claim and the start of the first step commit together, which saves
     a unit of work per job; the op is ``op_key(first_kind, job_id)``.  Returns the
@@ -121,7 +122,7 @@ def claim_and_start(
     A job taken over part-way (its first op already succeeded) starts
     nothing here; its steps replay as usual.
     """
-    claim = NextClaim(owner, ttl_s, first_kind)
+    claim = NextClaim(owner, ttl_s, first_kind, manifest)
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
         steps = _claim_within(uow, ledger, claim, now=uow.now())
@@ -134,7 +135,7 @@ def claim_and_start(
 def _claim_within(
     uow: UnitOfWork, ledger: Ledger, claim: NextClaim, *, now: float
 ) -> JobSteps | None:
-    lease = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now)
+    lease = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now, manifest=claim.manifest)
     if lease is None:
         return None
     opkey = op_key(claim.first_kind, lease.job_id)

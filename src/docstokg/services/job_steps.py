@@ -96,12 +96,14 @@ class NextClaim:
 
     The job's worker claims its next job, and starts that job's first step
     (op key ``op_key(first_kind, job_id)``), in the transaction that ends the
-    current one: one unit of work less per job.
+    current one: one unit of work less per job.  With ``manifest``, only
+    that manifest's jobs are claimed.
     """
 
     owner: str
     ttl_s: float
     first_kind: str
+    manifest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +477,9 @@ class JobSteps:
         self, uow: UnitOfWork, draft: _Draft, claim: NextClaim, now: float, *, learn: bool
     ) -> JobSteps | None:
         """Claim the worker's next job and start its first step in this turn."""
-        following = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now)
+        following = uow.jobs.claim(
+            owner=claim.owner, ttl_s=claim.ttl_s, now=now, manifest=claim.manifest
+        )
         if following is None:
             return None
         first = op_key(claim.first_kind, following.job_id)

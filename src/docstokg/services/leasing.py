@@ -13,8 +13,12 @@ from docstokg.services.transitions import finished_under
 _T = TypeVar("_T")
 
 
-def lease_next_job(ledger: Ledger, *, owner: str, ttl_s: float) -> Lease | None:
+def lease_next_job(
+    ledger: Ledger, *, owner: str, ttl_s: float, manifest: str | None = None
+) -> Lease | None:
     """Grant ``owner`` the oldest claimable job for ``ttl_s`` seconds, or None.
+
+    With ``manifest``, only the jobs of that manifest (see :func:`add_to_manifest`).
 
     Claimable: not in a terminal state, lease empty or expired, and, if FAILED,
     attempts left and its backoff over.  The grant increments the job's epoch;
@@ -24,7 +28,7 @@ def lease_next_job(ledger: Ledger, *, owner: str, ttl_s: float) -> Lease | None:
     """
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
-        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=uow.now())
+        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=uow.now(), manifest=manifest)
         uow.commit()
     return lease
 

@@ -12,8 +12,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docstokg.errors import ConfigurationError, JobNotFound
-from docstokg.ledger import JobRecord, Ledger, OpRecord
+from docstokg.errors import ConfigurationError, JobNotFound, UnknownManifest
+from docstokg.ledger import JobRecord, Ledger, OpRecord, UnitOfWork
 from docstokg.ledger.reports import DurationSummary, FailureGroup
 from docstokg.services.maintenance import (
     cleanup_stale_leases,
@@ -109,12 +109,18 @@ class VacuumReport:
         return max(0, self.bytes_before - self.bytes_after)
 
 
-def job_status(ledger: Ledger, *, window_s: float | None = None) -> StatusReport:
-    """Jobs by state, optionally only those created in the last ``window_s`` seconds."""
+def job_status(
+    ledger: Ledger, *, window_s: float | None = None, manifest: str | None = None
+) -> StatusReport:
+    """Jobs by state, optionally only those created in the last ``window_s`` seconds.
+
+    With ``manifest``, only the jobs of that manifest (by its name in the ledger).
+    """
     with ledger.unit_of_work(read_only=True) as uow:
+        _check_manifest(uow, manifest)
         since = None if window_s is None else uow.now() - window_s
-        counts = uow.reports.state_counts(created_since=since)
-        exhausted = uow.reports.exhausted_count(created_since=since)
+        counts = uow.reports.state_counts(created_since=since, manifest=manifest)
+        exhausted = uow.reports.exhausted_count(created_since=since, manifest=manifest)
     return StatusReport(window_s, counts, exhausted)
 
 
@@ -133,19 +139,29 @@ def job_leases(ledger: Ledger, *, limit: int = 100) -> LeasesReport:
 
 
 def job_stats(
-    ledger: Ledger, *, window_s: float = DEFAULT_STATS_WINDOW_S, top: int = TOP_FAILURES
+    ledger: Ledger,
+    *,
+    window_s: float = DEFAULT_STATS_WINDOW_S,
+    top: int = TOP_FAILURES,
+    manifest: str | None = None,
 ) -> StatsReport:
-    """One summary: states, throughput over the window, retries, failures, op durations."""
+    """One summary: states, throughput over the window, retries, failures, op durations.
+
+    With ``manifest``, the jobs' figures (states, throughput, failures) cover
+    that manifest's jobs only; the steps' figures (retries, durations,
+    abandoned ops) and the size cover the whole ledger.
+    """
     if not window_s > 0:
         raise ConfigurationError(f"--window-s must be a positive number of seconds, got {window_s}")
     with ledger.unit_of_work(read_only=True) as uow:
         reports = uow.reports
+        _check_manifest(uow, manifest)
         since = uow.now() - window_s
-        counts = reports.state_counts()
-        exhausted = reports.exhausted_count()
-        finished = reports.finished_since(since)
+        counts = reports.state_counts(manifest=manifest)
+        exhausted = reports.exhausted_count(manifest=manifest)
+        finished = reports.finished_since(since, manifest=manifest)
         retried_jobs, retry_attempts = reports.retries()
-        groups = reports.failure_groups()
+        groups = reports.failure_groups(manifest=manifest)
         durations = reports.durations()
         abandoned = reports.abandoned_ops()
         size = reports.database_bytes()
@@ -161,6 +177,15 @@ def job_stats(
         abandoned_ops=abandoned,
         database_bytes=size,
     )
+
+
+def _check_manifest(uow: UnitOfWork, manifest: str | None) -> None:
+    """Refuse a manifest name the ledger does not know, naming those it knows."""
+    if manifest is None:
+        return
+    known = uow.reports.manifests()
+    if manifest not in known:
+        raise UnknownManifest(manifest, known)
 
 
 def job_timeline(ledger: Ledger, job_id: str) -> tuple[JobRecord, list[OpRecord]]:

@@ -16,6 +16,9 @@ PlanRow = JobSpec | tuple[str, str, str] | Mapping[str, str]
 # Rows per transaction: large enough to amortise a commit, small enough that
 # SQLite's write lock is never held for long while a big manifest is planned.
 PLAN_TRANSACTION_ROWS = 10_000
+# Job ids per membership insert: one bound parameter each, far below SQLite's limit.
+MEMBERSHIP_TRANSACTION_ROWS = 5_000
+MAX_MANIFEST_NAME = 200
 
 
 def plan_job_if_absent(
@@ -77,6 +80,37 @@ def _spec(row: PlanRow) -> JobSpec:
         f"plan row {row!r} is not a JobSpec, a (work_id, artifact_id, canonical_url) "
         "tuple or a mapping with those keys"
     )
+
+
+def add_to_manifest(ledger: Ledger, manifest: str, job_ids: Iterable[str]) -> int:
+    """Make planned jobs members of ``manifest``; returns how many joined it now.
+
+    A run of a manifest claims only its members, so several manifests share
+    one ledger without one run fetching another's artifacts; a job in two
+    manifests is claimed by the runs of either, and fetched once.  Keyed by
+    (manifest, job): repeating a batch whose COMMIT was lost is harmless.
+    """
+    check_manifest_name(manifest)
+    added = 0
+    for batch in batched(job_ids, MEMBERSHIP_TRANSACTION_ROWS):
+        added += ledger.retrying(partial(_add_batch, ledger, manifest, batch))
+    return added
+
+
+def _add_batch(ledger: Ledger, manifest: str, batch: list[str]) -> int:
+    with ledger.unit_of_work() as uow:
+        added = uow.jobs.add_to_manifest(manifest, batch, now=uow.now())
+        uow.commit()
+    return added
+
+
+def check_manifest_name(name: str) -> None:
+    """Refuse a manifest name no operator could type back (empty, control characters, huge)."""
+    if not name or len(name) > MAX_MANIFEST_NAME or not name.isprintable() or name != name.strip():
+        raise ConfigurationError(
+            f"manifest name {name[:80]!r} is not usable: give 1 to {MAX_MANIFEST_NAME} "
+            "printable characters, without leading or trailing spaces (--manifest-name)"
+        )
 
 
 def follow_expected_checksums(ledger: Ledger, expected: Mapping[str, str | None]) -> list[str]:
