@@ -18,7 +18,9 @@ anything), and a final clean run must find nothing to do.
 :func:`check_invariants` turns what is on disk, in the ledger, in the
 server's log and in the runs' output into a list of violations (empty: all
 held).  ``tests/chaos/test_chaos.py`` runs a short round per backend;
-``bench/chaos.py`` runs long ones and prints the figures.
+``bench/chaos.py`` runs long ones and prints the figures;
+``tests/chaos/test_multi_host.py`` checks the same invariants on a fleet of
+simulated machines (process groups) sharing one PostgreSQL ledger.
 
 Waiting a random moment before a fault is the point of chaos, not a way to
 synchronise; the harness polls only what a child process cannot signal (its
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import signal
 import subprocess
@@ -96,6 +99,8 @@ class ChaosPlan:
     max_delay_s: float = 1.5
     settle_timeout_s: float = 120.0
     seed: int = 0
+    pause_mid_body: bool = False
+    """Every GET stops halfway through the body until the test releases its path."""
 
     def schedule(self) -> list[str]:
         """The faults in order: the kills, with the other faults spread evenly among them."""
@@ -153,7 +158,10 @@ class Item:
 
 
 def serve_items(server: ArtifactServer, plan: ChaosPlan, prefix: str) -> list[Item]:
-    """``plan.urls`` throttled artifacts of random sizes; the last ``duplicates`` repeat bodies."""
+    """``plan.urls`` throttled artifacts of random sizes; the last ``duplicates`` repeat bodies.
+
+    With ``plan.pause_mid_body`` each GET waits halfway until ``server.release(path)``.
+    """
     rng = random.Random(f"{plan.seed}:{prefix}")
     items: list[Item] = []
     for number in range(plan.urls):
@@ -162,7 +170,10 @@ def serve_items(server: ArtifactServer, plan: ChaosPlan, prefix: str) -> list[It
             body = items[rng.randrange(plan.urls - plan.duplicates)].body
         else:
             body = generated_body(path, rng.randint(plan.min_bytes, plan.max_bytes))
-        url = server.add(path, Artifact(body, bytes_per_s=plan.bytes_per_s))
+        pause_after = len(body) // 2 if plan.pause_mid_body else None
+        url = server.add(
+            path, Artifact(body, bytes_per_s=plan.bytes_per_s, pause_after=pause_after)
+        )
         digest = hashlib.sha256(body).hexdigest()
         items.append(Item(path, url, body, f"{prefix}-{number}", digest))
     return items
@@ -214,9 +225,23 @@ def postgres_restarter(cluster: ThrowawayPostgres) -> Callable[[], None]:
 
 
 class RunProcess:
-    """One ``docstokg run``; output goes to files, so no pipe fills up while it is stopped."""
+    """One ``docstokg run``; output goes to files, so no pipe fills up while it is stopped.
 
-    def __init__(self, label: str, argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> None:
+    ``command`` replaces ``python -m docstokg`` (a simulated machine, say);
+    ``own_group`` starts it as the leader of a process group of its own, so
+    that :meth:`kill_group` kills it with everything it started.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        command: Sequence[str] = (sys.executable, "-m", "docstokg"),
+        own_group: bool = False,
+    ) -> None:
         logs = cwd / "logs"
         logs.mkdir(exist_ok=True)
         self.label = label
@@ -227,12 +252,13 @@ class RunProcess:
         self.started_at = time.time()
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "docstokg", *argv],
+                [*command, *argv],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                process_group=0 if own_group else None,
             )
 
     def alive(self) -> bool:
@@ -249,6 +275,13 @@ class RunProcess:
         if self.alive():
             self.killed = True
             self.process.kill()
+        self.process.wait()
+
+    def kill_group(self) -> None:
+        """SIGKILL the process group it leads (a whole machine at once) and reap the leader."""
+        with contextlib.suppress(ProcessLookupError):  # the group already ended
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.killed = True
         self.process.wait()
 
 
@@ -776,7 +809,7 @@ class ChaosRound:
             stored_at=stored_at,
             requests=requests,
             events=self.events,
-            runs=[_outcome(run) for run in self.runs],
+            runs=[run_outcome(run) for run in self.runs],
             began=began,
         )
         self.result.events = list(self.events)
@@ -785,7 +818,8 @@ class ChaosRound:
         self.result.bytes_needed = sum(len(item.body) for item in self.items)
 
 
-def _outcome(run: RunProcess) -> RunOutcome:
+def run_outcome(run: RunProcess) -> RunOutcome:
+    """What ``run`` did, once it ended (waits for it)."""
     return RunOutcome(
         label=run.label,
         returncode=run.process.wait(),

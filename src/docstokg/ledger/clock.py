@@ -19,6 +19,11 @@ database's, as every process's do sooner or later: holding time still until the
 database caught up would make this process judge leases granted by the others
 expired.  Only a regression within what two readings may disagree by (their
 round trips) is hidden, so that time seen by one process does not jitter back.
+
+A clock handed to :meth:`~docstokg.ledger.Ledger.connect` *is* the ledger's
+time (tests move it to expire leases), except a :class:`HostClock`: that is a
+machine's own wall clock, which on PostgreSQL never enters lease arithmetic
+(see :func:`lease_clock`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# A clock: epoch seconds, as time.time() gives them.
+Clock = Callable[[], float]
 
 # How long a reading of the database's clock is carried forward, at most.
 DEFAULT_RESYNC_S = 10.0
@@ -103,3 +111,37 @@ class DatabaseClock:
             value = self._last
         self._last = value
         return value
+
+
+class HostClock:
+    """This machine's wall clock, ``offset_s`` seconds off: what a host whose clock is wrong reads.
+
+    Machines' clocks disagree (by seconds; by minutes after a VM is restored
+    from a snapshot), so a host's clock must not decide when a lease granted
+    by another host ends: on PostgreSQL the ledger keeps the database's clock
+    for leases whatever HostClock it is given (:func:`lease_clock`); on
+    SQLite, whose workers share one host, the host's clock is the ledger's.
+    A fleet test injects offset ones to prove that drift changes nothing.
+    """
+
+    def __init__(self, offset_s: float = 0.0, *, wall: Clock = time.time) -> None:
+        self.offset_s = offset_s
+        self._wall = wall
+
+    def __call__(self) -> float:
+        return self._wall() + self.offset_s
+
+    def __repr__(self) -> str:
+        return f"HostClock(offset_s={self.offset_s!r})"
+
+
+def lease_clock(clock: Clock | None, dialect: str) -> Clock | None:
+    """The clock of lease arithmetic when ``clock`` is injected into a ledger on ``dialect``.
+
+    None means the ledger's own: PostgreSQL's clock (one for every machine)
+    or, on SQLite, this host's.  Any other injected clock is used as it is:
+    tests move the ledger's time with one.
+    """
+    if isinstance(clock, HostClock) and dialect == "postgresql":
+        return None
+    return clock
