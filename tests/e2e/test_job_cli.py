@@ -60,7 +60,7 @@ STATS_KEYS = {
 }
 FAILURE_KEYS = {"reason", "count", "exhausted", "example"}
 DURATION_KEYS = {"count", "p50_s", "p95_s"}
-SHOW_KEYS = {"job", "ops"}
+SHOW_KEYS = {"job", "manifests", "ops"}
 SHOW_JOB_KEYS = {
     "job_id",
     "work_id",

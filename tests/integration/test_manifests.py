@@ -134,14 +134,17 @@ def test_status_and_stats_count_one_manifest_and_refuse_an_unknown_one(db_url: s
     assert "big.jsonl (5 jobs), small.jsonl (2 jobs)" in str(unknown.value)
 
 
-def test_job_status_on_the_command_line_filters_by_manifest(db_url: str, tmp_path: Path) -> None:
+def test_job_status_and_show_on_the_command_line_name_the_manifests(
+    db_url: str, tmp_path: Path
+) -> None:
     with Ledger.connect(db_url) as ledger:
-        _plan_as(ledger, "a.jsonl", [("A", "0", "https://x.test/a0")])
+        (shared,) = _plan_as(ledger, "a.jsonl", [("A", "0", "https://x.test/a0")])
         _plan_as(ledger, "b.jsonl", [("B", str(n), f"https://x.test/b{n}") for n in range(3)])
+        add_to_manifest(ledger, "b.jsonl", [shared])
 
-    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+    def job(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "docstokg", "job", "status", "--db", db_url, *extra],
+            [sys.executable, "-m", "docstokg", "job", *args, "--db", db_url],
             check=False,
             capture_output=True,
             text=True,
@@ -149,12 +152,15 @@ def test_job_status_on_the_command_line_filters_by_manifest(db_url: str, tmp_pat
             timeout=60,
         )
 
-    filtered = status("--manifest", "b.jsonl", "--json")
-    unknown = status("--manifest", "c.jsonl")
+    filtered = job("status", "--manifest", "b.jsonl", "--json")
+    unknown = job("status", "--manifest", "c.jsonl")
+    shown = job("show", shared, "--json")
 
     assert filtered.returncode == 0, explain(filtered)
     document = json.loads(filtered.stdout)
-    assert (document["manifest"], document["total"]) == ("b.jsonl", 3)
+    assert (document["manifest"], document["total"]) == ("b.jsonl", 4)
+    assert shown.returncode == 0, explain(shown)
+    assert json.loads(shown.stdout)["manifests"] == ["a.jsonl", "b.jsonl"]
     assert unknown.returncode == 1, explain(unknown)
     assert "no job of this ledger belongs to a manifest named 'c.jsonl'" in unknown.stderr
 

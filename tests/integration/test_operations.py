@@ -240,7 +240,8 @@ def test_stats_of_an_empty_ledger(ledger: Ledger) -> None:
 def test_timeline_lists_the_ops_in_the_order_they_started(
     ledger: Ledger, population: P.Population
 ) -> None:
-    job, ops = job_timeline(ledger, population.job_ids["deduped_old"])
+    timeline = job_timeline(ledger, population.job_ids["deduped_old"])
+    job, ops = timeline.job, timeline.ops
     assert job.job_id == population.job_ids["deduped_old"]
     assert job.state is JobState.DEDUPED
     assert [(op.op_type, op.status, op.duration_s) for op in ops] == [

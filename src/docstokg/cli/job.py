@@ -369,9 +369,16 @@ def show(
 ) -> None:
     """The job and its ops as a timeline: kind, status, attempt, epoch, start, duration, result."""
     with _existing_ledger(db, out_dir, config) as ledger:
-        job, ops = job_timeline(ledger, job_id)
+        timeline = job_timeline(ledger, job_id)
+    job, ops = timeline.job, timeline.ops
     if as_json:
-        print_json({"job": _job_json(job), "ops": [_op_json(op) for op in ops]})
+        print_json(
+            {
+                "job": _job_json(job),
+                "manifests": timeline.manifests,
+                "ops": [_op_json(op) for op in ops],
+            }
+        )
         return
     head = Table(title=f"Job {job.job_id}", show_header=False)
     head.add_column("", style="bold")
@@ -379,6 +386,7 @@ def show(
     for name, value in (
         ("work_id / artifact_id", f"{job.work_id} / {job.artifact_id}"),
         ("url", mask_url(job.canonical_url)),
+        ("manifests", ", ".join(timeline.manifests) or "(none)"),
         ("state", job.state.value),
         ("attempts", f"{job.attempts} of {job.max_attempts}"),
         ("lease", f"{job.lease_owner} until {_when(job.lease_until)} (epoch {job.lease_epoch})"
@@ -391,17 +399,17 @@ def show(
     ):  # fmt: skip
         head.add_row(name, escape(str(value)))
     out.print(head)
-    timeline = Table(title="Ops")
+    steps = Table(title="Ops")
     for column in ("kind", "status", "attempt", "epoch", "started", "duration", "result or error"):
-        timeline.add_column(column, overflow="fold")
+        steps.add_column(column, overflow="fold")
     for op in ops:
         duration = "" if op.duration_s is None else f"{op.duration_s:.3f} s"
         detail = op.error if op.error else (op.result_json or "")
-        timeline.add_row(
+        steps.add_row(
             op.op_type, op.status, str(op.attempt), str(op.lease_epoch), _when(op.started_at),
             duration, escape(mask_urls(detail)),
         )  # fmt: skip
-    out.print(timeline)
+    out.print(steps)
 
 
 @job_app.command("cleanup")

@@ -188,13 +188,22 @@ def _check_manifest(uow: UnitOfWork, manifest: str | None) -> None:
         raise UnknownManifest(manifest, known)
 
 
-def job_timeline(ledger: Ledger, job_id: str) -> tuple[JobRecord, list[OpRecord]]:
-    """The job and its ops in the order they started."""
+@dataclass(frozen=True, slots=True)
+class JobTimeline:
+    """A job, the manifests it belongs to, and its ops in the order they started."""
+
+    job: JobRecord
+    manifests: list[str]
+    ops: list[OpRecord]
+
+
+def job_timeline(ledger: Ledger, job_id: str) -> JobTimeline:
+    """The job, its manifests and its ops in the order they started."""
     with ledger.unit_of_work(read_only=True) as uow:
         job = uow.jobs.get(job_id)
         if job is None:
             raise JobNotFound(job_id)
-        return job, list(uow.ops.list_for_job(job_id))
+        return JobTimeline(job, uow.jobs.manifests_of(job_id), list(uow.ops.list_for_job(job_id)))
 
 
 def job_cleanup(
