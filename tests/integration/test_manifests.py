@@ -22,6 +22,7 @@ from docstokg import JobRecord, JobState, Ledger, add_to_manifest, lease_next_jo
 from docstokg.errors import ConfigurationError, UnknownManifest
 from docstokg.keys import job_id_for, job_key
 from docstokg.run.runner import RunSummary
+from docstokg.services import check_manifest_name, usable_manifest_name
 from docstokg.services.operations import job_stats, job_status
 from docstokg.testing.server import Artifact, ArtifactServer, generated_body
 from tests.cli_kit import explain
@@ -54,30 +55,34 @@ def _summary_states(summary: RunSummary) -> dict[str, str]:
     return {report.url: report.state for report in summary.jobs}
 
 
-def test_a_claim_for_a_manifest_takes_only_its_members(db_url: str) -> None:
+def test_a_claim_among_a_runs_own_jobs_takes_none_of_the_others(db_url: str) -> None:
     with Ledger.connect(db_url) as ledger:
         ours = _plan_as(ledger, "ours.jsonl", [("W", "a", "https://x.test/a")])
         theirs = _plan_as(ledger, "theirs.jsonl", [("W", "b", "https://x.test/b")])
         plan_jobs(ledger, [("W", "c", "https://x.test/c")])  # in no manifest
 
-        first = lease_next_job(ledger, owner="w1", ttl_s=TTL_S, manifest="ours.jsonl")
-        second = lease_next_job(ledger, owner="w2", ttl_s=TTL_S, manifest="ours.jsonl")
+        first = lease_next_job(ledger, owner="w1", ttl_s=TTL_S, among=ours)
+        second = lease_next_job(ledger, owner="w2", ttl_s=TTL_S, among=ours)
+        nothing = lease_next_job(ledger, owner="w3", ttl_s=TTL_S, among=[])
         anyone = [lease_next_job(ledger, owner=f"x{n}", ttl_s=TTL_S) for n in range(3)]
 
     assert first is not None
     assert first.job_id == ours[0]
     assert second is None  # theirs and the manifest-less job are not ours to take
+    assert nothing is None
     taken = {lease.job_id for lease in anyone if lease is not None}
-    assert theirs[0] in taken  # an unfiltered claim takes any job
+    assert theirs[0] in taken  # a claim among no one's jobs takes any job
     assert len(taken) == 2
 
 
-def test_a_run_fetches_nothing_of_another_manifest_in_its_ledger(
-    server: ArtifactServer, tmp_path: Path, db_url: str
+@pytest.mark.parametrize("their_name", ["theirs.jsonl", "ours.jsonl"])
+def test_a_run_fetches_nothing_but_the_rows_of_its_file(
+    server: ArtifactServer, tmp_path: Path, db_url: str, their_name: str
 ) -> None:
+    """Not another manifest's jobs, even one of the same name, nor rows its file no longer has."""
     urls = _serve(server, 4)
-    with Ledger.connect(db_url) as ledger:  # another manifest, planned and not yet run
-        theirs = _plan_as(ledger, "theirs.jsonl", [("T", str(n), urls[n]) for n in (2, 3)])
+    with Ledger.connect(db_url) as ledger:  # planned and not yet run
+        theirs = _plan_as(ledger, their_name, [("T", str(n), urls[n]) for n in (2, 3)])
     ours = write_manifest(tmp_path / "ours.jsonl", [("O", str(n), urls[n]) for n in (0, 1)])
 
     summary = run_download(ours, tmp_path / "store", make_config(), db_url=db_url)
@@ -169,3 +174,32 @@ def test_job_status_and_show_on_the_command_line_name_the_manifests(
 def test_a_manifest_name_no_operator_could_type_back_is_refused(db_url: str, name: str) -> None:
     with Ledger.connect(db_url) as ledger, pytest.raises(ConfigurationError, match="manifest name"):
         add_to_manifest(ledger, name, [])
+
+
+@pytest.mark.parametrize(
+    ("file_name", "known_as"),
+    [
+        ("papers.jsonl", "papers.jsonl"),
+        (" spaced.jsonl", "spaced.jsonl"),
+        ("tab\there.jsonl", "tab?here.jsonl"),
+    ],
+)
+def test_a_run_is_known_by_a_usable_form_of_its_file_name(
+    server: ArtifactServer, tmp_path: Path, db_url: str, file_name: str, known_as: str
+) -> None:
+    (url,) = _serve(server, 1)
+    manifest = write_manifest(tmp_path / file_name, [("W", "0", url)])
+
+    summary = run_download(manifest, tmp_path / "store", make_config(), db_url=db_url)
+
+    assert summary.exit_code == 0, summary
+    with Ledger.connect(db_url) as ledger:
+        assert job_status(ledger, manifest=known_as).total == 1
+
+
+def test_a_long_file_name_is_cut_to_a_name_that_stays_apart_from_its_neighbours() -> None:
+    first, second = ("L" * 250 + ".jsonl"), ("L" * 250 + ".csv")
+
+    assert len(usable_manifest_name(first)) == 200
+    assert usable_manifest_name(first) != usable_manifest_name(second)
+    check_manifest_name(usable_manifest_name(first))

@@ -98,6 +98,14 @@ class JobRepository:
             for row in sql.JOBS_BY_ID.rows(self._connection, {"job_ids": batch})
         ]
 
+    def unfinished_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` that have not ended (a success, or FAILED with no attempt left)."""
+        return {
+            str(job_id)
+            for batch in batched(job_ids, ID_BATCH_SIZE)
+            for job_id in sql.UNFINISHED_AMONG.column(self._connection, {"job_ids": batch})
+        }
+
     def count_unfinished(self, job_ids: Iterable[str]) -> int:
         """How many of ``job_ids`` have not ended (a success, or FAILED with no attempt left)."""
         return sum(
@@ -203,19 +211,22 @@ class JobRepository:
         ]
 
     def claim(
-        self, *, owner: str, ttl_s: float, now: float, manifest: str | None = None
+        self, *, owner: str, ttl_s: float, now: float, among: Collection[str] | None = None
     ) -> Lease | None:
         """Grant the oldest claimable job to ``owner``, or None if there is none.
 
-        With ``manifest``, only that manifest's jobs are claimed.  Taking over
-        a job whose holder's lease expired mid-step costs it an attempt; a job
-        that had none left ends FAILED there and the next one is tried (each
-        such job is claimable once: the loop ends).
+        With ``among``, only one of those job ids (a run's own jobs, a window
+        at a time: an empty window claims nothing).  Taking over a job whose
+        holder's lease expired mid-step costs it an attempt; a job that had
+        none left ends FAILED there and the next one is tried (each such job
+        is claimable once: the loop ends).
         """
         params: dict[str, object] = {"owner": owner, "ttl_s": ttl_s, "now": now}
         statement = sql.CLAIM
-        if manifest is not None:
-            statement, params["manifest"] = sql.CLAIM_IN_MANIFEST, manifest
+        if among is not None:
+            if not among:
+                return None
+            statement, params["candidates"] = sql.CLAIM_AMONG, list(among)
         while (row := statement.first(self._connection, params)) is not None:
             if row[1] is not None:  # granted, not given up
                 break

@@ -273,12 +273,15 @@ def _after_worker_lost(granted: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# The jobs of one manifest (bound as ``manifest``), for a claim limited to them.
+# The jobs of one manifest (bound as ``manifest``), for the reports limited to them.
 IN_MANIFEST = _member(jobs.job_id)
+# A claim among the caller's candidates (a run's own jobs, a window at a time): a
+# primary-key probe per candidate, whatever the size of the ledger or of the manifest.
+_AMONG_CANDIDATES = jobs.job_id.in_(bindparam("candidates", expanding=True))
 
 
-def _claim(name: str, *, in_manifest: bool = False) -> Any:
-    claimable = and_(_CLAIMABLE, IN_MANIFEST) if in_manifest else _CLAIMABLE
+def _claim(name: str, *, among: bool = False) -> Any:
+    claimable = and_(_CLAIMABLE, _AMONG_CANDIDATES) if among else _CLAIMABLE
     oldest = select(jobs.job_id).where(claimable).order_by(jobs.created_at, jobs.job_id).limit(1)
     if name == "postgresql":
         # Workers skip rows another claim holds instead of queueing behind it.
@@ -312,7 +315,7 @@ def _claim(name: str, *, in_manifest: bool = False) -> Any:
 
 
 CLAIM = Prepared({name: _claim(name) for name in DIALECTS})
-CLAIM_IN_MANIFEST = Prepared({name: _claim(name, in_manifest=True) for name in DIALECTS})
+CLAIM_AMONG = Prepared({name: _claim(name, among=True) for name in DIALECTS})
 RENEW = Prepared(
     update(jobs_table)
     .where(
@@ -396,6 +399,11 @@ STORED_COPY = Prepared(
         jobs.job_id != bindparam("b_job_id"),
     )
     .limit(1)
+)
+UNFINISHED_AMONG = Prepared(
+    select(jobs.job_id).where(
+        jobs.job_id.in_(bindparam("job_ids", expanding=True)), NOT_FINISHED_JOBS
+    )
 )
 COUNT_UNFINISHED = Prepared(
     select(func.count())

@@ -18,7 +18,7 @@ without moving a file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -97,24 +97,25 @@ class LedgerPipeline:
         *,
         backoff: Backoff,
         steps: Sequence[Step] = PIPELINE,
-        manifest: str | None = None,
     ) -> None:
-        """``manifest``: claim only that manifest's jobs (None: any job of the ledger)."""
-        self._manifest = manifest
         self._ledger = ledger
         self._fetcher = fetcher
         self._backoff = backoff
         self._table = tuple(steps)
 
-    def claim(self, *, owner: str, ttl_s: float) -> JobSteps | None:
-        """Lease the next job for ``owner``, its first step started in the same commit; or None."""
+    def claim(
+        self, *, owner: str, ttl_s: float, among: Collection[str] | None = None
+    ) -> JobSteps | None:
+        """Lease a job for ``owner`` (one of ``among``), its first step started with it; or None."""
         return claim_and_start(
-            self._ledger, owner=owner, ttl_s=ttl_s, first_kind=self._first, manifest=self._manifest
+            self._ledger, owner=owner, ttl_s=ttl_s, first_kind=self._first, among=among
         )
 
-    def next_claim(self, *, owner: str, ttl_s: float) -> NextClaim:
+    def next_claim(
+        self, *, owner: str, ttl_s: float, among: Callable[[], Collection[str]] | None = None
+    ) -> NextClaim:
         """What :meth:`process` needs to claim the worker's next job as the current one ends."""
-        return NextClaim(owner, ttl_s, self._first, self._manifest)
+        return NextClaim(owner, ttl_s, self._first, among)
 
     @property
     def _first(self) -> str:

@@ -36,6 +36,7 @@ from docstokg.manifest import Manifest, ManifestProblem
 from docstokg.metrics import RunCounters
 from docstokg.metrics import serving as serving_metrics
 from docstokg.redact import mask_url, mask_urls
+from docstokg.run.candidates import Candidates
 from docstokg.run.collaborators import Collaborators
 from docstokg.run.heartbeat import LeaseKeeper
 from docstokg.run.pipeline import JobOutcome, LedgerPipeline, Outcome, PlainPipeline, Target
@@ -44,6 +45,7 @@ from docstokg.services import (
     JobSteps,
     NextClaim,
     add_to_manifest,
+    check_manifest_name,
     cleanup_stale_leases,
     cleanup_stale_ops,
     count_unfinished,
@@ -55,6 +57,8 @@ from docstokg.services import (
     reconcile_jobs,
     release_lease,
     release_leases_of,
+    unfinished_among,
+    usable_manifest_name,
 )
 from docstokg.services.stores import (
     bind_store,
@@ -69,6 +73,8 @@ log = logging.getLogger(__name__)
 ENABLED_MESSAGE = "Idempotency system enabled - initializing job tracking"
 # States a job reported as unfinished carries in plain mode (nothing recorded).
 UNFINISHED = "UNFINISHED"
+# A pass that ended its job for good: no claim of this run offers it again.
+_ENDED = frozenset({Outcome.STORED, Outcome.DUPLICATE, Outcome.FAILED})
 _PLAIN_STATES = {
     Outcome.STORED: JobState.DEDUPED.value,
     Outcome.DUPLICATE: JobState.SKIPPED_DUPLICATE.value,
@@ -229,6 +235,9 @@ class DownloadRun:
     ) -> None:
         self._manifest = manifest
         self._settings = settings
+        if settings.manifest_name is not None:  # given: refused at once if no one could type it
+            check_manifest_name(settings.manifest_name)
+        self._manifest_name = settings.manifest_name or usable_manifest_name(manifest.path.name)
         self._parts = collaborators
         self._reporter = collaborators.reporter
         self._stop = threading.Event()
@@ -252,8 +261,8 @@ class DownloadRun:
 
     @property
     def manifest_name(self) -> str:
-        """The name this run's manifest has in the ledger: its runs claim only its jobs."""
-        return self._settings.manifest_name or self._manifest.path.name
+        """The name this run's manifest has in the ledger (``job status --manifest NAME``)."""
+        return self._manifest_name
 
     def request_stop(self) -> None:
         """Stop claiming; downloads under way stop at their next chunk and keep their .part."""
@@ -333,9 +342,9 @@ class DownloadRun:
             fetcher,
             backoff=settings.backoff,
             steps=self._parts.steps,
-            manifest=self.manifest_name,
         )
-        completion = _Completion(ledger, job_ids, poll_s=self._poll_s)
+        candidates = Candidates(job_ids)
+        completion = _Completion(ledger, job_ids, candidates, poll_s=self._poll_s)
         with LeaseKeeper(
             ledger,
             ttl_s=config.lease_ttl_s,
@@ -458,13 +467,14 @@ class DownloadRun:
         number: int,
     ) -> None:
         owner = f"{self._owner}:w{number}"
+        candidates = completion.candidates
         ttl_s = self._settings.config.lease_ttl_s
-        next_claim = pipeline.next_claim(owner=owner, ttl_s=ttl_s)
+        next_claim = pipeline.next_claim(owner=owner, ttl_s=ttl_s, among=candidates.window)
         claimed: JobSteps | None = None  # the next job, claimed as the last one ended
         try:
             while not self._stop.is_set():
                 seen = self._news.count  # before the claim: a job ending after it wakes us
-                steps = claimed or self._claim(ledger, pipeline, owner)
+                steps = claimed or self._claim(ledger, pipeline, candidates, owner)
                 claimed = None
                 if steps is None:
                     if completion.all_ended():
@@ -481,6 +491,8 @@ class DownloadRun:
                 finally:
                     claimed = steps.next_job  # committed with the job's end, whatever came after
                 self._outcomes[outcome.target.job_id] = outcome
+                if outcome.outcome in _ENDED:
+                    candidates.ended([outcome.target.job_id])
                 completion.ask_again()
                 self._news.announce()
                 if outcome.outcome in (Outcome.RETRY, Outcome.FAILED):
@@ -492,12 +504,17 @@ class DownloadRun:
             if claimed is not None:  # stopping: hand back the job not yet started
                 self._hand_back(ledger, claimed.lease)
 
-    def _claim(self, ledger: Ledger, pipeline: LedgerPipeline, owner: str) -> JobSteps | None:
-        """The worker's next job, through passing database errors.
+    def _claim(
+        self, ledger: Ledger, pipeline: LedgerPipeline, candidates: Candidates, owner: str
+    ) -> JobSteps | None:
+        """The worker's next job among the run's own, through passing database errors.
 
-        A claim whose COMMIT failed may still have taken a job: before trying
-        again, the worker hands back whatever it may hold (it holds nothing
-        else at this point), so no job waits out a lease nobody works under.
+        Each window of the run's unfinished jobs is tried once; one that yields
+        nothing is checked against the ledger, which forgets the jobs that
+        ended elsewhere.  A claim whose COMMIT failed may still have taken a
+        job: before trying again, the worker hands back whatever it may hold
+        (it holds nothing else at this point), so no job waits out a lease
+        nobody works under.
         """
         ttl_s = self._settings.config.lease_ttl_s
         unsure = False
@@ -507,11 +524,16 @@ class DownloadRun:
             if unsure:
                 release_leases_of(ledger, owner)
                 unsure = False
-            try:
-                return pipeline.claim(owner=owner, ttl_s=ttl_s)
-            except TransientDatabaseError:
-                unsure = True
-                raise
+            for window in candidates.windows():
+                try:
+                    steps = pipeline.claim(owner=owner, ttl_s=ttl_s, among=window)
+                except TransientDatabaseError:
+                    unsure = True
+                    raise
+                if steps is not None:
+                    return steps
+                candidates.keep(window, unfinished_among(ledger, window))
+            return None
 
         return ledger.retrying(claim)
 
@@ -676,11 +698,17 @@ class _News:
 
 
 class _Completion:
-    """Has every job of the manifest ended?  Idle workers ask; the ledger answers once per poll."""
+    """Has every job of the manifest ended?  Idle workers ask; the ledger answers once per poll.
 
-    def __init__(self, ledger: Ledger, job_ids: Sequence[str], *, poll_s: float) -> None:
+    Each answer also tells the run's candidates which of its jobs are left.
+    """
+
+    def __init__(
+        self, ledger: Ledger, job_ids: Sequence[str], candidates: Candidates, *, poll_s: float
+    ) -> None:
         self._ledger = ledger
         self._job_ids = job_ids
+        self.candidates = candidates
         self._poll_s = poll_s
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
@@ -694,7 +722,9 @@ class _Completion:
     def all_ended(self) -> bool:
         with self._lock:
             if not self._ended and monotonic() - self._checked_at >= self._poll_s:
-                self._ended = count_unfinished(self._ledger, self._job_ids) == 0
+                unfinished = unfinished_among(self._ledger, self._job_ids)
+                self.candidates.reset(unfinished)
+                self._ended = not unfinished
                 self._checked_at = monotonic()
             return self._ended
 

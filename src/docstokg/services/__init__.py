@@ -38,11 +38,13 @@ from docstokg.services.maintenance import (
 )
 from docstokg.services.planning import (
     add_to_manifest,
+    check_manifest_name,
     follow_expected_checksums,
     plan_job_if_absent,
     plan_jobs,
+    usable_manifest_name,
 )
-from docstokg.services.queries import count_unfinished, get_job, jobs_among
+from docstokg.services.queries import count_unfinished, get_job, jobs_among, unfinished_among
 from docstokg.services.transitions import (
     Backoff,
     advance_state,
@@ -61,6 +63,7 @@ __all__ = [
     "StoredContent",
     "add_to_manifest",
     "advance_state",
+    "check_manifest_name",
     "claim_and_start",
     "cleanup_stale_leases",
     "cleanup_stale_ops",
@@ -87,4 +90,6 @@ __all__ = [
     "renew_lease",
     "run_effect",
     "run_ledger_step",
+    "unfinished_among",
+    "usable_manifest_name",
 ]

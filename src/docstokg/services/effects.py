@@ -111,9 +111,9 @@ def claim_and_start(
     owner: str,
     ttl_s: float,
     first_kind: str,
-    manifest: str | None = None,
+    among: Collection[str] | None = None,
 ) -> JobSteps | None:
-    """Lease the next job (of ``manifest``, if given) and start its first effect with it.
+    """Lease the next job (one of ``among``, if given) and start its first effect with it.
 
     The claim and the start of the first step commit together, which saves
     a unit of work per job; the op is ``op_key(first_kind, job_id)``.  Returns the
@@ -122,10 +122,10 @@ def claim_and_start(
     A job taken over part-way (its first op already succeeded) starts
     nothing here; its steps replay as usual.
     """
-    claim = NextClaim(owner, ttl_s, first_kind, manifest)
+    claim = NextClaim(owner, ttl_s, first_kind)
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
-        steps = _claim_within(uow, ledger, claim, now=uow.now())
+        steps = _claim_within(uow, ledger, claim, now=uow.now(), among=among)
         # Committed even when nothing was granted: the claim may have ended a job
         # whose takeover used its last attempt (see JobRepository.claim).
         uow.commit()
@@ -133,9 +133,9 @@ def claim_and_start(
 
 
 def _claim_within(
-    uow: UnitOfWork, ledger: Ledger, claim: NextClaim, *, now: float
+    uow: UnitOfWork, ledger: Ledger, claim: NextClaim, *, now: float, among: Collection[str] | None
 ) -> JobSteps | None:
-    lease = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now, manifest=claim.manifest)
+    lease = uow.jobs.claim(owner=claim.owner, ttl_s=claim.ttl_s, now=now, among=among)
     if lease is None:
         return None
     opkey = op_key(claim.first_kind, lease.job_id)

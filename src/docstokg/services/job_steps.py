@@ -96,14 +96,19 @@ class NextClaim:
 
     The job's worker claims its next job, and starts that job's first step
     (op key ``op_key(first_kind, job_id)``), in the transaction that ends the
-    current one: one unit of work less per job.  With ``manifest``, only
-    that manifest's jobs are claimed.
+    current one: one unit of work less per job.  With ``among``, only one of
+    the job ids it returns when the claim is made (a run's own jobs, a window
+    at a time); without it, any job of the ledger.
     """
 
     owner: str
     ttl_s: float
     first_kind: str
-    manifest: str | None = None
+    among: Callable[[], Collection[str]] | None = None
+
+    def candidates(self) -> Collection[str] | None:
+        """The job ids this claim may take now (None: any)."""
+        return None if self.among is None else self.among()
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +483,7 @@ class JobSteps:
     ) -> JobSteps | None:
         """Claim the worker's next job and start its first step in this turn."""
         following = uow.jobs.claim(
-            owner=claim.owner, ttl_s=claim.ttl_s, now=now, manifest=claim.manifest
+            owner=claim.owner, ttl_s=claim.ttl_s, now=now, among=claim.candidates()
         )
         if following is None:
             return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import TypeVar
 
@@ -14,11 +14,12 @@ _T = TypeVar("_T")
 
 
 def lease_next_job(
-    ledger: Ledger, *, owner: str, ttl_s: float, manifest: str | None = None
+    ledger: Ledger, *, owner: str, ttl_s: float, among: Collection[str] | None = None
 ) -> Lease | None:
     """Grant ``owner`` the oldest claimable job for ``ttl_s`` seconds, or None.
 
-    With ``manifest``, only the jobs of that manifest (see :func:`add_to_manifest`).
+    With ``among``, only one of those job ids (a run's own jobs: one ledger
+    serves several manifests); keep it to a few hundred ids per call.
 
     Claimable: not in a terminal state, lease empty or expired, and, if FAILED,
     attempts left and its backoff over.  The grant increments the job's epoch;
@@ -28,7 +29,7 @@ def lease_next_job(
     """
     check_owner_and_ttl(owner, ttl_s)
     with ledger.unit_of_work() as uow:
-        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=uow.now(), manifest=manifest)
+        lease = uow.jobs.claim(owner=owner, ttl_s=ttl_s, now=uow.now(), among=among)
         uow.commit()
     return lease
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from functools import partial
 
@@ -102,6 +103,18 @@ def _add_batch(ledger: Ledger, manifest: str, batch: list[str]) -> int:
         added = uow.jobs.add_to_manifest(manifest, batch, now=uow.now())
         uow.commit()
     return added
+
+
+def usable_manifest_name(name: str) -> str:
+    """``name`` made one an operator can type back: printable, trimmed, at most 200 characters.
+
+    For names derived from a file's name, which a run must not refuse.
+    """
+    shown = "".join(char if char.isprintable() else "?" for char in name).strip() or "manifest"
+    if len(shown) <= MAX_MANIFEST_NAME:
+        return shown
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{shown[: MAX_MANIFEST_NAME - 9]}~{digest}"
 
 
 def check_manifest_name(name: str) -> None:

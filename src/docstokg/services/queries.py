@@ -30,6 +30,16 @@ def jobs_among(ledger: Ledger, job_ids: Collection[str]) -> list[JobRecord]:
     return ledger.retrying(read)
 
 
+def unfinished_among(ledger: Ledger, job_ids: Collection[str]) -> set[str]:
+    """Those of these jobs that have not ended (ended: stored, duplicate, out of attempts)."""
+
+    def read() -> set[str]:
+        with ledger.unit_of_work(read_only=True) as uow:
+            return uow.jobs.unfinished_among(job_ids)
+
+    return ledger.retrying(read)
+
+
 def count_unfinished(ledger: Ledger, job_ids: Collection[str]) -> int:
     """How many of these jobs have not ended yet (ended: stored, duplicate, or out of attempts)."""
 
