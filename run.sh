@@ -2,7 +2,8 @@
 # One entry point for a fresh clone:
 #   ./run.sh demo    the main job: a demo on the embedded SQLite ledger
 #   ./run.sh test    the whole test suite: ruff, mypy --strict, pytest on SQLite
-#                    and on a throwaway PostgreSQL 15 that the tests start and stop
+#                    and on a throwaway PostgreSQL 15 and redis-server that the
+#                    tests start and stop
 # Each creates .venv and installs what it needs the first time (and again
 # whenever pyproject.toml changes).  Extra arguments go to pytest / the demo.
 set -euo pipefail
@@ -69,6 +70,23 @@ ensure_postgres() {
     export DOCSTOKG_PG_BINDIR
 }
 
+ensure_redis() {
+    # The host-politeness tests start their own redis-server (tests/redisserver.py);
+    # install it if this machine lacks it and we may (root with apt, as in CI).
+    if ! command -v "${DOCSTOKG_REDIS_SERVER:-redis-server}" >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "run.sh: installing redis-server" >&2
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        fi
+    fi
+    if ! command -v "${DOCSTOKG_REDIS_SERVER:-redis-server}" >/dev/null 2>&1; then
+        echo "run.sh: redis-server not found; install redis-server (Debian package)" \
+            "or set DOCSTOKG_REDIS_SERVER to its path" >&2
+        exit 2
+    fi
+}
+
 case "${1:-}" in
 demo)
     shift
@@ -81,6 +99,7 @@ test)
     if [[ ",${DOCSTOKG_TEST_BACKENDS:-sqlite,postgresql}," == *,postgresql,* ]]; then
         ensure_postgres
     fi
+    ensure_redis
     echo "== ruff" >&2
     "$VENV/bin/ruff" check src tests bench
     "$VENV/bin/ruff" format --check src tests bench
@@ -92,7 +111,7 @@ test)
     exec "$VENV/bin/pytest" -n "${DOCSTOKG_TEST_WORKERS:-2}" "$@"
     ;;
 *)
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -19,6 +19,7 @@ import pytest
 from docstokg import Ledger
 from docstokg.testing.server import ArtifactServer
 from tests.pgcluster import ThrowawayPostgres
+from tests.redisserver import ThrowawayRedis
 
 BACKENDS = tuple(
     name.strip()
@@ -47,6 +48,20 @@ def postgres() -> Iterator[ThrowawayPostgres]:
         pytest.fail("a PostgreSQL test ran although DOCSTOKG_TEST_BACKENDS excludes it")
     with ThrowawayPostgres() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[ThrowawayRedis]:
+    """One throwaway ``redis-server`` per test process (started on first use)."""
+    with ThrowawayRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_session: ThrowawayRedis) -> str:
+    """The URL of a real, empty Redis (no persistence), flushed for each test."""
+    redis_session.flush()
+    return redis_session.url
 
 
 @pytest.fixture(params=BACKENDS)

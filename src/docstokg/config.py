@@ -82,6 +82,10 @@ MAX_BYTES = 1024**4
 """Upper bound of ``max_bytes``: 1 TiB."""
 MAX_POOL_SIZE = 1000
 """Upper bound of ``pool_size``: more connections than any PostgreSQL serves by default."""
+MAX_HOST_CONCURRENT = 10_000
+"""Upper bound of ``host_max_concurrent``."""
+MAX_HOST_RATE = 10_000.0
+"""Upper bound of ``host_max_per_s``: requests a second to one host."""
 MAX_REDIRECTS = 50
 """Upper bound of ``max_redirects`` (browsers give up at about 20)."""
 MAX_SPEED_BYTES_S = 10 * 1024**3
@@ -169,6 +173,27 @@ class IdempotencyConfig(BaseModel):
         "per-host cooldowns and caps (null: in this process only, or the ledger's "
         "PostgreSQL when it has one).",
     )
+    host_max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_HOST_CONCURRENT,
+        description="Requests in flight to one host across every process sharing redis_url or "
+        "the PostgreSQL ledger (null: no cap beyond --workers; 1 to 10000).",
+    )
+    host_max_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_HOST_RATE,
+        description="Requests a second the fleet starts on one host (null: no cap; at most "
+        "10000).",
+    )
+    host_error_cooldown_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="Seconds the fleet leaves a host alone after a refused connection, a "
+        "timeout, or a 429/503 without Retry-After (0: not at all; at most 30 days).",
+    )
     max_attempts: int = Field(
         default=5,
         ge=1,
@@ -247,6 +272,9 @@ class IdempotencyConfig(BaseModel):
         "reconciliation_interval_s",
         "db_outage_s",
         "pool_size",
+        "host_max_concurrent",
+        "host_max_per_s",
+        "host_error_cooldown_s",
         "max_attempts",
         "max_bytes",
         "connect_timeout_s",

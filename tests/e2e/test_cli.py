@@ -78,10 +78,10 @@ def test_upgrade_creates_the_schema_and_current_reports_head(
     assert first.returncode == 0, explain(first)
     assert "Upgraded from an empty database" in first.stdout
     assert HEAD in first.stdout
-    assert "schema_version: 8" in first.stdout
+    assert "schema_version: 9" in first.stdout
 
     current = run_json("db", "current", "--db", empty_db_url, cwd=tmp_path)
-    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "8"}
+    assert current == {"revision": HEAD, "head": HEAD, "is_current": True, "schema_version": "9"}
     assert {"_meta", "artifact_jobs", "artifact_ops", "alembic_version"} <= table_names(
         empty_db_url
     )
@@ -110,7 +110,7 @@ def test_upgrade_json_output_shape(empty_db_url: str, tmp_path: Path) -> None:
     assert document == {
         "from_revision": None,
         "to_revision": HEAD,
-        "schema_version": "8",
+        "schema_version": "9",
         "adopted": False,
     }
 
@@ -124,7 +124,7 @@ def test_upgrade_of_an_already_current_database_changes_nothing(
     assert document == {
         "from_revision": HEAD,
         "to_revision": HEAD,
-        "schema_version": "8",
+        "schema_version": "9",
         "adopted": False,
     }
     assert run_json("db", "current", "--db", db_url, cwd=tmp_path) == before
@@ -137,7 +137,7 @@ def test_current_human_output_of_a_current_database(db_url: str, tmp_path: Path)
     assert rows["revision"] == HEAD
     assert rows["head"] == HEAD
     assert rows["up"] == "yes"
-    assert rows["schema_version"] == "8"
+    assert rows["schema_version"] == "9"
 
 
 def test_current_of_an_empty_database_reports_not_current_and_changes_nothing(
@@ -173,7 +173,7 @@ def test_upgrade_adopts_a_pre_alembic_v3_ledger_keeping_its_rows(
     assert document == {
         "from_revision": None,
         "to_revision": HEAD,
-        "schema_version": "8",
+        "schema_version": "9",
         "adopted": True,
     }
     assert sql("SELECT job_id, state FROM artifact_jobs") == [("job-1", "FINALIZED")]
@@ -389,7 +389,7 @@ def test_demo_interrupts_resumes_and_stores_everything_once(launcher: str, tmp_p
     ledger_file = demo_dir / "manifest.sqlite3"
     current = run_json("db", "current", "--db", f"sqlite:///{ledger_file}", cwd=tmp_path)
     assert current["is_current"] is True
-    assert current["schema_version"] == "8"
+    assert current["schema_version"] == "9"
     states = dict(
         execute_sql(
             f"sqlite:///{ledger_file}",

@@ -108,12 +108,12 @@ def test_non_editable_install_upgrades_a_database_from_any_directory(tmp_path: P
 
     docstokg = str(bin_dir / "docstokg")
     upgraded = run([docstokg, "db", "upgrade", "--db", "sqlite:///x.db"], elsewhere)
-    assert "schema_version: 8" in upgraded.stdout
+    assert "schema_version: 9" in upgraded.stdout
     assert (elsewhere / "x.db").is_file()
 
     current = run([docstokg, "db", "current", "--db", "sqlite:///x.db", "--json"], elsewhere)
     status = json.loads(current.stdout)
     assert status["revision"] == status["head"] == head_revision()
     assert status["is_current"] is True
-    assert status["schema_version"] == "8"
+    assert status["schema_version"] == "9"
     assert sorted(p.name for p in elsewhere.iterdir() if not p.name.startswith("x.db-")) == ["x.db"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from docstokg.download import ArtifactStore, Fetcher, Probe, Streamed
+from docstokg.download import ArtifactStore, Fetcher, Probe, StopCheck, Streamed
 from docstokg.manifest import read_manifest
 from docstokg.run.bootstrap import collaborators, http_fetcher
 from docstokg.run.runner import DownloadRun, RunSettings
@@ -29,9 +29,9 @@ class CountingFetcher(Fetcher):
 
     probes: list[str]
 
-    def probe(self, url: str) -> Probe:
+    def probe(self, url: str, *, should_stop: StopCheck | None = None) -> Probe:
         self.probes.append(url)
-        return super().probe(url)
+        return super().probe(url, should_stop=should_stop)
 
 
 def _manifest(server: ArtifactServer, tmp_path: Path, count: int = 3) -> tuple[Path, list[bytes]]:

@@ -308,4 +308,4 @@ def test_v3_ops_get_the_status_they_really_had(tmp_path: Path) -> None:
     assert ops["long"].result_json == whole_result
     assert job is not None
     assert (job.lease_epoch, job.attempts, job.max_attempts) == (0, 0, 5)
-    assert migrate.describe(f"sqlite:///{path}").schema_version == "8"
+    assert migrate.describe(f"sqlite:///{path}").schema_version == "9"

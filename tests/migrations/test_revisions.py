@@ -35,7 +35,7 @@ def test_upgrade_head_downgrade_base_upgrade_again(empty_db_url: str) -> None:
     config = _cli_config(empty_db_url)
     command.upgrade(config, "head")
     assert table_names(empty_db_url) >= LEDGER_TABLES
-    assert _schema_version(empty_db_url) == "8"
+    assert _schema_version(empty_db_url) == "9"
     command.check(config)
 
     command.downgrade(config, "base")
@@ -87,7 +87,7 @@ def test_ledger_upgrade_is_idempotent_and_reports_revisions(empty_db_url: str) -
     assert (first.from_revision, first.to_revision, first.adopted) == (None, head, False)
     assert (second.from_revision, second.to_revision) == (head, head)
     assert status.is_current
-    assert status.schema_version == "8"
+    assert status.schema_version == "9"
 
 
 def test_models_and_head_agree_through_the_ledger_upgrade(db_url: str) -> None:

@@ -17,10 +17,19 @@ from docstokg.download.fetch import (
     resume_point_among,
     stream_to_part,
 )
-from docstokg.download.fetcher import ByteCounter, Fetcher, StopCheck, cut_short_by_the_wire
+from docstokg.download.fetcher import ByteCounter, Fetcher, cut_short_by_the_wire
 from docstokg.download.handover import take_over_finished
 from docstokg.download.http_errors import classify_status, parse_retry_after
 from docstokg.download.part_writer import Checkpoint
+from docstokg.download.politeness import (
+    CooldownStore,
+    HostGate,
+    HostRules,
+    InProcessCooldownStore,
+    StopCheck,
+    open_cooldown_store,
+)
+from docstokg.download.redis_store import RedisCooldownStore
 from docstokg.download.store import ArtifactStore, regular_size
 from docstokg.errors import PartLost
 from docstokg.staging import checkpoint_for
@@ -29,10 +38,15 @@ __all__ = [
     "ArtifactStore",
     "ByteCounter",
     "Checkpoint",
+    "CooldownStore",
     "DownloadLimits",
     "Fetcher",
+    "HostGate",
+    "HostRules",
+    "InProcessCooldownStore",
     "PartLost",
     "Probe",
+    "RedisCooldownStore",
     "StopCheck",
     "Streamed",
     "can_resume",
@@ -40,6 +54,7 @@ __all__ = [
     "classify_status",
     "cut_short_by_the_wire",
     "make_client",
+    "open_cooldown_store",
     "parse_retry_after",
     "pick_validator",
     "probe",

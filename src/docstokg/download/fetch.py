@@ -45,6 +45,7 @@ from docstokg.download.http_errors import (
 )
 from docstokg.download.limits import DownloadLimits
 from docstokg.download.part_writer import Checkpoint, PartWriter
+from docstokg.download.politeness import UNGATED, Gate, StopCheck
 from docstokg.download.store import (
     clear_folder,
     hash_fd_prefix,
@@ -178,13 +179,27 @@ def make_client(limits: DownloadLimits, *, max_connections: int = 16) -> httpx.C
     )
 
 
-def probe(client: httpx.Client, url: str, limits: DownloadLimits) -> Probe:
-    """Ask for the artifact's headers; fall back to an unread GET if HEAD is refused."""
+def probe(
+    client: httpx.Client,
+    url: str,
+    limits: DownloadLimits,
+    *,
+    gate: Gate = UNGATED,
+    should_stop: StopCheck | None = None,
+) -> Probe:
+    """Ask for the artifact's headers; fall back to an unread GET if HEAD is refused.
+
+    Each request waits for its turn at ``gate`` (see
+    :mod:`docstokg.download.politeness`); ``should_stop`` ends that wait.
+    """
     _check_scheme(url)
     try:
-        response = client.head(url)
+        with gate.request(url, should_stop) as turn:
+            response = client.head(url)
+            turn.answered(response)
         if response.status_code in HEAD_REFUSED:
-            with client.stream("GET", url) as streamed:  # the body is never read
+            with gate.request(url, should_stop) as turn, client.stream("GET", url) as streamed:
+                turn.answered(streamed)  # the body is never read
                 return _probe_from(streamed, url, limits, method="GET")
         return _probe_from(response, url, limits, method="HEAD")
     except HTTPX_ERRORS as exc:
@@ -201,6 +216,7 @@ def stream_to_part(
     on_bytes: Callable[[int], None] | None = None,
     expected_sha256: str | None = None,
     earlier: Sequence[Path] = (),
+    gate: Gate = UNGATED,
 ) -> Streamed:
     """Download ``probe.url`` into ``part``, resuming what an earlier attempt left there.
 
@@ -221,6 +237,8 @@ def stream_to_part(
     that ends short of the file (a proxy capping ranges) is followed, in the
     same attempt, by a request for the rest.  A folder holding files at the
     part's or the checkpoint's path fails the attempt before any request.
+    Every request waits for its turn at ``gate`` (host politeness), for as
+    long as the host needs or until ``should_stop``.
     """
     if should_stop():
         raise DownloadInterrupted(f"stopped before downloading {probe.url}; nothing was fetched")
@@ -231,7 +249,7 @@ def stream_to_part(
         part, limits, probe.url, total=probe.length, should_stop=should_stop, on_bytes=on_bytes
     )
     try:
-        streamed = _download(client, probe, writer, earlier)
+        streamed = _download(client, probe, writer, earlier, gate=gate, should_stop=should_stop)
         if expected_sha256 is not None:
             _check_sha256(streamed, expected_sha256.strip().lower(), probe.url, writer)
     except HTTPX_ERRORS as exc:
@@ -397,7 +415,13 @@ def _mismatch(part: Path, saved: Checkpoint) -> None:
 
 
 def _download(
-    client: httpx.Client, probe: Probe, writer: PartWriter, earlier: Sequence[Path]
+    client: httpx.Client,
+    probe: Probe,
+    writer: PartWriter,
+    earlier: Sequence[Path],
+    *,
+    gate: Gate,
+    should_stop: StopCheck,
 ) -> Streamed:
     have, hasher = _take_up(writer, probe, earlier)
     resumed_from = have
@@ -407,7 +431,11 @@ def _download(
     validator = probe.validator
     while validator is not None and can_resume(probe, have):
         headers = {"Range": f"bytes={have}-", "If-Range": validator}
-        with client.stream("GET", probe.url, headers=headers) as response:
+        with (
+            gate.request(probe.url, should_stop) as turn,
+            client.stream("GET", probe.url, headers=headers) as response,
+        ):
+            turn.answered(response)
             resumed = _resume(response, writer, probe, have, validator)
         if resumed is None:
             break  # start over with a plain GET
@@ -417,7 +445,8 @@ def _download(
                 streamed = dataclasses.replace(streamed, resumed_from=resumed_from)
             return streamed
         have = streamed.size  # every reply adds at least one byte: this ends
-    with client.stream("GET", probe.url) as response:
+    with gate.request(probe.url, should_stop) as turn, client.stream("GET", probe.url) as response:
+        turn.answered(response)
         if response.status_code == 206:
             raise TransientFetchError(
                 f"{probe.url} answered a plain GET with 206 Partial Content; retried later"

@@ -19,10 +19,10 @@ from docstokg.download.fetch import (
     stream_to_part,
 )
 from docstokg.download.handover import take_over_finished
+from docstokg.download.politeness import UNGATED, HostGate, StopCheck
 from docstokg.download.store import ArtifactStore, regular_size
 from docstokg.errors import FetchError
 
-StopCheck = Callable[[], bool]
 ByteCounter = Callable[[int], None]
 
 
@@ -32,15 +32,30 @@ class Fetcher:
     ``epoch`` is the lease epoch of the job's holder (0 with the ledger off):
     each holder writes a ``.part`` of its own, so a holder paused past its
     lease writes nothing another reads (see :mod:`docstokg.download.handover`).
+
+    ``politeness`` is the fleet's :class:`~docstokg.download.politeness.HostGate`:
+    every request waits for its host's turn there (None: requests go out at
+    once, for tests and tools that fetch alone).  The run builds it from the
+    configuration and closes it.
     """
 
-    def __init__(self, client: httpx.Client, store: ArtifactStore, limits: DownloadLimits) -> None:
+    def __init__(
+        self,
+        client: httpx.Client,
+        store: ArtifactStore,
+        limits: DownloadLimits,
+        *,
+        politeness: HostGate | None = None,
+    ) -> None:
         self.client = client
         self.store = store
         self.limits = limits
+        self.politeness = politeness
+        self._gate = UNGATED if politeness is None else politeness
 
-    def probe(self, url: str) -> Probe:
-        return probe(self.client, url, self.limits)
+    def probe(self, url: str, *, should_stop: StopCheck | None = None) -> Probe:
+        """HEAD (or an unread GET); ``should_stop`` ends a wait for the host's turn."""
+        return probe(self.client, url, self.limits, gate=self._gate, should_stop=should_stop)
 
     def can_resume(self, job_id: str, head: Probe, *, epoch: int) -> bool:
         """Would STREAM continue a ``.part`` its checkpoint vouches for (Range + If-Range)?
@@ -70,6 +85,7 @@ class Fetcher:
             on_bytes=on_bytes,
             expected_sha256=expected_sha256,
             earlier=self.store.earlier_parts(job_id, epoch),
+            gate=self._gate,
         )
 
     def finalize(self, job_id: str, streamed: Streamed, *, epoch: int) -> str:

@@ -239,3 +239,31 @@ jobs_table = _table_of(ArtifactJob)
 ops_table = _table_of(ArtifactOp)
 meta_table = _table_of(Meta)
 manifest_jobs_table = _table_of(ManifestJob)
+
+
+class HostLimit(Base):
+    """One host's politeness, shared by the fleet: its cooldown and its rate cap's next turn.
+
+    Only the host-politeness store writes it (see
+    :mod:`docstokg.ledger.host_limits`); the ledger's jobs never depend on it.
+    """
+
+    __tablename__ = "host_limits"
+
+    host: Mapped[str] = mapped_column(Text, primary_key=True)
+    cooldown_until: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+    next_request_at: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+
+
+class HostSlot(Base):
+    """A request in flight to a capped host: its holder renews ``lease_until`` while it lasts."""
+
+    __tablename__ = "host_slots"
+
+    host: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str] = mapped_column(Text, primary_key=True)
+    lease_until: Mapped[float] = mapped_column(EpochSeconds, nullable=False)
+
+
+host_limits_table = _table_of(HostLimit)
+host_slots_table = _table_of(HostSlot)

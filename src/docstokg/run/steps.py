@@ -147,7 +147,7 @@ class PlainDedupe:
 
 
 def _head(job: JobContext) -> StepResult:
-    return job.fetcher.probe(job.url).to_json()
+    return job.fetcher.probe(job.url, should_stop=job.should_stop).to_json()
 
 
 def _stream(job: JobContext) -> StepResult:
