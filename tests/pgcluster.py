@@ -48,8 +48,9 @@ def _free_port() -> int:
 class ThrowawayPostgres:
     """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, max_connections: int = 200) -> None:
         self.bindir = bindir or find_bindir()
+        self.max_connections = max_connections
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="docstokg-pg-"))
         self.data = self.root / "data"
@@ -94,7 +95,7 @@ class ThrowawayPostgres:
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
-                "-c max_connections=200",
+                f"-c max_connections={self.max_connections}",
             ]
         )
         self._run(

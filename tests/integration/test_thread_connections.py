@@ -1,4 +1,4 @@
-"""Per-thread connections never exhaust the pool, however many threads come and go."""
+"""Units of work borrow pooled connections: however many threads come and go, all get served."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _in_threads(count: int, work: Callable[[], None]) -> list[BaseException]:
 
 
 def test_more_threads_than_the_pool_holds_all_get_their_work_done(db_url: str) -> None:
-    # pool_timeout=2: an exhausted pool would fail fast instead of hanging.
+    # pool_timeout=2: a unit of work waiting longer for a connection warns and waits on.
     with Ledger.connect(db_url, pool_size=3, max_overflow=0, pool_timeout=2) as ledger:
         counter = iter(range(10_000))
         lock = threading.Lock()
@@ -39,7 +39,7 @@ def test_more_threads_than_the_pool_holds_all_get_their_work_done(db_url: str) -
                     uow.jobs.plan(JobSpec(f"W{n}", "pdf", f"https://e.org/{n}"), now=1.0)
                     uow.commit()
 
-        for _ in range(3):  # waves of threads that end: their connections are reclaimed
+        for _ in range(3):  # waves of threads that end: none leaves a connection behind
             assert _in_threads(8, plan_some) == []
         with ledger.unit_of_work(read_only=True) as uow:
             assert sum(uow.jobs.count_by_state().values()) == 3 * 8 * 5

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 # Jobs listed one by one in the summary; beyond this only the failed ones are.
 JOB_TABLE_ROWS = 50
 PROBLEMS_SHOWN = 20
+# Threads per process: a worker waiting on the network costs a thread's stack and
+# a socket, not a ledger connection; bench/bench_fleet.py measured 1,000 at a time.
+MAX_WORKERS = 1000
 
 
 def run(
@@ -73,7 +76,15 @@ def run(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=512, help="Download threads in this process.")
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=MAX_WORKERS,
+            help="Download threads in this process (1 to 1000). They share pool_size ledger "
+            "connections (default min(workers, 8)), each holding one only to record a step, "
+            "never while it downloads.",
+        ),
     ] = 4,
     config: Annotated[
         Path | None,

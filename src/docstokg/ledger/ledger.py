@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from docstokg.ledger import migrate
-from docstokg.ledger.clock import DatabaseClock
+from docstokg.ledger.clock import DatabaseClock, lease_clock
 from docstokg.ledger.connections import ThreadConnections
 from docstokg.ledger.engine import (
     READ_ONLY_OPTION,
@@ -49,7 +49,7 @@ class Ledger:
         # Shared by every thread: an outage is waited out once, for at most outage_s.
         self._outage = OutageWatch(url, outage_s=outage_s)
         self._engine = engine
-        self._clock = clock
+        self._clock = lease_clock(clock, engine.dialect.name)
         self._engine_options = engine_options
         self._connections = ThreadConnections(engine)
         self._schema_checked = threading.Event()
@@ -74,20 +74,29 @@ class Ledger:
         *,
         clock: Clock | None = None,
         outage_s: float = DEFAULT_OUTAGE_S,
+        pool_size: int | None = None,
         **engine_options: Any,
     ) -> Self:
         """Open the ledger at ``url``; nothing touches the database until it is used.
 
         ``clock`` returns the current time in epoch seconds; tests inject one
         to move time.  Without it, lease times come from PostgreSQL's clock
-        (so workers on drifting machines agree), or this host's for SQLite.  ``engine_options`` go
-        to :func:`sqlalchemy.create_engine` (``pool_size``, ``connect_args``...).
+        (so workers on drifting machines agree), or this host's for SQLite.
+
+        ``pool_size`` bounds the connections this handle opens (default
+        :data:`~docstokg.ledger.engine.DEFAULT_POOL_SIZE`, no overflow): every
+        thread using it, heartbeat and reconciler included, borrows one per
+        unit of work and waits while all are busy (see
+        :mod:`docstokg.ledger.connections`).  Other ``engine_options`` go to
+        :func:`sqlalchemy.create_engine` (``max_overflow``, ``connect_args``...).
 
         Once the database has answered, a passing error (a server restart, a
         lost connection) is waited out for up to ``outage_s`` seconds before
         :class:`~docstokg.errors.DatabaseOutage` is raised (see :meth:`retrying`).
         """
         parsed = parse_url(url)
+        if pool_size is not None:
+            engine_options["pool_size"] = pool_size
         engine = create_ledger_engine(parsed, **engine_options)
         return cls(parsed, engine, clock, engine_options, outage_s=outage_s)
 

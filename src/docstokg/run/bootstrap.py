@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 
 from docstokg.download import ArtifactStore, DownloadLimits, Fetcher, make_client
 from docstokg.ledger import Ledger
+from docstokg.ledger.engine import DEFAULT_POOL_SIZE
 from docstokg.manifest import Manifest
 from docstokg.run.collaborators import Collaborators
 from docstokg.run.reporting import NullReporter, RunReporter
@@ -64,9 +65,26 @@ def http_fetcher(
 def ledger_opener(
     settings: RunSettings, *, clock: Callable[[], float] | None = None
 ) -> Callable[[], AbstractContextManager[Ledger]]:
-    """Opens the ledger at ``settings.db_url``, waiting out outages up to ``db_outage_s``."""
+    """Opens the ledger at ``settings.db_url``, waiting out outages up to ``db_outage_s``.
+
+    Its pool holds :func:`ledger_pool_size` connections, shared by the
+    workers, the lease keeper and the reconciler of the run.
+    """
     db_url = settings.db_url
     if db_url is None:
         raise ValueError("RunSettings.db_url is required when the ledger is enabled")
     outage_s = settings.config.db_outage_s
-    return lambda: Ledger.connect(db_url, clock=clock, outage_s=outage_s)
+    pool_size = ledger_pool_size(settings)
+    return lambda: Ledger.connect(db_url, clock=clock, outage_s=outage_s, pool_size=pool_size)
+
+
+def ledger_pool_size(settings: RunSettings) -> int:
+    """``pool_size`` from the config, else min(workers, 8).
+
+    A worker holds a connection only inside a unit of work (milliseconds of
+    statements between downloads of seconds), so a few connections keep up
+    with many workers; more would only crowd PostgreSQL's ``max_connections``
+    when a fleet of processes shares it.
+    """
+    configured = settings.config.pool_size
+    return configured if configured is not None else min(settings.workers, DEFAULT_POOL_SIZE)
