@@ -203,3 +203,34 @@ def test_a_long_file_name_is_cut_to_a_name_that_stays_apart_from_its_neighbours(
     assert len(usable_manifest_name(first)) == 200
     assert usable_manifest_name(first) != usable_manifest_name(second)
     check_manifest_name(usable_manifest_name(first))
+
+
+def test_a_run_named_on_the_command_line_is_counted_under_that_name(
+    server: ArtifactServer, tmp_path: Path, db_url: str
+) -> None:
+    (url,) = _serve(server, 1)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"work_id": "W", "artifact_id": "0", "url": url}) + "\n")
+    out = tmp_path / "store"
+
+    def docstokg(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "docstokg", *args, "--db", db_url],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    refused = docstokg("run", str(manifest), "--out", str(out), "--idempotency",
+                       "--manifest-name", " padded")  # fmt: skip
+    assert refused.returncode == 2, explain(refused)
+    assert "manifest name" in refused.stderr
+    assert not out.exists()  # refused before anything was written
+
+    ran = docstokg("run", str(manifest), "--out", str(out), "--idempotency",
+                   "--manifest-name", "batch 7")  # fmt: skip
+    assert ran.returncode == 0, explain(ran)
+    status = docstokg("job", "status", "--manifest", "batch 7", "--json")
+    assert json.loads(status.stdout)["counts"]["DEDUPED"] == 1, explain(status)

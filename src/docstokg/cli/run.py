@@ -103,6 +103,15 @@ def run(
             show_default=False,
         ),
     ] = None,
+    manifest_name: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest-name",
+            metavar="NAME",
+            help="The manifest's name in the ledger, for `docstokg job status|stats --manifest "
+            "NAME` (default: the manifest file's name). A run only ever claims its own rows.",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -141,6 +150,7 @@ def run(
     from docstokg.run.bootstrap import build_run
     from docstokg.run.reporting import LogReporter, RichReporter, RunReporter
     from docstokg.run.runner import RunSettings
+    from docstokg.services.planning import check_manifest_name
 
     settings = load_settings(config, enabled_flag=idempotency)
     parsed = read_manifest(manifest)
@@ -156,12 +166,15 @@ def run(
             f"--metrics-port {metrics_port} needs the ledger (the metrics are read from it); "
             "add --idempotency"
         )
+    if manifest_name is not None:
+        check_manifest_name(manifest_name)  # before anything is written
     run_settings = RunSettings(
         out_dir=out_dir,
         config=settings.config,
         workers=workers,
         db_url=resolve_db_url(db, settings, out_dir) if enabled else None,
         metrics_port=metrics_port,
+        manifest_name=manifest_name,
     )
     _prepare_out_dir(out_dir)
     configure_logging()

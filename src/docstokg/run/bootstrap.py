@@ -13,9 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from docstokg.download import ArtifactStore, DownloadLimits, Fetcher, make_client
+from docstokg.download import (
+    ArtifactStore,
+    DownloadLimits,
+    Fetcher,
+    HostGate,
+    HostRules,
+    make_client,
+    open_cooldown_store,
+)
 from docstokg.ledger import Ledger
 from docstokg.ledger.engine import DEFAULT_POOL_SIZE
+from docstokg.ledger.host_limits import ledger_cooldown_store
 from docstokg.manifest import Manifest
 from docstokg.run.collaborators import Collaborators
 from docstokg.run.reporting import NullReporter, RunReporter
@@ -33,7 +42,9 @@ def collaborators(
     limits = settings.limits
     return Collaborators(
         store=store,
-        open_fetcher=lambda: http_fetcher(store, limits, connections=settings.workers),
+        open_fetcher=lambda: http_fetcher(
+            store, limits, connections=settings.workers, politeness=host_gate(settings)
+        ),
         open_ledger=ledger_opener(settings, clock=clock) if settings.config.enabled else None,
         reporter=reporter or NullReporter(),
     )
@@ -52,14 +63,37 @@ def build_run(
 
 @contextmanager
 def http_fetcher(
-    store: ArtifactStore, limits: DownloadLimits, *, connections: int
+    store: ArtifactStore,
+    limits: DownloadLimits,
+    *,
+    connections: int,
+    politeness: HostGate | None = None,
 ) -> Iterator[Fetcher]:
-    """A fetcher over one HTTP client with a connection per worker, closed after."""
+    """A fetcher over one HTTP client with a connection per worker, closed after.
+
+    ``politeness`` gates every request by its host (None: ungated); it is closed with the client.
+    """
     client = make_client(limits, max_connections=connections)
     try:
-        yield Fetcher(client, store, limits)
+        yield Fetcher(client, store, limits, politeness=politeness)
     finally:
         client.close()
+        if politeness is not None:
+            politeness.close()
+
+
+def host_gate(settings: RunSettings) -> HostGate:
+    """The fleet's host politeness: in Redis if ``redis_url`` is set, else in a PostgreSQL
+    ledger, else in this process (a SQLite ledger is one host's)."""
+    config = settings.config
+    shared = ledger_cooldown_store(settings.db_url) if config.enabled and settings.db_url else None
+    rules = HostRules(
+        max_concurrent=config.host_max_concurrent,
+        max_per_s=config.host_max_per_s,
+        max_cooldown_s=config.backoff_max_s,
+        error_cooldown_s=config.host_error_cooldown_s,
+    )
+    return HostGate(open_cooldown_store(redis_url=config.redis_url, shared=shared), rules)
 
 
 def ledger_opener(
