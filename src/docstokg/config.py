@@ -184,8 +184,7 @@ class IdempotencyConfig(BaseModel):
         default=None,
         gt=0,
         le=MAX_HOST_RATE,
-        description="Requests a second the fleet starts on one host (null: no cap; at most "
-        "10000).",
+        description="Requests a second the fleet starts on one host (null: no cap; at most 10000).",
     )
     host_error_cooldown_s: float = Field(
         default=2.0,
