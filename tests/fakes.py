@@ -107,6 +107,9 @@ class FakeJobRepository:
     def count_unfinished(self, job_ids: Iterable[str]) -> int:
         return sum(not finished(job) for job in self.get_many(job_ids))
 
+    def unfinished_among(self, job_ids: Iterable[str]) -> set[str]:
+        return {job.job_id for job in self.get_many(job_ids) if not finished(job)}
+
     # --- planning ---------------------------------------------------------------------
 
     def plan(
@@ -138,10 +141,17 @@ class FakeJobRepository:
 
     # --- leases -----------------------------------------------------------------------
 
-    def claim(self, *, owner: str, ttl_s: float, now: float) -> Lease | None:
-        """The oldest claimable job, granted; a takeover that used the last attempt ends FAILED."""
+    def claim(
+        self, *, owner: str, ttl_s: float, now: float, among: Collection[str] | None = None
+    ) -> Lease | None:
+        """The oldest claimable job (one of ``among``, if given), granted; a takeover that used
+        the last attempt ends FAILED."""
         while True:
-            candidates = [job for job in self._rows.values() if _claimable(job, now)]
+            candidates = [
+                job
+                for job in self._rows.values()
+                if _claimable(job, now) and (among is None or job.job_id in among)
+            ]
             if not candidates:
                 return None
             oldest = min(candidates, key=lambda job: (job.created_at, job.job_id))

@@ -173,6 +173,12 @@ class IdempotencyConfig(BaseModel):
         "per-host cooldowns and caps (null: in this process only, or the ledger's "
         "PostgreSQL when it has one).",
     )
+    politeness_in_ledger: bool = Field(
+        default=False,
+        description="Share per-host cooldowns and caps through the ledger's PostgreSQL when "
+        "redis_url is null, so every process of the fleet honours another's 429 (a "
+        "transaction per request; false: each process keeps its own).",
+    )
     host_max_concurrent: int | None = Field(
         default=None,
         ge=1,

@@ -17,7 +17,7 @@ when the store says the host will be ready, and stops waiting as soon as the
 run stops.  The store decides atomically and on its own clock (Redis's, or
 the database's), so machines whose clocks differ still agree.  Which store:
 :func:`open_cooldown_store` (Redis if ``redis_url`` is set, else the ledger's
-PostgreSQL, else this process only).
+PostgreSQL if the run asks for it, else this process only).
 
 What is at-least-once here: a host is keyed by its URL's ``host:port``
 before redirects.  A request decided before another worker's 429 was

@@ -22,7 +22,6 @@ from urllib.parse import quote
 
 from sqlalchemy import (
     Engine,
-    ForeignKeyConstraint,
     PrimaryKeyConstraint,
     UniqueConstraint,
     create_engine,
@@ -331,6 +330,26 @@ KNOWN_CONSTRAINTS: dict[str, KnownConstraint] = {
         ),
         _NEWER_OR_EDITED,
     ),
+    "pk_manifest_jobs": KnownConstraint(
+        ConstraintViolated,
+        "this job is a member of this manifest already",
+        "add jobs to a manifest with add_to_manifest(), which skips the members it has",
+    ),
+    "fk_manifest_jobs_job_id_artifact_jobs": KnownConstraint(
+        UnknownJobReference,
+        "a manifest names a job_id that no job carries",
+        "plan the job before adding it to a manifest (add_to_manifest skips unknown ids)",
+    ),
+    "pk_host_limits": KnownConstraint(
+        ConstraintViolated,
+        "a host's politeness row exists already",
+        "write host limits through the politeness store, which updates the row it finds",
+    ),
+    "pk_host_slots": KnownConstraint(
+        ConstraintViolated,
+        "a request slot with this holder exists already",
+        "take slots through the politeness store, which names each holder once",
+    ),
     "pk__meta": KnownConstraint(
         ConstraintViolated,
         "a fact about the ledger (_meta) with this key is recorded already",
@@ -355,12 +374,10 @@ def _unique_keys() -> dict[tuple[str, ...], str]:
 
 
 _UNIQUE_KEYS = _unique_keys()
-_FOREIGN_KEYS = [
-    str(constraint.name)
-    for table in Base.metadata.sorted_tables
-    for constraint in table.constraints
-    if isinstance(constraint, ForeignKeyConstraint)
-]
+# SQLite names no foreign key it enforces; every one of the ledger's points at
+# artifact_jobs.job_id, and only an op can be written with an id no job has (a
+# membership is inserted from the jobs themselves): a violation is the ops' key.
+_SQLITE_FOREIGN_KEY = "fk_artifact_ops_job_id_artifact_jobs"
 _SQLITE_CONSTRAINT = re.compile(r"(UNIQUE|CHECK|NOT NULL) constraint failed: (.+)$")
 
 
@@ -368,15 +385,15 @@ def violated_constraint(exc: IntegrityError) -> str | None:
     """The name of the constraint ``exc`` broke, when the driver tells (or lets us infer) it.
 
     PostgreSQL names it.  SQLite names a CHECK, lists a unique key's columns
-    (matched against the models' unique keys), and names no foreign key (the
-    ledger has one).  None for a NOT NULL, which is no named constraint.
+    (matched against the models' unique keys), and names no foreign key (see
+    ``_SQLITE_FOREIGN_KEY``).  None for a NOT NULL, which is no named constraint.
     """
     named = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
     if named is not None:
         return str(named)
     reason = driver_reason(exc)
-    if "FOREIGN KEY constraint failed" in reason and len(_FOREIGN_KEYS) == 1:
-        return _FOREIGN_KEYS[0]
+    if "FOREIGN KEY constraint failed" in reason:
+        return _SQLITE_FOREIGN_KEY
     found = _SQLITE_CONSTRAINT.search(reason)
     if found is None:
         return None

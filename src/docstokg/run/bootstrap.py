@@ -84,9 +84,10 @@ def http_fetcher(
 
 def host_gate(settings: RunSettings) -> HostGate:
     """The fleet's host politeness: in Redis if ``redis_url`` is set, else in a PostgreSQL
-    ledger, else in this process (a SQLite ledger is one host's)."""
+    ledger if ``politeness_in_ledger``, else in this process."""
     config = settings.config
-    shared = ledger_cooldown_store(settings.db_url) if config.enabled and settings.db_url else None
+    in_ledger = config.enabled and config.politeness_in_ledger and settings.db_url is not None
+    shared = ledger_cooldown_store(settings.db_url) if in_ledger and settings.db_url else None
     rules = HostRules(
         max_concurrent=config.host_max_concurrent,
         max_per_s=config.host_max_per_s,
