@@ -29,10 +29,10 @@ from docstokg.download import (
     HostGate,
     HostRules,
     InProcessCooldownStore,
-    RedisCooldownStore,
     make_client,
 )
 from docstokg.download.politeness import host_of
+from docstokg.download.redis_store import RedisCooldownStore
 from docstokg.errors import DownloadInterrupted, TransientFetchError
 from docstokg.ledger.host_limits import LedgerCooldownStore
 from docstokg.testing.server import Artifact, ArtifactServer, Fault, RequestRecord

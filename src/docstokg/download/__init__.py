@@ -29,7 +29,6 @@ from docstokg.download.politeness import (
     StopCheck,
     open_cooldown_store,
 )
-from docstokg.download.redis_store import RedisCooldownStore
 from docstokg.download.store import ArtifactStore, regular_size
 from docstokg.errors import PartLost
 from docstokg.staging import checkpoint_for
@@ -46,7 +45,6 @@ __all__ = [
     "InProcessCooldownStore",
     "PartLost",
     "Probe",
-    "RedisCooldownStore",
     "StopCheck",
     "Streamed",
     "can_resume",

@@ -46,7 +46,6 @@ from typing import Protocol, Self
 import httpx
 
 from docstokg.download.http_errors import parse_retry_after
-from docstokg.download.redis_store import RedisCooldownStore
 from docstokg.errors import (
     ConfigurationError,
     DocstokgError,
@@ -189,6 +188,9 @@ def open_cooldown_store(
     the run passes it, as this layer knows nothing of the ledger.
     """
     if redis_url is not None:
+        # Imported here: redis-py costs every other command a tenth of a second at start.
+        from docstokg.download.redis_store import RedisCooldownStore  # noqa: PLC0415
+
         return RedisCooldownStore.from_url(redis_url)
     if shared is not None:
         return shared()
