@@ -139,6 +139,7 @@ def test_status_and_stats_count_one_manifest_and_refuse_an_unknown_one(db_url: s
     assert "big.jsonl (5 jobs), small.jsonl (2 jobs)" in str(unknown.value)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the command line is the same on both: once
 def test_job_status_and_show_on_the_command_line_name_the_manifests(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -176,6 +177,7 @@ def test_a_manifest_name_no_operator_could_type_back_is_refused(db_url: str, nam
         add_to_manifest(ledger, name, [])
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # naming is the same on both: once
 @pytest.mark.parametrize(
     ("file_name", "known_as"),
     [
@@ -205,6 +207,7 @@ def test_a_long_file_name_is_cut_to_a_name_that_stays_apart_from_its_neighbours(
     check_manifest_name(usable_manifest_name(first))
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the command line is the same on both: once
 def test_a_run_named_on_the_command_line_is_counted_under_that_name(
     server: ArtifactServer, tmp_path: Path, db_url: str
 ) -> None:
