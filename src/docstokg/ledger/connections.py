@@ -42,11 +42,8 @@ from docstokg.ledger.engine import POOL_WAIT_WARNING_S
 log = logging.getLogger(__name__)
 
 
-class ThreadConnections:
-    """Hands units of work their connections from ``engine``'s pool, first come, first served.
-
-    (The name is older than the design: connections were once kept per thread.)
-    """
+class PooledConnections:
+    """Hands units of work their connections from ``engine``'s pool, first come, first served."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -55,17 +52,20 @@ class ThreadConnections:
         reserved = 1 if engine.dialect.name == "sqlite" else 0
         self._gate = FairGate(max((size or 64) - reserved, 1), pool_size=size)
 
-    def acquire(self) -> tuple[Connection, bool]:
-        """A connection for one unit of work, and False: it is never kept past the unit of work."""
+    def acquire(self) -> Connection:
+        """A connection for one unit of work; :meth:`release` gives it back."""
         self._gate.enter()
+        handed_out = False
         try:
-            return checkout(self._engine), False
-        except BaseException:
-            self._gate.leave()
-            raise
+            connection = checkout(self._engine)
+            handed_out = True
+            return connection
+        finally:
+            if not handed_out:  # the checkout failed: our place in the gate goes to the next
+                self._gate.leave()
 
-    def release(self, connection: Connection, *, kept: bool, broken: bool = False) -> None:
-        """Give ``connection`` back to the pool (``kept`` and ``broken`` change nothing now).
+    def release(self, connection: Connection) -> None:
+        """Give ``connection`` back to the pool.
 
         A connection the driver found dead was invalidated by SQLAlchemy
         already, and the pool replaces it.

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from docstokg.ledger import migrate
 from docstokg.ledger.clock import DatabaseClock, lease_clock
-from docstokg.ledger.connections import ThreadConnections
+from docstokg.ledger.connections import PooledConnections
 from docstokg.ledger.engine import (
     READ_ONLY_OPTION,
     create_ledger_engine,
@@ -51,7 +51,7 @@ class Ledger:
         self._engine = engine
         self._clock = lease_clock(clock, engine.dialect.name)
         self._engine_options = engine_options
-        self._connections = ThreadConnections(engine)
+        self._connections = PooledConnections(engine)
         self._schema_checked = threading.Event()
         self._schema_lock = threading.Lock()
         # SQLite has one writer at a time.  The write units of work of this

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from docstokg.errors import LedgerError, TransientDatabaseError
 from docstokg.ledger.clock import DatabaseClock
-from docstokg.ledger.connections import ThreadConnections
+from docstokg.ledger.connections import PooledConnections
 from docstokg.ledger.engine import READ_ONLY_OPTION, database_error
 from docstokg.ledger.faults import OutageWatch
 from docstokg.ledger.group_commit import GroupCommit
@@ -55,7 +55,7 @@ class UnitOfWork:
 
     def __init__(
         self,
-        connections: ThreadConnections,
+        connections: PooledConnections,
         url: URL,
         *,
         clock: Clock | None,
@@ -68,7 +68,6 @@ class UnitOfWork:
         self._outage = outage
         self._database_clock = database_clock
         self._connections = connections
-        self._kept = False
         self._url = url
         self._clock = clock
         self._read_only = read_only
@@ -118,13 +117,13 @@ class UnitOfWork:
             return
         connection = None
         try:
-            connection, self._kept = self._connections.acquire()
+            connection = self._connections.acquire()
             if connection.get_execution_options().get(READ_ONLY_OPTION, False) != self._read_only:
                 connection.execution_options(**{READ_ONLY_OPTION: self._read_only})
             self._transaction = connection.begin()
         except DBAPIError as exc:
             if connection is not None:
-                self._connections.release(connection, kept=self._kept, broken=True)
+                self._connections.release(connection)
             raise database_error(self._url, exc) from exc
         self._connection = connection
 
@@ -248,7 +247,7 @@ class UnitOfWork:
                 raise LedgerError("the transaction was already rolled back; nothing was committed")
         finally:
             if connection is not None:
-                self._connections.release(connection, kept=self._kept)
+                self._connections.release(connection)
 
     def _end_shared(self, session: Session | None, *, commit: bool, failing: bool) -> None:
         """End this unit of work's part of the writer's shared transaction (SQLite)."""
